@@ -1,0 +1,158 @@
+"""Gateway errors: one base that carries its HTTP status, and the table that maps serving status codes onto it.
+
+    GatewayError (500 "internal")
+    +-- BadInput (400 "bad_input")
+    +-- NotFound (404)
+    |   +-- UnknownModel ("unknown_model")
+    |   +-- UnknownVersion ("unknown_version")
+    |   +-- UnknownLabel ("unknown_label")
+    |   +-- UnknownSignature ("unknown_signature")
+    +-- PayloadTooLarge (413 "payload_too_large")
+    +-- UnsupportedMediaType (415 "unsupported_media_type")
+    +-- NoFaceFound (422 "no_face")
+    +-- ModelFailure (502 "model_failure")
+    +-- ServingUnavailable (503 "serving_unavailable", carries retry_after seconds)
+    +-- DeadlineExceeded (504 "deadline_exceeded")
+
+Both backends speak TF Serving's language for failures: a status code
+(``grpc.StatusCode``) plus a message. The gRPC backend gets them off the wire;
+the in-process runtime raises :class:`ServingStatus` with the same codes and
+messages TF Serving would send. :func:`from_serving_status` is the single table
+that turns either into a ``GatewayError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+
+class GatewayError(Exception):
+    """An error the gateway reports to its client with an HTTP status."""
+
+    status_code: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class BadInput(GatewayError):
+    status_code = 400
+    code = "bad_input"
+
+
+class NotFound(GatewayError):
+    status_code = 404
+    code = "not_found"
+
+
+class UnknownModel(NotFound):
+    code = "unknown_model"
+
+
+class UnknownVersion(NotFound):
+    code = "unknown_version"
+
+
+class UnknownLabel(NotFound):
+    code = "unknown_label"
+
+
+class UnknownSignature(NotFound):
+    code = "unknown_signature"
+
+
+class PayloadTooLarge(GatewayError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class NoFaceFound(GatewayError):
+    status_code = 422
+    code = "no_face"
+
+
+class ModelFailure(GatewayError):
+    status_code = 502
+    code = "model_failure"
+
+
+class ServingUnavailable(GatewayError):
+    status_code = 503
+    code = "serving_unavailable"
+
+    def __init__(self, message: str, *, retry_after: float | None = 1.0) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
+class DeadlineExceeded(GatewayError):
+    status_code = 504
+    code = "deadline_exceeded"
+
+
+class ServingStatus(Exception):
+    """A failure in TF Serving's terms: a gRPC status code and its message.
+
+    The in-process runtime raises it where TF Serving would answer with a
+    non-OK status, so both backends share one translation table.
+    """
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.status = code
+        self.message = message
+
+
+# Most specific first: (status code, pattern the message must match or None, error class).
+# The messages are TF Serving's own: "Servable not found for request: Specific(m, 3)",
+# "Unrecognized servable version label: canary", "Serving signature key \"x\" not found."
+_STATUS_TABLE: tuple[tuple[grpc.StatusCode, re.Pattern[str] | None, type[GatewayError]], ...] = (
+    (grpc.StatusCode.INVALID_ARGUMENT, re.compile(r"version label"), UnknownLabel),
+    (grpc.StatusCode.NOT_FOUND, re.compile(r"version label"), UnknownLabel),
+    (grpc.StatusCode.INVALID_ARGUMENT, re.compile(r"signature key .* not found"), UnknownSignature),
+    (grpc.StatusCode.FAILED_PRECONDITION, re.compile(r"signature key .* not found"), UnknownSignature),
+    (grpc.StatusCode.INVALID_ARGUMENT, None, BadInput),
+    (grpc.StatusCode.OUT_OF_RANGE, None, BadInput),
+    (grpc.StatusCode.NOT_FOUND, re.compile(r"Specific\(|version \d+"), UnknownVersion),
+    (grpc.StatusCode.NOT_FOUND, None, UnknownModel),
+    (grpc.StatusCode.FAILED_PRECONDITION, re.compile(r"[Vv]ersion"), UnknownVersion),
+    (grpc.StatusCode.DEADLINE_EXCEEDED, None, DeadlineExceeded),
+    (grpc.StatusCode.UNAVAILABLE, None, ServingUnavailable),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, None, ServingUnavailable),
+    (grpc.StatusCode.CANCELLED, None, ServingUnavailable),
+    (grpc.StatusCode.ABORTED, None, ServingUnavailable),
+)
+
+
+def from_serving_status(code: grpc.StatusCode, message: str, *, servable: str = "") -> GatewayError:
+    """Translate a TF Serving status (code + message) into the matching GatewayError."""
+    prefix = f"{servable}: " if servable else ""
+    for status, pattern, error_class in _STATUS_TABLE:
+        if status == code and (pattern is None or pattern.search(message)):
+            return error_class(f"{prefix}{message}")
+    # INTERNAL, UNKNOWN, UNIMPLEMENTED, DATA_LOSS, ...: the model or server failed.
+    return ModelFailure(f"{prefix}{code.name}: {message}")
+
+
+@contextlib.contextmanager
+def serving_errors(servable: str = "") -> Iterator[None]:
+    """Turn a ServingStatus raised inside the block into its GatewayError."""
+    try:
+        yield
+    except ServingStatus as exc:
+        raise from_serving_status(exc.status, exc.message, servable=servable) from exc

@@ -1,0 +1,70 @@
+"""Long-lived resources wired to the Flask app: the serving backend, created on first use in each process."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+
+from flask import Flask, current_app
+
+from app.config import Settings
+from app.serving.base import Backend
+
+
+def create_backend(settings: Settings) -> Backend:
+    """The backend the settings name (imported on demand: only one is ever needed)."""
+    if settings.backend == "grpc":
+        from app.serving.grpc_backend import GrpcBackend
+
+        return GrpcBackend(
+            settings.serving_target,
+            timeout=settings.timeout,
+            max_attempts=settings.max_attempts,
+            metadata_ttl=settings.metadata_ttl,
+            async_workers=settings.async_workers,
+        )
+    from app.serving.local_backend import LocalBackend
+
+    return LocalBackend(
+        settings.model_config,
+        models_root=settings.models_root,
+        timeout=settings.timeout,
+        poll_interval=settings.poll_interval,
+        warmup=settings.warmup,
+        session_threads=settings.session_threads,
+        async_workers=settings.async_workers,
+    )
+
+
+class Serving:
+    """Owns one Backend per process. It is opened lazily, so a gunicorn worker opens its own after the fork."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._backend: Backend | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    def init_app(self, app: Flask) -> None:
+        app.extensions["serving"] = self
+        atexit.register(self.close)
+
+    @property
+    def backend(self) -> Backend:
+        with self._lock:
+            if self._backend is None or self._pid != os.getpid():
+                self._backend = create_backend(self.settings)
+                self._pid = os.getpid()
+            return self._backend
+
+    def close(self) -> None:
+        with self._lock:
+            backend, self._backend = self._backend, None
+            owned = self._pid == os.getpid()
+        if backend is not None and owned:
+            backend.close()
+
+
+def serving(app: Flask | None = None) -> Serving:
+    return (app or current_app).extensions["serving"]

@@ -1,0 +1,190 @@
+"""The serving interface: which servable to call (ModelRef), what it looks like (metadata), and the Backend protocol.
+
+Two backends implement it: ``grpc_backend.GrpcBackend`` (TF Serving over gRPC)
+and ``local_backend.LocalBackend`` (the same SavedModels run in-process). Every
+failure leaves a backend as an ``app.errors.GatewayError``.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+import threading
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from tensorflow.core.protobuf import meta_graph_pb2
+
+from app.errors import BadInput, UnknownSignature
+from app.serving import tensors
+
+DEFAULT_SIGNATURE = "serving_default"
+_LABEL_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Names one servable: a model, optionally pinned to a version or a version label, and a signature."""
+
+    name: str
+    version: int | None = None
+    label: str | None = None
+    signature: str = DEFAULT_SIGNATURE
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise BadInput("a model name is required")
+        if self.version is not None and self.label is not None:
+            raise BadInput(f"{self.name}: give a version or a version label, not both")
+        if self.version is not None and (
+            isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0
+        ):
+            raise BadInput(f"{self.name}: version must be a non-negative integer, got {self.version!r}")
+        if self.label is not None and not _LABEL_PATTERN.match(self.label):
+            raise BadInput(f"{self.name}: version label must be 1-64 of [A-Za-z0-9_.-], got {self.label!r}")
+        if not self.signature:
+            raise BadInput(f"{self.name}: a signature name is required")
+
+    def __str__(self) -> str:
+        if self.version is not None:
+            pin = f"@{self.version}"
+        elif self.label is not None:
+            pin = f"@{self.label}"
+        else:
+            pin = ""
+        return f"{self.name}{pin}[{self.signature}]"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a signature. ``shape`` is None for unknown rank; unknown dims are None."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...] | None
+
+    def accepts_shape(self, shape: tuple[int, ...]) -> bool:
+        if self.shape is None:
+            return True
+        return len(shape) == len(self.shape) and all(
+            want is None or want == got for want, got in zip(self.shape, shape, strict=True)
+        )
+
+
+@dataclass(frozen=True)
+class SignatureMetadata:
+    """What a servable's signature takes and returns, keyed by the signature's tensor aliases."""
+
+    model: str
+    version: int
+    name: str
+    method_name: str
+    inputs: Mapping[str, TensorSpec] = field(default_factory=dict)
+    outputs: Mapping[str, TensorSpec] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """Every signature of one loaded version of a model."""
+
+    model: str
+    version: int
+    signatures: Mapping[str, SignatureMetadata]
+
+    def signature(self, name: str) -> SignatureMetadata:
+        try:
+            return self.signatures[name]
+        except KeyError:
+            known = ", ".join(sorted(self.signatures)) or "none"
+            raise UnknownSignature(
+                f"{self.model} version {self.version}: Serving signature key {name!r} not found (signatures: {known})"
+            ) from None
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    """One version of a model as TF Serving reports it: state is START, LOADING, AVAILABLE, UNLOADING or END."""
+
+    version: int
+    state: str
+    error_code: str = "OK"
+    error_message: str = ""
+
+
+def _tensor_spec(alias: str, info: meta_graph_pb2.TensorInfo) -> TensorSpec:
+    if info.tensor_shape.unknown_rank:
+        shape = None
+    else:
+        shape = tuple(d.size if d.size >= 0 else None for d in info.tensor_shape.dim)
+    return TensorSpec(name=alias, dtype=tensors.numpy_dtype(info.dtype), shape=shape)
+
+
+def metadata_from_signature_defs(
+    model: str, version: int, signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]
+) -> ModelMetadata:
+    """Build ModelMetadata from the SignatureDef map TF Serving returns (or a MetaGraphDef holds)."""
+    signatures = {}
+    for sig_name, sig in signature_defs.items():
+        if sig_name.startswith("__"):  # e.g. "__saved_model_init_op": not a callable signature
+            continue
+        signatures[sig_name] = SignatureMetadata(
+            model=model,
+            version=version,
+            name=sig_name,
+            method_name=sig.method_name,
+            inputs={alias: _tensor_spec(alias, info) for alias, info in sig.inputs.items()},
+            outputs={alias: _tensor_spec(alias, info) for alias, info in sig.outputs.items()},
+        )
+    return ModelMetadata(model=model, version=version, signatures=signatures)
+
+
+class Backend(abc.ABC):
+    """Calls servables. Implementations are thread-safe; every failure is raised as a GatewayError."""
+
+    def __init__(self, *, async_workers: int = 8) -> None:
+        self._async_workers = async_workers
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
+
+    @abc.abstractmethod
+    def predict(
+        self, ref: ModelRef, inputs: Mapping[str, np.ndarray], timeout: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run one Predict call; ``timeout`` (seconds) overrides the backend's default deadline."""
+
+    def predict_async(
+        self, ref: ModelRef, inputs: Mapping[str, np.ndarray], timeout: float | None = None
+    ) -> Future[dict[str, np.ndarray]]:
+        """Start a Predict call and return at once; the future yields what ``predict`` would."""
+        return self._pool().submit(self.predict, ref, inputs, timeout)
+
+    @abc.abstractmethod
+    def model_status(self, name: str) -> list[VersionStatus]:
+        """Every version of the model the server knows, in ascending version order."""
+
+    @abc.abstractmethod
+    def metadata(self, ref: ModelRef) -> SignatureMetadata:
+        """Inputs and outputs of the ref's signature on the version the ref resolves to."""
+
+    def close(self) -> None:
+        """Release threads, channels and sessions. Safe to call twice."""
+        with self._executor_lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=self._async_workers, thread_name_prefix=type(self).__name__
+                )
+            return self._executor
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,244 @@
+"""TF Serving client over gRPC: PredictionService and ModelService stubs, deadlines, retries, load balancing.
+
+One channel per process, opened on first use (so a gunicorn worker opens its own
+after the fork). Every call carries a deadline; UNAVAILABLE, and only that, is
+retried with jittered exponential backoff while the deadline allows. Several
+TF Serving replicas are spread over by gRPC's own ``round_robin`` policy: give
+``dns:///serving:8500`` (re-resolved by gRPC) or a comma-separated address list.
+gRPC status codes become GatewayErrors here, through ``app.errors``' one table.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import message
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from app.errors import BadInput, DeadlineExceeded, from_serving_status
+from app.serving import tensors
+from app.serving.base import Backend, ModelRef, SignatureMetadata, VersionStatus, metadata_from_signature_defs
+
+MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving itself accepts up to 2 GB
+
+
+def channel_target(target: str) -> tuple[str, bool]:
+    """Turn the configured target into a gRPC target URI; the flag says whether to balance over several.
+
+    ``host:port`` -> one server. ``dns:///host:port`` -> every address the name resolves to.
+    ``a:port,b:port`` -> a static list; names in it are resolved once, here, because gRPC's
+    ``ipv4:``/``ipv6:`` list schemes take addresses only.
+    """
+    target = target.strip()
+    if not target:
+        raise ValueError("the TF Serving target is empty")
+    if target.startswith("dns:"):
+        return target, True
+    if "," not in target:
+        return target, False
+    families, addresses = set(), []
+    for entry in (part.strip() for part in target.split(",")):
+        if not entry:
+            continue
+        host, sep, port = entry.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"address {entry!r} in the TF Serving target has no port")
+        host = host.strip("[]")
+        for ip in _resolve(host, int(port)):
+            family = ipaddress.ip_address(ip).version
+            families.add(family)
+            addresses.append(f"[{ip}]:{port}" if family == 6 else f"{ip}:{port}")
+    if len(families) != 1:
+        raise ValueError(f"the TF Serving address list {target!r} mixes IPv4 and IPv6 (or is empty)")
+    scheme = "ipv6" if families == {6} else "ipv4"
+    return f"{scheme}:{','.join(dict.fromkeys(addresses))}", True
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    try:
+        ipaddress.ip_address(host)
+        return [host]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot resolve TF Serving host {host!r}: {exc}") from exc
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def model_spec(ref: ModelRef) -> model_pb2.ModelSpec:
+    spec = model_pb2.ModelSpec(name=ref.name, signature_name=ref.signature)
+    if ref.version is not None:
+        spec.version.value = ref.version
+    elif ref.label is not None:
+        spec.version_label = ref.label
+    return spec
+
+
+class GrpcBackend(Backend):
+    """Backend that calls one TF Serving (or a set of replicas) over gRPC."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 10.0,
+        max_attempts: int = 3,
+        backoff_base: float = 0.05,
+        backoff_max: float = 1.0,
+        metadata_ttl: float = 30.0,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        async_workers: int = 8,
+    ) -> None:
+        super().__init__(async_workers=async_workers)
+        self.target, self.balanced = channel_target(target)
+        self.timeout = timeout
+        self.max_attempts = max(1, max_attempts)
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.metadata_ttl = metadata_ttl
+        self.max_message_bytes = max_message_bytes
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._channel: grpc.Channel | None = None
+        self._predict_stub: prediction_service_pb2_grpc.PredictionServiceStub | None = None
+        self._model_stub: model_service_pb2_grpc.ModelServiceStub | None = None
+        self._metadata_cache: dict[tuple[str, int | None, str | None], tuple[float, Any]] = {}
+
+    # -- channel -------------------------------------------------------------------------------
+
+    def channel_options(self) -> list[tuple[str, Any]]:
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            # Reconnect soon after a server comes back, instead of gRPC's default 1 s .. 120 s backoff.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.dns_min_time_between_resolutions_ms", 5_000),
+        ]
+        if self.balanced:
+            options.append(("grpc.lb_policy_name", "round_robin"))
+        return options
+
+    def _stubs(
+        self,
+    ) -> tuple[prediction_service_pb2_grpc.PredictionServiceStub, model_service_pb2_grpc.ModelServiceStub]:
+        pid = os.getpid()
+        with self._lock:
+            if self._channel is None or self._pid != pid:
+                # After a fork the parent's channel is not ours to use or close: open a fresh one.
+                self._channel = grpc.insecure_channel(self.target, options=self.channel_options())
+                self._predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+                self._model_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
+                self._pid = pid
+            assert self._predict_stub is not None and self._model_stub is not None
+            return self._predict_stub, self._model_stub
+
+    def close(self) -> None:
+        super().close()
+        with self._lock:
+            channel, self._channel = self._channel, None
+            owned = self._pid == os.getpid()
+        if channel is not None and owned:
+            channel.close()
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def _call(self, method: Callable[..., Any], request: message.Message, timeout: float | None, servable: str) -> Any:
+        budget = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"{servable}: no answer from TF Serving within {budget:g}s")
+            try:
+                return method(request, timeout=remaining)
+            except grpc.RpcError as exc:
+                code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
+                details = (exc.details() if callable(getattr(exc, "details", None)) else None) or ""
+                attempt += 1
+                if code == grpc.StatusCode.UNAVAILABLE and attempt < self.max_attempts:
+                    # Full jitter: spread the retries of many clients so they do not arrive together.
+                    pause = random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
+                    if time.monotonic() + pause < deadline:
+                        time.sleep(pause)
+                        continue
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    details = f"no answer from TF Serving within {budget:g}s ({details})"
+                raise from_serving_status(code, details, servable=servable) from exc
+
+    def predict(
+        self, ref: ModelRef, inputs: Mapping[str, np.ndarray], timeout: float | None = None
+    ) -> dict[str, np.ndarray]:
+        request = predict_pb2.PredictRequest(model_spec=model_spec(ref))
+        for alias, value in inputs.items():
+            request.inputs[alias].CopyFrom(tensors.to_tensor_proto(value))
+        predict_stub, _ = self._stubs()
+        response = self._call(predict_stub.Predict, request, timeout, ref.name)
+        return {alias: tensors.from_tensor_proto(proto) for alias, proto in response.outputs.items()}
+
+    def metadata(self, ref: ModelRef) -> SignatureMetadata:
+        key = (ref.name, ref.version, ref.label)
+        cached = self._metadata_cache.get(key)
+        if cached is None or cached[0] < time.monotonic():
+            request = get_model_metadata_pb2.GetModelMetadataRequest(
+                model_spec=model_spec(ModelRef(ref.name, ref.version, ref.label)),
+                metadata_field=["signature_def"],
+            )
+            predict_stub, _ = self._stubs()
+            response = self._call(predict_stub.GetModelMetadata, request, None, ref.name)
+            signature_map = get_model_metadata_pb2.SignatureDefMap()
+            if not response.metadata["signature_def"].Unpack(signature_map):
+                raise BadInput(f"{ref.name}: TF Serving returned metadata without signature_def")
+            model = metadata_from_signature_defs(
+                ref.name, response.model_spec.version.value, signature_map.signature_def
+            )
+            # A pinned version never changes; "latest" and labels can move, so they expire.
+            expiry = float("inf") if ref.version is not None else time.monotonic() + self.metadata_ttl
+            self._metadata_cache[key] = cached = (expiry, model)
+            self._metadata_cache[(ref.name, model.version, None)] = (float("inf"), model)
+        return cached[1].signature(ref.signature)
+
+    def model_status(self, name: str) -> list[VersionStatus]:
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name=name))
+        _, model_stub = self._stubs()
+        response = self._call(model_stub.GetModelStatus, request, None, name)
+        states = get_model_status_pb2.ModelVersionStatus.State
+        return sorted(
+            (
+                VersionStatus(
+                    version=entry.version,
+                    state=states.Name(entry.state),
+                    error_code=grpc.StatusCode.OK.name
+                    if entry.status.error_code == 0
+                    else _CODE_NAMES.get(entry.status.error_code, str(entry.status.error_code)),
+                    error_message=entry.status.error_message,
+                )
+                for entry in response.model_version_status
+            ),
+            key=lambda status: status.version,
+        )
+
+
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}

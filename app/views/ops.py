@@ -1,0 +1,40 @@
+"""Operations endpoints: liveness and readiness of the pipeline's servables."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
+
+from app.errors import GatewayError
+from app.extensions import serving
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> ResponseReturnValue:
+    """Alive: the process answers. Says nothing of the models."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> ResponseReturnValue:
+    """Ready: every servable the pipeline calls has an AVAILABLE version; else 503 naming those that do not."""
+    ext = serving()
+    report, ready = {}, True
+    try:
+        backend = ext.backend
+    except (GatewayError, ValueError, OSError) as exc:
+        return jsonify(status="unavailable", error=str(exc)), 503, {"Retry-After": "5"}
+    for name in ext.settings.pipeline_servables:
+        try:
+            statuses = backend.model_status(name)
+        except GatewayError as exc:
+            report[name], ready = {"available": False, "error": exc.message}, False
+            continue
+        available = [s.version for s in statuses if s.state == "AVAILABLE"]
+        report[name] = {"available": bool(available), "versions": available}
+        ready = ready and bool(available)
+    status = 200 if ready else 503
+    headers = {} if ready else {"Retry-After": "5"}
+    return jsonify(status="ready" if ready else "unavailable", servables=report), status, headers

@@ -1,0 +1,19 @@
+"""gunicorn settings for the gateway: threaded workers; each worker opens its own backend after the fork."""
+
+import os
+
+bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
+worker_class = "gthread"
+workers = int(os.environ.get("GATEWAY_WORKERS", "1"))
+threads = int(os.environ.get("GATEWAY_THREADS", "8"))
+timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", "60"))
+graceful_timeout = 30
+keepalive = 5
+max_requests = int(os.environ.get("GATEWAY_MAX_REQUESTS", "2000"))
+max_requests_jitter = max_requests // 10
+preload_app = False  # the app (and its backend) is built in each worker, after the fork
+limit_request_line = 4094
+limit_request_fields = 100
+limit_request_field_size = 8190
+accesslog = "-"
+errorlog = "-"

@@ -1,0 +1,75 @@
+"""Shared fixtures: the test servables, a serving folder per test, and backends of both kinds."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from app.serving.base import Backend
+from app.serving.grpc_backend import GrpcBackend
+from app.serving.local_backend import LocalBackend
+from tests import servables
+from tests.tf_serving_double import TFServingDouble
+
+BACKEND_KINDS = ("local", "grpc")
+
+
+@pytest.fixture(scope="session")
+def exported_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return servables.export_all(tmp_path_factory.mktemp("exported") / "serving_models")
+
+
+def make_serving_dir(root: Path, exported: Path, config: str = servables.CONFIG) -> Path:
+    """A config file and a private copy of the exported models; returns the config path."""
+    shutil.copytree(exported, root / "serving_models")
+    config_path = root / "serving_models.config"
+    config_path.write_text(config, encoding="utf-8")
+    return config_path
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, exported_models: Path) -> Path:
+    return make_serving_dir(tmp_path, exported_models)
+
+
+BackendFactory = Callable[..., Backend]
+
+
+def _factory(kind: str, closers: list) -> BackendFactory:
+    def make(config_path: Path, *, poll_interval: float = 0.2, **backend_options) -> Backend:
+        if kind == "local":
+            backend: Backend = LocalBackend(config_path, poll_interval=poll_interval, **backend_options)
+        else:
+            double = TFServingDouble(config_path, poll_interval=poll_interval).start()
+            closers.append(double)
+            backend = GrpcBackend(double.address, **backend_options)
+            backend.double = double  # type: ignore[attr-defined]  # tests reach the server's knobs
+        closers.append(backend)
+        return backend
+
+    return make
+
+
+def _close_all(closers: list) -> None:
+    for item in reversed(closers):
+        item.close()
+
+
+@pytest.fixture(params=BACKEND_KINDS)
+def make_backend(request: pytest.FixtureRequest) -> Iterator[BackendFactory]:
+    """Builds a backend of the parametrised kind over a given config; closed after the test."""
+    closers: list = []
+    yield _factory(request.param, closers)
+    _close_all(closers)
+
+
+@pytest.fixture(scope="module", params=BACKEND_KINDS)
+def shared_backend(request: pytest.FixtureRequest, tmp_path_factory, exported_models: Path) -> Iterator[Backend]:
+    """One backend per kind for tests that only read: the models are loaded once per module."""
+    closers: list = []
+    config = make_serving_dir(tmp_path_factory.mktemp("shared"), exported_models)
+    yield _factory(request.param, closers)(config, poll_interval=0)
+    _close_all(closers)
