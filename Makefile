@@ -30,4 +30,5 @@ clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis test-artifacts
 
 run: venv
+	$(BIN)/flask --app app export-models --if-missing
 	GATEWAY_BIND=$(HOST):$(PORT) $(BIN)/gunicorn --config gunicorn.conf.py 'app:create_app()'

@@ -24,9 +24,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Imported here, not at module level: the serving stack pulls in TensorFlow, which light
     # users of the package (the config reader, the CLI's help) should not pay for.
     from app.extensions import Serving
+    from app.modelzoo import cli
     from app.views import ops
 
     Serving(settings).init_app(app)
+    cli.register(app)
 
     app.register_blueprint(ops.bp)
     app.register_error_handler(GatewayError, _render_error)

@@ -38,6 +38,17 @@ MAX_WARMUP_RECORDS = 1000  # TF Serving's own cap
 _TF_CODE_TO_GRPC = {code.value[0]: code for code in grpc.StatusCode}
 
 
+def _headline(message: str) -> str:
+    """The line of a TensorFlow error that says what went wrong, as TF Serving would report it.
+
+    The Python session prefixes "Graph execution error:" and appends where the op was
+    created; TF Serving's C++ session reports neither.
+    """
+    lines = [line.strip() for line in message.splitlines()]
+    meaningful = [line for line in lines if line and line != "Graph execution error:"]
+    return meaningful[0] if meaningful else message
+
+
 def list_versions(base_path: Path) -> list[int]:
     """Version numbers under a base path: integer-named folders that hold a complete SavedModel."""
     try:
@@ -115,7 +126,7 @@ class LoadedVersion:
             return self._session.run(fetches, feed_dict=feed, options=options)
         except tf.errors.OpError as exc:
             code = _TF_CODE_TO_GRPC.get(exc.error_code, grpc.StatusCode.INTERNAL)
-            raise ServingStatus(code, exc.message.split("\n")[0]) from exc
+            raise ServingStatus(code, _headline(exc.message)) from exc
         except (TypeError, ValueError) as exc:  # the session refused the feed itself (shape, value)
             raise ServingStatus(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
 
@@ -307,10 +318,8 @@ class ModelRuntime:
         warmup_path = servable.path / WARMUP_FILE
         if not warmup_path.is_file():
             return
-        for count, record in enumerate(tf.compat.v1.io.tf_record_iterator(str(warmup_path))):
-            if count >= MAX_WARMUP_RECORDS:
-                break
-            entry = prediction_log_pb2.PredictionLog.FromString(record)
+        for record in tf.data.TFRecordDataset(str(warmup_path)).take(MAX_WARMUP_RECORDS):
+            entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
             if entry.WhichOneof("log_type") != "predict_log":
                 continue  # this runtime serves Predict only; other kinds of warmup are skipped
             request = entry.predict_log.request

@@ -1,0 +1,86 @@
+"""Writing servables: a tf.Module saved as <base>/<version>/ with warmup records, renamed into place atomically."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+from app.serving import tensors
+
+WARMUP_RELATIVE_PATH = Path("assets.extra") / "tf_serving_warmup_requests"
+
+
+def warmup_log(
+    model_name: str, inputs: Mapping[str, np.ndarray], signature: str = "serving_default"
+) -> prediction_log_pb2.PredictionLog:
+    """One warmup record: a PredictRequest as TF Serving replays it when the version loads."""
+    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
+    for alias, value in inputs.items():
+        request.inputs[alias].CopyFrom(tensors.to_tensor_proto(value))
+    return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+
+
+def write_warmup_requests(saved_model_dir: Path, records: Sequence[prediction_log_pb2.PredictionLog]) -> Path:
+    """Write records to assets.extra/tf_serving_warmup_requests (a TFRecord file of PredictionLog)."""
+    path = saved_model_dir / WARMUP_RELATIVE_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record.SerializeToString())
+    return path
+
+
+def next_version(base_path: Path) -> int:
+    """One more than the highest integer-named version folder under base_path (1 for none)."""
+    versions = [int(p.name) for p in base_path.glob("*") if p.name.isdigit() and p.is_dir()]
+    return max(versions, default=0) + 1
+
+
+def save_servable(
+    module: tf.Module,
+    version_dir: Path,
+    signatures: Mapping[str, tf.types.experimental.ConcreteFunction | tf.types.experimental.PolymorphicFunction],
+    warmup: Sequence[prediction_log_pb2.PredictionLog] = (),
+    *,
+    extra_files: Mapping[str, bytes] | None = None,
+    replace: bool = False,
+) -> Path:
+    """Save ``module`` as the SavedModel ``version_dir`` (e.g. serving_models/x/3).
+
+    It is written into a hidden temporary folder beside the target and renamed into
+    place, so a server polling the base path never sees half a model. ``extra_files``
+    (relative path -> bytes) go under assets.extra/, which TF Serving ignores and the
+    gateway may read (gallery thumbnails). An existing version is an error unless
+    ``replace`` is set.
+    """
+    version_dir = Path(version_dir)
+    if not version_dir.name.isdigit():
+        raise ValueError(f"{version_dir}: a version folder's name must be an integer")
+    if version_dir.exists() and not replace:
+        raise FileExistsError(f"{version_dir} already exists")
+    version_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = version_dir.parent / f".{version_dir.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        tf.saved_model.save(module, str(staging), signatures=dict(signatures))
+        if warmup:
+            write_warmup_requests(staging, warmup)
+        for relative, content in (extra_files or {}).items():
+            target = (staging / "assets.extra" / relative).resolve()
+            if not target.is_relative_to((staging / "assets.extra").resolve()):
+                raise ValueError(f"extra file {relative!r} would land outside assets.extra")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        if version_dir.exists():
+            retired = version_dir.parent / f".{version_dir.name}.{uuid.uuid4().hex}.old"
+            version_dir.rename(retired)
+            shutil.rmtree(retired, ignore_errors=True)
+        staging.rename(version_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return version_dir

@@ -1,0 +1,181 @@
+"""Gallery indexing: a folder of photos -> face crops -> latents (via a backend) -> a new search servable version."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from app.errors import GatewayError
+from app.images import crop_face, decode_image, encode_jpeg, resize
+from app.modelzoo.export import next_version
+from app.modelzoo.search import export_search_model
+from app.serving.base import Backend, TensorSpec
+from app.stages import DETECT, ENCODE, Stage
+
+GALLERY_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+THUMBNAIL_SIZE = 96
+THUMBNAIL_DIR = "thumbnails"
+DEFAULT_THRESHOLD = 0.7
+
+
+class EmptyGallery(ValueError):
+    """Nothing in the folder could be indexed."""
+
+
+@dataclass
+class IndexReport:
+    """What build_index did: the files indexed and, with reasons, those it could not use."""
+
+    indexed: list[str] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    no_face: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    version_dir: Path | None = None
+
+
+def thumbnail_name(index: int) -> str:
+    """Thumbnails are named by gallery position, never by the photo's own file name."""
+    return f"{THUMBNAIL_DIR}/{index:06d}.jpg"
+
+
+def gallery_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(photos, other files) under folder, each in sorted order; hidden files and folders are ignored."""
+    photos, others = [], []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        (photos if path.suffix.lower() in GALLERY_SUFFIXES else others).append(path)
+    return photos, others
+
+
+def best_face(
+    backend: Backend, image: np.ndarray, *, threshold: float = DEFAULT_THRESHOLD, stage: Stage = DETECT
+) -> tuple[np.ndarray, float] | None:
+    """The highest-scoring face box (ymin, xmin, ymax, xmax, normalised) above threshold, or None."""
+    out = backend.predict(stage.ref(), {stage.inputs["image"]: image[np.newaxis]})
+    scores = np.asarray(out[stage.outputs["scores"]])[0]
+    count = int(np.asarray(out[stage.outputs["count"]]).reshape(-1)[0])
+    scores = scores[:count]
+    if scores.size == 0 or scores.max() < threshold:
+        return None
+    best = int(np.argmax(scores))
+    return np.asarray(out[stage.outputs["boxes"]])[0, best], float(scores[best])
+
+
+def model_input(images: Sequence[np.ndarray], spec: TensorSpec, value_range: tuple[float, float]) -> np.ndarray:
+    """A batch for a model input: resized to the spec's height and width, in its dtype and value range."""
+    if spec.shape is None or len(spec.shape) != 4 or spec.shape[1] is None or spec.shape[2] is None:
+        raise ValueError(f"input {spec.name!r} must have a known [batch, height, width, channels] shape")
+    height, width = int(spec.shape[1]), int(spec.shape[2])
+    batch = np.stack([resize(image, (height, width)) for image in images])
+    if spec.dtype == np.uint8:
+        return batch
+    low, high = value_range
+    return (batch.astype(np.float32) * ((high - low) / 255.0) + low).astype(spec.dtype)
+
+
+def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def encode_faces(
+    backend: Backend,
+    faces: Sequence[np.ndarray],
+    *,
+    batch_size: int = 16,
+    stage: Stage = ENCODE,
+    value_range: tuple[float, float] = (0.0, 255.0),
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Latents of face crops [N, *latent_shape], encoded in batches (one at a time if the encoder takes batch 1)."""
+    spec = backend.metadata(stage.ref()).inputs[stage.inputs["image"]]
+    if spec.shape is not None and spec.shape[0] is not None:
+        batch_size = int(spec.shape[0])
+    latents = []
+    for batch in _batches(faces, batch_size):
+        out = backend.predict(stage.ref(), {stage.inputs["image"]: model_input(batch, spec, value_range)})
+        latents.append(np.asarray(out[stage.outputs["latent"]], dtype=np.float32))
+        if on_batch is not None:
+            on_batch(len(batch))
+    return np.concatenate(latents)
+
+
+def build_index(
+    gallery_dir: Path,
+    backend: Backend,
+    search_base_path: Path,
+    *,
+    whole_image: bool = False,
+    threshold: float = DEFAULT_THRESHOLD,
+    batch_size: int = 16,
+    version: int | None = None,
+    progress: Callable[[str, int], None] | None = None,
+) -> IndexReport:
+    """Index every photo of a folder and write a new latent_search_model version under search_base_path.
+
+    Photos are taken in sorted order, so the same folder gives the same index. Each is
+    decoded upright, its best face cropped (or the whole photo with ``whole_image``),
+    encoded through ``backend``, and stored with its path relative to the folder and a
+    thumbnail. Files that cannot be read or show no face are reported, not fatal; a
+    folder with nothing usable raises EmptyGallery.
+    """
+    gallery_dir = Path(gallery_dir)
+    if not gallery_dir.is_dir():
+        raise EmptyGallery(f"{gallery_dir} is not a folder")
+    photos, others = gallery_files(gallery_dir)
+    report = IndexReport(skipped=[p.relative_to(gallery_dir).as_posix() for p in others])
+    faces: list[np.ndarray] = []
+    for path in photos:
+        name = path.relative_to(gallery_dir).as_posix()
+        if progress is not None:
+            progress("detect", 1)
+        try:
+            image = decode_image(path.read_bytes())
+        except (GatewayError, OSError) as exc:
+            report.unreadable.append((name, getattr(exc, "message", str(exc))))
+            continue
+        if whole_image:
+            faces.append(image)
+        else:
+            found = best_face(backend, image, threshold=threshold)
+            if found is None:
+                report.no_face.append(name)
+                continue
+            faces.append(crop_face(image, found[0]))
+        report.indexed.append(name)
+    if not faces:
+        raise EmptyGallery(
+            f"no photo in {gallery_dir} could be indexed ({len(photos)} photos: "
+            f"{len(report.unreadable)} unreadable, {len(report.no_face)} without a face; "
+            f"{len(others)} other files skipped)"
+        )
+
+    def on_batch(count: int) -> None:
+        if progress is not None:
+            progress("encode", count)
+
+    latents = encode_faces(backend, faces, batch_size=batch_size, on_batch=on_batch)
+    thumbnails = {
+        thumbnail_name(i): encode_jpeg(resize(face, (THUMBNAIL_SIZE, THUMBNAIL_SIZE)), quality=80)
+        for i, face in enumerate(faces)
+    }
+    search_base_path = Path(search_base_path)
+    target = search_base_path / str(version if version is not None else next_version(search_base_path))
+    report.version_dir = export_search_model(target, latents, report.indexed, extra_files=thumbnails)
+    return report
+
+
+def describe(report: IndexReport) -> Iterable[str]:
+    """Lines a person reads after build-index."""
+    yield f"indexed {len(report.indexed)} faces into {report.version_dir}"
+    for name, reason in report.unreadable:
+        yield f"unreadable: {name}: {reason}"
+    for name in report.no_face:
+        yield f"no face found: {name}"
+    for name in report.skipped:
+        yield f"skipped (not {', '.join(GALLERY_SUFFIXES)}): {name}"
