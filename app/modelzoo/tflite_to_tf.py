@@ -349,41 +349,34 @@ _BUILDERS: dict[str, Callable[[TFLiteNetwork, _Op, list[Any]], list[tf.Tensor]]]
 }
 
 
+def _window(o: Any, kind: str) -> dict[str, Any]:
+    """The options every sliding-window op (conv, depthwise conv, pool) has in common."""
+    return {
+        "padding": _padding(o.Padding(), kind),
+        "stride_h": o.StrideH(),
+        "stride_w": o.StrideW(),
+        "activation": _activation(o.FusedActivationFunction(), kind),
+    }
+
+
 def _parse_op(kind: str, raw: Any) -> _Op:
     inputs = tuple(int(i) for i in raw.InputsAsNumpy()) if raw.InputsLength() else ()
     outputs = tuple(int(i) for i in raw.OutputsAsNumpy())
     options: dict[str, Any] = {}
     if kind == "CONV_2D":
         o = _options(raw, schema.Conv2DOptions, kind)
-        options = {
-            "padding": _padding(o.Padding(), kind),
-            "stride_h": o.StrideH(),
-            "stride_w": o.StrideW(),
-            "dilation_h": o.DilationHFactor(),
-            "dilation_w": o.DilationWFactor(),
-            "activation": _activation(o.FusedActivationFunction(), kind),
-        }
+        options = {**_window(o, kind), "dilation_h": o.DilationHFactor(), "dilation_w": o.DilationWFactor()}
     elif kind == "DEPTHWISE_CONV_2D":
         o = _options(raw, schema.DepthwiseConv2DOptions, kind)
         options = {
-            "padding": _padding(o.Padding(), kind),
-            "stride_h": o.StrideH(),
-            "stride_w": o.StrideW(),
+            **_window(o, kind),
             "dilation_h": o.DilationHFactor(),
             "dilation_w": o.DilationWFactor(),
             "depth_multiplier": o.DepthMultiplier(),
-            "activation": _activation(o.FusedActivationFunction(), kind),
         }
     elif kind == "MAX_POOL_2D":
         o = _options(raw, schema.Pool2DOptions, kind)
-        options = {
-            "padding": _padding(o.Padding(), kind),
-            "stride_h": o.StrideH(),
-            "stride_w": o.StrideW(),
-            "filter_h": o.FilterHeight(),
-            "filter_w": o.FilterWidth(),
-            "activation": _activation(o.FusedActivationFunction(), kind),
-        }
+        options = {**_window(o, kind), "filter_h": o.FilterHeight(), "filter_w": o.FilterWidth()}
     elif kind == "ADD":
         # ADD's options are optional in the schema; absent means no fused activation.
         o = _options(raw, schema.AddOptions, kind, required=False)
