@@ -35,6 +35,10 @@ class Settings:
     session_threads: int = 0  # local backend: TF threads per session, 0 = TensorFlow decides
     async_workers: int = 8  # threads that run independent model calls concurrently
     pipeline_servables: tuple[str, ...] = PIPELINE_SERVABLES  # what /readyz waits for
+    face_threshold: float = 0.7  # a face counts when its detector score is at least this
+    max_pixels: int = 50_000_000  # larger photos are refused with 413
+    max_upload_bytes: int = 20 * 1024 * 1024  # larger request bodies are refused with 413
+    default_k: int = 5  # gallery matches when the request does not say
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "grpc"):
@@ -44,6 +48,13 @@ class Settings:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must not be negative")
         if self.timeout == 0:
             raise ValueError(f"{ENV_PREFIX}TIMEOUT must be positive")
+        if not 0 <= self.face_threshold <= 1:
+            raise ValueError(f"{ENV_PREFIX}FACE_THRESHOLD must be between 0 and 1")
+        if self.max_pixels < 1 or self.max_upload_bytes < 1 or not 1 <= self.default_k <= 100:
+            raise ValueError(
+                f"{ENV_PREFIX}MAX_PIXELS and {ENV_PREFIX}MAX_UPLOAD_BYTES must be positive, "
+                f"{ENV_PREFIX}DEFAULT_K between 1 and 100"
+            )
         if self.max_attempts < 1 or self.async_workers < 1:
             raise ValueError(f"{ENV_PREFIX}MAX_ATTEMPTS and {ENV_PREFIX}ASYNC_WORKERS must be at least 1")
 

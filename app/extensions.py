@@ -9,6 +9,7 @@ import threading
 from flask import Flask, current_app
 
 from app.config import Settings
+from app.pipeline import Pipeline
 from app.serving.base import Backend
 
 
@@ -44,6 +45,7 @@ class Serving:
         self.settings = settings
         self._backend: Backend | None = None
         self._pid: int | None = None
+        self._pipeline: Pipeline | None = None
         self._lock = threading.Lock()
 
     def init_app(self, app: Flask) -> None:
@@ -58,8 +60,22 @@ class Serving:
                 self._pid = os.getpid()
             return self._backend
 
+    @property
+    def pipeline(self) -> Pipeline:
+        backend = self.backend
+        with self._lock:
+            if self._pipeline is None or self._pipeline.backend is not backend:
+                self._pipeline = Pipeline(
+                    backend,
+                    threshold=self.settings.face_threshold,
+                    max_pixels=self.settings.max_pixels,
+                    timeout=self.settings.timeout,
+                )
+            return self._pipeline
+
     def close(self) -> None:
         with self._lock:
+            self._pipeline = None
             backend, self._backend = self._backend, None
             owned = self._pid == os.getpid()
         if backend is not None and owned:

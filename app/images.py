@@ -10,26 +10,30 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from app.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
+from app.serving.base import TensorSpec
 
 # Pillow format name -> media type. Anything else is refused with 415.
 ACCEPTED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp"}
 DEFAULT_MAX_PIXELS = 50_000_000
 FACE_CROP_SCALE = 1.75
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # rotated by 90 degrees: width and height swap
 
 
 def accepted_types() -> str:
     return ", ".join(ACCEPTED_FORMATS.values())
 
 
-def decode_image(
+def decode_photo(
     data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: tuple[int, int] | None = None
-) -> np.ndarray:
-    """Decode an upload into an RGB uint8 array [H, W, 3], upright per its EXIF orientation.
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode an upload into RGB uint8 pixels [H, W, 3], upright per its EXIF orientation.
 
-    ``draft_size`` lets a large JPEG decode at a reduced scale (never below that size)
-    when the caller does not need every pixel. Raises 415 for formats other than
-    JPEG, PNG, WebP and BMP, 413 above ``max_pixels`` or for decompression bombs,
-    400 for empty or corrupt data.
+    Returns the pixels and the photo's full upright size (width, height). With
+    ``draft_size`` a large JPEG is decoded at a reduced scale (never below that size),
+    for stages that do not need every pixel; the pixels are then smaller than the size.
+    Raises 415 for formats other than JPEG, PNG, WebP and BMP, 413 above ``max_pixels``
+    or for decompression bombs, 400 for empty or corrupt data.
     """
     if not data:
         raise BadInput("the image is empty")
@@ -48,16 +52,23 @@ def decode_image(
                 raise PayloadTooLarge(
                     f"the image has {width}x{height} pixels; the limit is {max_pixels / 1e6:g} megapixels"
                 )
+            if image.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSING_ORIENTATIONS:
+                width, height = height, width
             if draft_size is not None and image.format == "JPEG":
                 image.draft("RGB", draft_size)
             image = ImageOps.exif_transpose(image)
-            return np.asarray(image.convert("RGB"))
+            return np.asarray(image.convert("RGB")), (width, height)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLarge(f"the image is too large to decode safely: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise UnsupportedMediaType(f"not a readable image; send one of: {accepted_types()}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadInput(f"the image could not be decoded: {exc}") from exc
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an upload at full resolution into RGB uint8 pixels [H, W, 3], upright (see decode_photo)."""
+    return decode_photo(data, max_pixels=max_pixels)[0]
 
 
 def face_square(
@@ -103,3 +114,29 @@ def encode_png(image: np.ndarray) -> bytes:
     out = io.BytesIO()
     Image.fromarray(image).save(out, format="PNG", optimize=False, compress_level=6)
     return out.getvalue()
+
+
+def image_size_of(spec: TensorSpec) -> tuple[int, int]:
+    """(height, width) a [batch, height, width, channels] image input wants; a clear error when not fixed."""
+    if spec.shape is None or len(spec.shape) != 4 or spec.shape[1] is None or spec.shape[2] is None:
+        raise ValueError(f"input {spec.name!r} must have a known [batch, height, width, channels] shape")
+    return int(spec.shape[1]), int(spec.shape[2])
+
+
+def model_input(images: Sequence[np.ndarray], spec: TensorSpec, value_range: tuple[float, float]) -> np.ndarray:
+    """A batch for an image input: resized to the spec's height and width, in its dtype and value range."""
+    batch = np.stack([resize(image, image_size_of(spec)) for image in images])
+    if spec.dtype == np.uint8:
+        return batch
+    low, high = value_range
+    return (batch.astype(np.float32) * ((high - low) / 255.0) + low).astype(spec.dtype)
+
+
+def model_output_image(values: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    """An image output [H, W, 3] (float in value_range, or uint8) as RGB uint8 pixels."""
+    values = np.asarray(values)
+    if values.dtype == np.uint8:
+        return values
+    low, high = value_range
+    pixels = (values.astype(np.float32) - low) * (255.0 / (high - low))
+    return np.clip(pixels + 0.5, 0, 255).astype(np.uint8)

@@ -23,17 +23,26 @@ class Stage:
     outputs: Mapping[str, str]
     signature: str = DEFAULT_SIGNATURE
     extra_signatures: Mapping[str, str] = field(default_factory=dict)
+    # The pixel range 0..255 maps to this range for a float image input (and back for a float image output).
+    value_range: tuple[float, float] = (0.0, 255.0)
 
     def ref(self, *, version: int | None = None, label: str | None = None, signature: str | None = None) -> ModelRef:
         return ModelRef(self.servable, version=version, label=label, signature=signature or self.signature)
 
 
-def _stage(servable: str, inputs: dict[str, str], outputs: dict[str, str], **extra: str) -> Stage:
+def _stage(
+    servable: str,
+    inputs: dict[str, str],
+    outputs: dict[str, str],
+    value_range: tuple[float, float] = (0.0, 255.0),
+    **extra: str,
+) -> Stage:
     return Stage(
         servable,
         MappingProxyType(inputs),
         MappingProxyType(outputs),
         extra_signatures=MappingProxyType(extra),
+        value_range=value_range,
     )
 
 
@@ -49,7 +58,7 @@ SEARCH = _stage(
     {"distances": "xvals", "indices": "indices", "filenames": "filenames"},
     size="gallery_size",
 )
-TRANSLATE = _stage("ugatit_selfie2anime", {"image": "input_images"}, {"image": "output_images"})
+TRANSLATE = _stage("ugatit_selfie2anime", {"image": "input_images"}, {"image": "output_images"}, (-1.0, 1.0))
 
 DEFAULT_STAGES: Mapping[str, Stage] = MappingProxyType(
     {"detect": DETECT, "encode": ENCODE, "search": SEARCH, "translate": TRANSLATE}

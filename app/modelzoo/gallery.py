@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,15 +10,16 @@ from pathlib import Path
 import numpy as np
 
 from app.errors import GatewayError
-from app.images import crop_face, decode_image, encode_jpeg, resize
+from app.images import crop_face, decode_image, encode_jpeg, model_input, resize
 from app.modelzoo.export import next_version
 from app.modelzoo.search import export_search_model
-from app.serving.base import Backend, TensorSpec
+from app.serving.base import Backend
 from app.stages import DETECT, ENCODE, Stage
 
 GALLERY_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 THUMBNAIL_SIZE = 96
 THUMBNAIL_DIR = "thumbnails"
+THUMBNAIL_INDEX = f"{THUMBNAIL_DIR}/index.json"
 DEFAULT_THRESHOLD = 0.7
 
 
@@ -66,18 +68,6 @@ def best_face(
     return np.asarray(out[stage.outputs["boxes"]])[0, best], float(scores[best])
 
 
-def model_input(images: Sequence[np.ndarray], spec: TensorSpec, value_range: tuple[float, float]) -> np.ndarray:
-    """A batch for a model input: resized to the spec's height and width, in its dtype and value range."""
-    if spec.shape is None or len(spec.shape) != 4 or spec.shape[1] is None or spec.shape[2] is None:
-        raise ValueError(f"input {spec.name!r} must have a known [batch, height, width, channels] shape")
-    height, width = int(spec.shape[1]), int(spec.shape[2])
-    batch = np.stack([resize(image, (height, width)) for image in images])
-    if spec.dtype == np.uint8:
-        return batch
-    low, high = value_range
-    return (batch.astype(np.float32) * ((high - low) / 255.0) + low).astype(spec.dtype)
-
-
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -89,7 +79,6 @@ def encode_faces(
     *,
     batch_size: int = 16,
     stage: Stage = ENCODE,
-    value_range: tuple[float, float] = (0.0, 255.0),
     on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Latents of face crops [N, *latent_shape], encoded in batches (one at a time if the encoder takes batch 1)."""
@@ -98,7 +87,7 @@ def encode_faces(
         batch_size = int(spec.shape[0])
     latents = []
     for batch in _batches(faces, batch_size):
-        out = backend.predict(stage.ref(), {stage.inputs["image"]: model_input(batch, spec, value_range)})
+        out = backend.predict(stage.ref(), {stage.inputs["image"]: model_input(batch, spec, stage.value_range)})
         latents.append(np.asarray(out[stage.outputs["latent"]], dtype=np.float32))
         if on_batch is not None:
             on_batch(len(batch))
@@ -164,6 +153,8 @@ def build_index(
         thumbnail_name(i): encode_jpeg(resize(face, (THUMBNAIL_SIZE, THUMBNAIL_SIZE)), quality=80)
         for i, face in enumerate(faces)
     }
+    # The gateway serves a thumbnail only for a name listed here, by its position.
+    thumbnails[THUMBNAIL_INDEX] = json.dumps({"files": report.indexed}, ensure_ascii=False).encode("utf-8")
     search_base_path = Path(search_base_path)
     target = search_base_path / str(version if version is not None else next_version(search_base_path))
     report.version_dir = export_search_model(target, latents, report.indexed, extra_files=thumbnails)

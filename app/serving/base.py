@@ -10,9 +10,10 @@ from __future__ import annotations
 import abc
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2
@@ -21,6 +22,7 @@ from app.errors import BadInput, UnknownSignature
 from app.serving import tensors
 
 DEFAULT_SIGNATURE = "serving_default"
+T = TypeVar("T")
 _LABEL_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -158,7 +160,11 @@ class Backend(abc.ABC):
         self, ref: ModelRef, inputs: Mapping[str, np.ndarray], timeout: float | None = None
     ) -> Future[dict[str, np.ndarray]]:
         """Start a Predict call and return at once; the future yields what ``predict`` would."""
-        return self._pool().submit(self.predict, ref, inputs, timeout)
+        return self.submit(self.predict, ref, inputs, timeout)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Run ``fn(*args)`` on the backend's thread pool: a branch of model calls that runs beside others."""
+        return self._pool().submit(fn, *args)
 
     @abc.abstractmethod
     def model_status(self, name: str) -> list[VersionStatus]:

@@ -1,1 +1,1 @@
-"""HTTP surfaces, one blueprint each: operations (health, readiness)."""
+"""HTTP surfaces, one blueprint each: pages (browser), api (JSON v1), ops (health, readiness, metrics)."""
