@@ -73,3 +73,48 @@ def shared_backend(request: pytest.FixtureRequest, tmp_path_factory, exported_mo
     config = make_serving_dir(tmp_path_factory.mktemp("shared"), exported_models)
     yield _factory(request.param, closers)(config, poll_interval=0)
     _close_all(closers)
+
+
+# -- the demo servables (exported once per session) and apps over them ------------------------------
+
+PIPELINE_CONFIG = Path(__file__).resolve().parent.parent / "serving_models.config"
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The four demo servables, exported once per test session; tests copy, never change, them."""
+    from app.modelzoo.cli import export_models
+    from app.stages import DEFAULT_STAGES
+
+    root = tmp_path_factory.mktemp("demo") / "serving_models"
+    written = export_models(root, echo=lambda _line: None)
+    assert sorted(written) == sorted(stage.servable for stage in DEFAULT_STAGES.values())
+    return root
+
+
+def demo_serving_dir(root: Path, demo_root: Path) -> Path:
+    """The shipped serving_models.config beside a private copy of the demo servables; returns the config."""
+    shutil.copytree(demo_root, root / "serving_models")
+    config = root / "serving_models.config"
+    shutil.copy(PIPELINE_CONFIG, config)
+    return config
+
+
+@pytest.fixture(scope="module", params=BACKEND_KINDS)
+def demo_app(request: pytest.FixtureRequest, tmp_path_factory, demo_root: Path) -> Iterator:
+    """The gateway app over the demo servables, on the local backend or via gRPC to the protocol double."""
+    from app import create_app
+
+    config = demo_serving_dir(tmp_path_factory.mktemp("demo-app"), demo_root)
+    settings = {"poll_interval": 0, "model_config": config}
+    double = None
+    if request.param == "grpc":
+        double = TFServingDouble(config, poll_interval=0).start()
+        settings.update(backend="grpc", serving_target=double.address)
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    app.double = double  # the server's fault knobs, None on the local backend
+    yield app
+    app.extensions["serving"].close()
+    if double is not None:
+        double.close()

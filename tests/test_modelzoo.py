@@ -14,38 +14,22 @@ from PIL import Image
 from skimage import data
 
 from app import create_app
-from app.modelzoo.cli import export_models, write_demo_gallery
+from app.modelzoo.cli import write_demo_gallery
 from app.modelzoo.gallery import EmptyGallery, build_index, encode_faces, thumbnail_name
 from app.serving.grpc_backend import GrpcBackend
 from app.serving.local_backend import LocalBackend
 from app.serving.runtime import WARMUP_FILE, list_versions
 from app.stages import DEFAULT_STAGES
+from tests.conftest import demo_serving_dir
 from tests.tf_serving_double import TFServingDouble
 
 pytestmark = pytest.mark.slow
-PIPELINE_CONFIG = Path(__file__).resolve().parent.parent / "serving_models.config"
 FORBIDDEN_OPS = {"PyFunc", "EagerPyFunc", "PyFuncStateless"}
-
-
-@pytest.fixture(scope="session")
-def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The four demo servables, exported once per test session; tests copy, never change, them."""
-    root = tmp_path_factory.mktemp("demo") / "serving_models"
-    written = export_models(root, echo=lambda _line: None)
-    assert sorted(written) == sorted(stage.servable for stage in DEFAULT_STAGES.values())
-    return root
-
-
-def _serving_dir(tmp_path: Path, demo_root: Path) -> Path:
-    shutil.copytree(demo_root, tmp_path / "serving_models")
-    config = tmp_path / "serving_models.config"
-    shutil.copy(PIPELINE_CONFIG, config)
-    return config
 
 
 @pytest.fixture(scope="module")
 def demo_config(tmp_path_factory, demo_root: Path) -> Path:
-    return _serving_dir(tmp_path_factory.mktemp("demo-config"), demo_root)
+    return demo_serving_dir(tmp_path_factory.mktemp("demo-config"), demo_root)
 
 
 @pytest.fixture(scope="module", params=["local", "grpc"])
@@ -192,7 +176,7 @@ def test_build_index_on_empty_folder_is_refused(demo_backend, tmp_path):
 
 @pytest.fixture
 def cli_app(tmp_path, demo_root):
-    app = create_app({"backend": "local", "model_config": _serving_dir(tmp_path, demo_root), "poll_interval": 0})
+    app = create_app({"backend": "local", "model_config": demo_serving_dir(tmp_path, demo_root), "poll_interval": 0})
     yield app
     app.extensions["serving"].close()
 
@@ -230,7 +214,7 @@ def test_cli_check_models_accepts_the_demo_models(cli_app):
 
 
 def test_cli_check_models_names_what_does_not_fit(tmp_path, demo_root, exported_models):
-    config = _serving_dir(tmp_path, demo_root)
+    config = demo_serving_dir(tmp_path, demo_root)
     models = config.parent / "serving_models"
     shutil.rmtree(models / "twingan_latent_encoder")
     shutil.copytree(exported_models / "half_plus", models / "twingan_latent_encoder")
