@@ -30,10 +30,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Imported here, not at module level: the serving stack pulls in TensorFlow, which light
     # users of the package (the config reader, the CLI's help) should not pay for.
     from app.extensions import Serving
+    from app.metrics import GatewayMetrics
     from app.modelzoo import cli
     from app.views import api, ops, pages
 
-    Serving(settings).init_app(app)
+    metrics = GatewayMetrics()
+    metrics.init_app(app)
+    Serving(settings, metrics).init_app(app)
     cli.register(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)

@@ -9,6 +9,7 @@ import threading
 from flask import Flask, current_app
 
 from app.config import Settings
+from app.metrics import GatewayMetrics, InstrumentedBackend
 from app.pipeline import Pipeline
 from app.serving.base import Backend
 
@@ -41,8 +42,9 @@ def create_backend(settings: Settings) -> Backend:
 class Serving:
     """Owns one Backend per process. It is opened lazily, so a gunicorn worker opens its own after the fork."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: GatewayMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics
         self._backend: Backend | None = None
         self._pid: int | None = None
         self._pipeline: Pipeline | None = None
@@ -56,7 +58,10 @@ class Serving:
     def backend(self) -> Backend:
         with self._lock:
             if self._backend is None or self._pid != os.getpid():
-                self._backend = create_backend(self.settings)
+                backend = create_backend(self.settings)
+                if self.metrics is not None:
+                    backend = InstrumentedBackend(backend, self.metrics)
+                self._backend = backend
                 self._pid = os.getpid()
             return self._backend
 

@@ -1,8 +1,8 @@
-"""Operations endpoints: liveness and readiness of the pipeline's servables."""
+"""Operations endpoints: liveness, readiness of the pipeline's servables, Prometheus metrics."""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
 from app.errors import GatewayError
@@ -38,3 +38,10 @@ def readyz() -> ResponseReturnValue:
     status = 200 if ready else 503
     headers = {} if ready else {"Retry-After": "5"}
     return jsonify(status="ready" if ready else "unavailable", servables=report), status, headers
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text format: requests by route and status, latencies, in-flight, servable calls."""
+    body, content_type = current_app.extensions["metrics"].exposition()
+    return Response(body, content_type=content_type)

@@ -1,0 +1,125 @@
+"""Prometheus metrics: HTTP requests by route and status, latency, in-flight requests, and every servable call.
+
+Each app owns its registry (tests build many apps). With several gunicorn
+workers, set ``PROMETHEUS_MULTIPROC_DIR`` to an empty folder: prometheus-client
+then keeps the values in files there and ``/metrics`` adds up every worker.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import numpy as np
+from flask import Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from app.errors import GatewayError
+from app.serving.base import Backend, ModelRef, SignatureMetadata, VersionStatus
+
+T = TypeVar("T")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class GatewayMetrics:
+    """The gateway's metric families, registered in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "gateway_http_requests_total", "HTTP requests answered", ["route", "method", "status"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "gateway_http_request_duration_seconds", "Time to answer an HTTP request", ["route", "method"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "gateway_http_requests_in_flight", "HTTP requests being answered now", registry=self.registry,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.servable_latency = Histogram(
+            "gateway_servable_call_duration_seconds", "Time of one call to a servable", ["servable", "call"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.servable_errors = Counter(
+            "gateway_servable_call_errors_total", "Failed calls to a servable, by gateway error code",
+            ["servable", "call", "code"], registry=self.registry,
+        )  # fmt: skip
+
+    def init_app(self, app: Flask) -> None:
+        app.extensions["metrics"] = self
+        app.before_request(self._before)
+        app.after_request(self._after)
+        app.teardown_request(self._teardown)
+
+    def _before(self) -> None:
+        g.metrics_started = time.perf_counter()
+        self.in_flight.inc()
+
+    def _after(self, response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        self.requests.labels(route, request.method, str(response.status_code)).inc()
+        started = g.pop("metrics_started", None)
+        if started is not None:
+            self.latency.labels(route, request.method).observe(time.perf_counter() - started)
+        return response
+
+    def _teardown(self, _exc: BaseException | None) -> None:
+        self.in_flight.dec()
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text format of every metric (summed over workers in multi-process mode)."""
+        registry = self.registry
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class InstrumentedBackend(Backend):
+    """Wraps a backend: times every call per servable and counts failures by gateway error code."""
+
+    def __init__(self, inner: Backend, metrics: GatewayMetrics) -> None:
+        super().__init__()
+        self.inner = inner
+        self.metrics = metrics
+
+    def _timed(self, servable: str, call: str, fn: Callable[..., T], *args: Any) -> T:
+        started = time.perf_counter()
+        try:
+            return fn(*args)
+        except GatewayError as exc:
+            self.metrics.servable_errors.labels(servable, call, exc.code).inc()
+            raise
+        finally:
+            self.metrics.servable_latency.labels(servable, call).observe(time.perf_counter() - started)
+
+    def predict(
+        self, ref: ModelRef, inputs: Mapping[str, np.ndarray], timeout: float | None = None
+    ) -> dict[str, np.ndarray]:
+        return self._timed(ref.name, "predict", self.inner.predict, ref, inputs, timeout)
+
+    def metadata(self, ref: ModelRef) -> SignatureMetadata:
+        return self._timed(ref.name, "metadata", self.inner.metadata, ref)
+
+    def model_status(self, name: str) -> list[VersionStatus]:
+        return self._timed(name, "status", self.inner.model_status, name)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        return self.inner.submit(fn, *args)
+
+    def close(self) -> None:
+        super().close()
+        self.inner.close()
