@@ -110,7 +110,7 @@ def test_face_square(box, expected):
 def test_face_square_on_a_wide_image_stays_square_and_inside():
     top, left, bottom, right = images.face_square((0.1, 0.45, 0.9, 0.55), 100, 400, scale=1.75)
     assert bottom - top == right - left == 100
-    assert 0 <= left and right <= 400
+    assert left >= 0 and right <= 400
 
 
 def test_model_input_and_output_ranges():

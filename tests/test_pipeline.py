@@ -23,7 +23,7 @@ from app.pipeline import Pin, parse_pins
                 "search": Pin(label="canary"),
                 "translate": Pin(version=2),
             },
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_parse_pins(params, expected):
