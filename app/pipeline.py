@@ -63,7 +63,7 @@ def parse_pins(params: Mapping[str, str], stages: Mapping[str, Stage] = DEFAULT_
         if "version" in kinds and "label" in kinds:
             raise BadInput(f"{name}: give a version or a label, not both")
         version = kinds.get("version")
-        if version is not None and (not version.isdigit() or len(version) > 18):
+        if version is not None and (not (version.isascii() and version.isdigit()) or len(version) > 18):
             raise BadInput(f"{name}: version must be a positive integer, got {version[:40]!r}")
         pin = Pin(version=int(version) if version is not None else None, label=kinds.get("label"))
         stages[name].ref(version=pin.version, label=pin.label)  # validates the label's form
@@ -178,7 +178,8 @@ class Pipeline:
         long_side = max(pixels.shape[:2])
         if long_side > DETECT_MAX_SIDE:
             scale = DETECT_MAX_SIDE / long_side
-            pixels = images.resize(pixels, (round(pixels.shape[0] * scale), round(pixels.shape[1] * scale)))
+            size = (max(1, round(pixels.shape[0] * scale)), max(1, round(pixels.shape[1] * scale)))
+            pixels = images.resize(pixels, size)
         if spec.shape is not None and spec.shape[1] is not None:  # a detector with a fixed input size
             batch = images.model_input([pixels], spec, stage.value_range)
         else:

@@ -1,7 +1,186 @@
-"""The JSON API, version 1, under /api/v1/."""
+"""The JSON API, version 1, under /api/v1/: search, translate, detect, models, gallery thumbnails, OpenAPI document.
+
+Views read the request with ``common`` (upload, k, pins), run the pipeline and shape
+its result; every failure is a ``GatewayError`` that the app's one handler renders as
+``{"error": {"code", "message"}}``.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import base64
+import logging
+from collections.abc import Mapping
+
+from flask import Blueprint, Response, current_app, jsonify, request, send_file, url_for
+from flask.typing import ResponseReturnValue
+
+from app import images
+from app.errors import BadInput, GatewayError, ServingUnavailable
+from app.extensions import serving
+from app.modelzoo.cli import servable_root
+from app.serving.base import VersionStatus
+from app.serving.model_config import ModelConfigError, load_model_config
+from app.stages import DEFAULT_STAGES
+from app.thumbnails import GalleryThumbnails
+from app.views import openapi
+from app.views.common import pipeline, read_k, read_pins, read_upload, result_json, server_timing, settings
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+_THUMBNAILS = "api.gallery_thumbnails"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+# A thumbnail named with its gallery version never changes; "latest" moves when a new index is built.
+_PINNED_CACHE = "public, max-age=31536000, immutable"
+_LATEST_CACHE = "public, max-age=60"
+
+
+@bp.post("/search")
+def search() -> ResponseReturnValue:
+    """The k gallery faces nearest to the best face of the photo, each with a thumbnail URL."""
+    # The query first: a bad parameter is refused before the photo is read.
+    k, pins, with_images = read_k(request.args), read_pins(request.args), _flag("images")
+    result = pipeline().run(read_upload(request, allow_raw_body=True), k=k, pins=pins, translate=False)
+    body = result_json(result, with_images=with_images)
+    version = result.versions["search"]
+    for match in body["matches"]:
+        match["thumbnail_url"] = url_for(".gallery_thumbnail", name=match["filename"], version=version)
+    return _timed(jsonify(body), result.timings)
+
+
+@bp.post("/translate")
+def translate() -> ResponseReturnValue:
+    """The anime version of the best face: a PNG, or JSON with it in base64 when the client asks for JSON."""
+    pins, as_json = read_pins(request.args), _translation_as_json()
+    result = pipeline().run(read_upload(request, allow_raw_body=True), pins=pins, search=False)
+    png = images.encode_png(result.anime)
+    if as_json:
+        body = result_json(result, with_images=False)
+        body["anime_png_base64"] = base64.b64encode(png).decode("ascii")
+        response = jsonify(body)
+    else:
+        response = Response(png, mimetype="image/png")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+    response.vary.add("Accept")  # one URL, two representations
+    return _timed(response, result.timings)
+
+
+@bp.post("/detect")
+def detect() -> ResponseReturnValue:
+    """Every face above the threshold, best first; a photo with no face is an empty list, not an error."""
+    pins = read_pins(request.args)
+    photo, faces = pipeline().find_faces(read_upload(request, allow_raw_body=True), pins)
+    body = {
+        "faces": [face.to_dict() for face in faces],
+        "image": {"width": photo.original_size[0], "height": photo.original_size[1]},
+        "timings_ms": {stage: round(seconds * 1000, 2) for stage, seconds in photo.timings.items()},
+    }
+    return _timed(jsonify(body), photo.timings)
+
+
+@bp.get("/models")
+def models() -> ResponseReturnValue:
+    """Each pipeline servable with its versions, their states and the version labels; a failing one names its error."""
+    try:
+        backend = serving().backend
+    except (ValueError, OSError) as exc:  # e.g. a broken serving_models.config for the local backend
+        raise ServingUnavailable(f"the serving backend cannot start: {exc}", retry_after=5) from exc
+    labels = _configured_labels()
+    servables = []
+    for name in settings().pipeline_servables:
+        entry = {"name": name, "labels": dict(labels.get(name, {}))}
+        try:
+            statuses = backend.model_status(name)
+        except GatewayError as exc:
+            entry["error"] = exc.to_dict()["error"]
+        else:
+            entry["versions"] = [_version_dict(status, entry["labels"]) for status in statuses]
+        servables.append(entry)
+    return jsonify(servables=servables)
+
+
+# merge_slashes=False: "//etc/passwd" is a 404 here, not a redirect to a name that looks relative.
+@bp.get("/gallery/<path:name>", merge_slashes=False)
+def gallery_thumbnail(name: str) -> ResponseReturnValue:
+    """The thumbnail JPEG of a gallery face, found by the name the index lists (never a path built from it)."""
+    version = _positive_int("version")
+    response = send_file(thumbnails().path(name, version), mimetype="image/jpeg", conditional=True)
+    response.headers["Cache-Control"] = _LATEST_CACHE if version is None else _PINNED_CACHE
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@bp.get("/openapi.json")
+def openapi_document() -> ResponseReturnValue:
+    return jsonify(openapi.document(settings()))
+
+
+def thumbnails() -> GalleryThumbnails:
+    """This app's gallery thumbnails, opened on first use (their index files are cached per version)."""
+    found = current_app.extensions.get(_THUMBNAILS)
+    if found is None:
+        base = servable_root(settings()) / DEFAULT_STAGES["search"].servable
+        # setdefault: two first requests at once still share one instance.
+        found = current_app.extensions.setdefault(_THUMBNAILS, GalleryThumbnails(base))
+    return found
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _timed(response: Response, timings: Mapping[str, float]) -> Response:
+    response.headers["Server-Timing"] = server_timing(timings)
+    return response
+
+
+def _flag(name: str) -> bool:
+    raw = request.args.get(name, "0").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise BadInput(f"{name} must be 1 or 0 (true or false), got {raw[:20]!r}")
+
+
+def _positive_int(name: str) -> int | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < 1:
+        raise BadInput(f"{name} must be a positive integer, got {raw[:40]!r}")
+    return int(raw)
+
+
+def _translation_as_json() -> bool:
+    """``?format=json|png`` wins; otherwise the Accept header, with PNG for clients that accept anything."""
+    chosen = request.args.get("format")
+    if chosen is not None:
+        if chosen not in ("json", "png"):
+            raise BadInput(f"format must be 'json' or 'png', got {chosen[:20]!r}")
+        return chosen == "json"
+    best = request.accept_mimetypes.best_match(["image/png", "application/json"], default="image/png")
+    return best == "application/json"
+
+
+def _configured_labels() -> dict[str, Mapping[str, int]]:
+    """Version labels per servable from serving_models.config: GetModelStatus does not report them."""
+    try:
+        config = load_model_config(settings().model_config, models_root=settings().models_root, check_paths=False)
+    except (ModelConfigError, OSError) as exc:
+        # With the grpc backend the config may live only beside TF Serving: the statuses still help.
+        log.warning("version labels unavailable: %s", exc)
+        return {}
+    return {servable.name: servable.labels for servable in config.servables}
+
+
+def _version_dict(status: VersionStatus, labels: Mapping[str, int]) -> dict:
+    entry = {
+        "version": status.version,
+        "state": status.state,
+        "labels": sorted(label for label, version in labels.items() if version == status.version),
+    }
+    if status.error_code != "OK":
+        entry["error"] = {"code": status.error_code, "message": status.error_message}
+    return entry

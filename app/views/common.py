@@ -63,7 +63,8 @@ def read_k(args: Mapping[str, str]) -> int:
     if raw is None:
         return settings().default_k
     raw = raw.strip()
-    if not raw.isdigit() or len(raw) > 4 or not 1 <= int(raw) <= MAX_K:
+    # isascii: "²".isdigit() is true but int("²") fails
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 4 or not 1 <= int(raw) <= MAX_K:
         raise BadInput(f"k must be an integer between 1 and {MAX_K}, got {raw[:20]!r}")
     return int(raw)
 

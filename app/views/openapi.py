@@ -1,0 +1,431 @@
+"""The OpenAPI 3.0 document of the JSON API and the operations endpoints, built as a plain dict.
+
+Kept beside the views it describes; ``tests/test_openapi.py`` validates it and fuzzes the
+app against it, so an endpoint that changes without its description here fails a test.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.config import Settings
+from app.images import ACCEPTED_FORMATS
+from app.pipeline import MAX_K
+from app.stages import DEFAULT_STAGES
+
+OPENAPI_VERSION = "3.0.3"
+API_VERSION = "1.0.0"
+LABEL_PATTERN = "^[A-Za-z0-9_.-]{1,64}$"
+MAX_VERSION = 10**18 - 1  # versions are parsed from at most 18 digits
+IMAGE_TYPES = tuple(ACCEPTED_FORMATS.values())
+# The stages each photo endpoint calls, and so the ones its pins may name.
+STAGES_OF = {
+    "search": ("detect", "encode", "search"),
+    "translate": ("detect", "translate"),
+    "detect": ("detect",),
+}
+
+
+def document(settings: Settings) -> dict[str, Any]:
+    """The whole document; limits and defaults come from the running app's settings."""
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "portrait gateway",
+            "version": API_VERSION,
+            "description": (
+                "Finds the face in a photo, searches a gallery for the nearest faces and translates the face "
+                "into an anime-style image, over models served by TensorFlow Serving. Every error is "
+                '`{"error": {"code", "message"}}`. Photos: JPEG, PNG, WebP or BMP, at most '
+                f"{settings.max_upload_bytes:,} bytes and {settings.max_pixels:,} pixels."
+            ),
+        },
+        "tags": [
+            {"name": "portrait", "description": "Runs of the face pipeline"},
+            {"name": "models", "description": "The servables behind the pipeline and the gallery"},
+            {"name": "operations", "description": "Health and readiness"},
+        ],
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "parameters": _parameters(settings),
+            "requestBodies": {"Photo": _photo_body()},
+            "responses": _error_responses(),
+            "headers": {
+                "ServerTiming": {
+                    "description": "Milliseconds per pipeline stage, e.g. `decode;dur=3.1, detect;dur=20.4`",
+                    "schema": {"type": "string"},
+                },
+                "RetryAfter": {
+                    "description": "Seconds to wait before trying again",
+                    "schema": {"type": "integer", "minimum": 1},
+                },
+            },
+        },
+    }
+
+
+# -- paths -----------------------------------------------------------------------------------------
+
+
+def _paths() -> dict[str, Any]:
+    timing = {"Server-Timing": _ref("headers", "ServerTiming")}
+    return {
+        "/api/v1/search": {
+            "post": {
+                "tags": ["portrait"],
+                "operationId": "search",
+                "summary": "Gallery faces nearest to the face in a photo",
+                "description": (
+                    "Detects the best face, encodes it and returns the k nearest gallery faces, nearest first, "
+                    "each with the URL of its thumbnail."
+                ),
+                "parameters": [
+                    _ref("parameters", "k"),
+                    _ref("parameters", "images"),
+                    *_pin_refs("search"),
+                ],
+                "requestBody": _ref("requestBodies", "Photo"),
+                "responses": {
+                    "200": _json_response("The face and its matches", "SearchResult", headers=timing),
+                    **_errors(400, 404, 413, 415, 422, 502, 503, 504),
+                },
+            }
+        },
+        "/api/v1/translate": {
+            "post": {
+                "tags": ["portrait"],
+                "operationId": "translate",
+                "summary": "The face in a photo as an anime-style image",
+                "description": (
+                    "A PNG by default; JSON with the PNG in base64 and the face box with `?format=json` or "
+                    "`Accept: application/json`."
+                ),
+                "parameters": [_ref("parameters", "format"), *_pin_refs("translate")],
+                "requestBody": _ref("requestBodies", "Photo"),
+                "responses": {
+                    "200": {
+                        "description": "The translated face",
+                        "headers": timing,
+                        "content": {
+                            "image/png": {"schema": _binary()},
+                            "application/json": {"schema": _ref("schemas", "TranslateResult")},
+                        },
+                    },
+                    **_errors(400, 404, 413, 415, 422, 502, 503, 504),
+                },
+            }
+        },
+        "/api/v1/detect": {
+            "post": {
+                "tags": ["portrait"],
+                "operationId": "detect",
+                "summary": "Every face in a photo",
+                "description": "Faces above the detector threshold, best first; none is an empty list, not an error.",
+                "parameters": _pin_refs("detect"),
+                "requestBody": _ref("requestBodies", "Photo"),
+                "responses": {
+                    "200": _json_response("The faces found", "DetectResult", headers=timing),
+                    **_errors(400, 404, 413, 415, 502, 503, 504),
+                },
+            }
+        },
+        "/api/v1/models": {
+            "get": {
+                "tags": ["models"],
+                "operationId": "listModels",
+                "summary": "The pipeline's servables, their versions, states and version labels",
+                "description": "A servable the server does not know or cannot answer for carries its error.",
+                "responses": {
+                    "200": _json_response("One entry per servable", "ModelsResult"),
+                    **_errors(503),
+                },
+            }
+        },
+        "/api/v1/gallery/{name}": {
+            "get": {
+                "tags": ["models"],
+                "operationId": "galleryThumbnail",
+                "summary": "The thumbnail of a gallery face",
+                "description": "`name` is a match's `filename`, as the gallery index lists it.",
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "description": "The face's name in the gallery index, e.g. `lfw/face_000.png`",
+                        "schema": {"type": "string", "minLength": 1},
+                    },
+                    _ref("parameters", "galleryVersion"),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "A JPEG thumbnail",
+                        "headers": {"Cache-Control": {"schema": {"type": "string"}}},
+                        "content": {"image/jpeg": {"schema": _binary()}},
+                    },
+                    **_errors(400, 404),
+                },
+            }
+        },
+        "/api/v1/openapi.json": {
+            "get": {
+                "tags": ["operations"],
+                "operationId": "openapi",
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI 3.0", "content": {"application/json": {}}}},
+            }
+        },
+        "/healthz": {
+            "get": {
+                "tags": ["operations"],
+                "operationId": "healthz",
+                "summary": "Liveness: the process answers",
+                "responses": {"200": _json_response("Alive", "Health")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "tags": ["operations"],
+                "operationId": "readyz",
+                "summary": "Readiness: every pipeline servable has an AVAILABLE version",
+                "responses": {
+                    "200": _json_response("Ready", "Readiness"),
+                    "503": _json_response(
+                        "Not ready; names the servables that are not",
+                        "Readiness",
+                        headers={"Retry-After": _ref("headers", "RetryAfter")},
+                    ),
+                },
+            }
+        },
+    }
+
+
+def _pin_refs(operation: str) -> list[dict[str, str]]:
+    refs = [_ref("parameters", "version"), _ref("parameters", "label")]
+    for stage in STAGES_OF[operation]:
+        refs += [_ref("parameters", f"{stage}_version"), _ref("parameters", f"{stage}_label")]
+    return refs
+
+
+# -- components ------------------------------------------------------------------------------------
+
+
+def _parameters(settings: Settings) -> dict[str, Any]:
+    parameters: dict[str, Any] = {
+        "k": _query("k", "How many gallery faces to return", _integer(1, MAX_K, default=settings.default_k)),
+        "images": _query(
+            "images",
+            "true (or 1) to include the face crop as base64 JPEG (`crop_jpeg_base64`)",
+            {"type": "boolean", "default": False},
+        ),
+        "format": _query(
+            "format",
+            "The representation of the result; overrides the Accept header",
+            {"type": "string", "enum": ["png", "json"]},
+        ),
+        "galleryVersion": _query(
+            "version", "The gallery version (a match's `gallery_version`); default the latest", _integer(1)
+        ),
+        "version": _query("version", "Pin every stage's servable to this version", _integer(0, MAX_VERSION)),
+        "label": _query("label", "Pin every stage's servable to this version label", _label()),
+    }
+    for stage, spec in DEFAULT_STAGES.items():
+        parameters[f"{stage}_version"] = _query(
+            f"{stage}_version",
+            f"Pin {spec.servable} to this version (overrides `version`/`label` for this stage)",
+            _integer(0, MAX_VERSION),
+        )
+        parameters[f"{stage}_label"] = _query(
+            f"{stage}_label",
+            f"Pin {spec.servable} to this version label (overrides `version`/`label` for this stage)",
+            _label(),
+        )
+    return parameters
+
+
+def _photo_body() -> dict[str, Any]:
+    content: dict[str, Any] = {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"image_file": {**_binary(), "description": "The photo: exactly one file"}},
+                "required": ["image_file"],
+            },
+            "encoding": {"image_file": {"contentType": ", ".join(IMAGE_TYPES)}},
+        },
+    }
+    for media_type in IMAGE_TYPES:
+        content[media_type] = {"schema": _binary()}
+    return {
+        "required": True,
+        "description": "A photo: a multipart field `image_file`, or the image itself as the body",
+        "content": content,
+    }
+
+
+_ERRORS = {
+    400: ("BadInput", "The request is malformed: a bad parameter, a missing or empty photo, a corrupt image"),
+    404: ("NotFound", "An unknown servable version or label (or gallery face)"),
+    413: ("PayloadTooLarge", "The body or the image's pixel count is over the limit"),
+    415: ("UnsupportedMediaType", "Not a JPEG, PNG, WebP or BMP image"),
+    422: ("NoFace", "No face was found in the photo"),
+    502: ("ModelFailure", "A model failed"),
+    503: ("ServingUnavailable", "The model server cannot be reached or is overloaded"),
+    504: ("DeadlineExceeded", "A model call ran past its deadline"),
+}
+
+
+def _error_responses() -> dict[str, Any]:
+    responses = {}
+    for status, (name, description) in _ERRORS.items():
+        headers = {"Retry-After": _ref("headers", "RetryAfter")} if status == 503 else None
+        responses[name] = _json_response(description, "Error", headers=headers)
+    return responses
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(status): _ref("responses", _ERRORS[status][0]) for status in statuses}
+
+
+def _schemas() -> dict[str, Any]:
+    number = {"type": "number"}
+    timings = {
+        "type": "object",
+        "description": "Milliseconds per pipeline stage",
+        "additionalProperties": number,
+    }
+    return {
+        "Error": _object(
+            error=_object(
+                code={"type": "string", "example": "no_face"},
+                message={"type": "string"},
+            )
+        ),
+        "Box": _object(
+            ymin=number,
+            xmin=number,
+            ymax=number,
+            xmax=number,
+            description="Normalised to the photo: 0..1 from the top-left corner",
+        ),
+        "Face": _object(box=_ref("schemas", "Box"), score={"type": "number", "minimum": 0, "maximum": 1}),
+        "ImageSize": _object(width={"type": "integer"}, height={"type": "integer"}),
+        "Match": _object(
+            index={"type": "integer", "description": "Position in the gallery"},
+            filename={"type": "string", "description": "The gallery face's name in the index"},
+            distance={"type": "number", "description": "Squared L2 distance between latents"},
+            thumbnail_url={"type": "string", "description": "URL of the thumbnail JPEG"},
+        ),
+        "Timings": timings,
+        "PortraitResult": _object(
+            face=_ref("schemas", "Face"),
+            faces={"type": "array", "items": _ref("schemas", "Face")},
+            image=_ref("schemas", "ImageSize"),
+            timings_ms=_ref("schemas", "Timings"),
+            optional={"crop_jpeg_base64": {"type": "string", "format": "byte"}},
+        ),
+        "SearchResult": {
+            "allOf": [
+                _ref("schemas", "PortraitResult"),
+                _object(
+                    matches={"type": "array", "items": _ref("schemas", "Match")},
+                    gallery_version={"type": "integer"},
+                ),
+            ]
+        },
+        "TranslateResult": {
+            "allOf": [
+                _ref("schemas", "PortraitResult"),
+                _object(anime_png_base64={"type": "string", "format": "byte"}),
+            ]
+        },
+        "DetectResult": _object(
+            faces={"type": "array", "items": _ref("schemas", "Face")},
+            image=_ref("schemas", "ImageSize"),
+            timings_ms=_ref("schemas", "Timings"),
+        ),
+        "VersionStatus": _object(
+            version={"type": "integer"},
+            state={"type": "string", "enum": ["START", "LOADING", "AVAILABLE", "UNLOADING", "END"]},
+            labels={"type": "array", "items": {"type": "string"}},
+            optional={"error": _ref("schemas", "ErrorDetail")},
+        ),
+        "ErrorDetail": _object(code={"type": "string"}, message={"type": "string"}),
+        "Servable": _object(
+            name={"type": "string"},
+            labels={"type": "object", "additionalProperties": {"type": "integer"}},
+            optional={
+                "versions": {"type": "array", "items": _ref("schemas", "VersionStatus")},
+                "error": _ref("schemas", "ErrorDetail"),
+            },
+        ),
+        "ModelsResult": _object(servables={"type": "array", "items": _ref("schemas", "Servable")}),
+        "Health": _object(status={"type": "string", "enum": ["ok"]}),
+        "Readiness": _object(
+            status={"type": "string", "enum": ["ready", "unavailable"]},
+            optional={
+                "servables": {
+                    "type": "object",
+                    "additionalProperties": _object(
+                        available={"type": "boolean"},
+                        optional={
+                            "versions": {"type": "array", "items": {"type": "integer"}},
+                            "error": {"type": "string"},
+                        },
+                    ),
+                },
+                "error": {"type": "string"},
+            },
+        ),
+    }
+
+
+# -- small builders --------------------------------------------------------------------------------
+
+
+def _ref(section: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{section}/{name}"}
+
+
+def _object(description: str | None = None, optional: dict[str, Any] | None = None, **required: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "type": "object",
+        "required": list(required),
+        "properties": {**required, **(optional or {})},
+    }
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _binary() -> dict[str, str]:
+    return {"type": "string", "format": "binary"}
+
+
+def _integer(minimum: int, maximum: int | None = None, *, default: int | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer", "minimum": minimum}
+    if maximum is not None:
+        schema["maximum"] = maximum
+    if default is not None:
+        schema["default"] = default
+    return schema
+
+
+def _label() -> dict[str, str]:
+    return {"type": "string", "pattern": LABEL_PATTERN}
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+def _json_response(description: str, schema: str, *, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": _ref("schemas", schema)}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
