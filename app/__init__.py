@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, Request, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -14,6 +15,22 @@ from app.config import PROJECT_ROOT, Settings
 from app.errors import GatewayError, PayloadTooLarge
 
 log = logging.getLogger(__name__)
+
+
+class InMemoryRequest(Request):
+    """Keeps uploaded files in memory (bounded by MAX_CONTENT_LENGTH): an upload never touches the disk.
+
+    Werkzeug would spool any file part over 500 KB to a temporary file.
+    """
+
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
+        return io.BytesIO()
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -24,6 +41,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         template_folder=str(PROJECT_ROOT / "templates"),
         static_folder=str(PROJECT_ROOT / "static"),
     )
+    app.request_class = InMemoryRequest
     app.config["GATEWAY_SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_upload_bytes

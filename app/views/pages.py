@@ -1,12 +1,105 @@
-"""Browser pages: the upload form and POST /detect_face/image."""
+"""Browser pages: the upload form at / and POST /detect_face/image, which answers with the result page or JSON."""
 
 from __future__ import annotations
 
-from flask import Blueprint
+from dataclasses import dataclass
+
+import numpy as np
+from flask import Blueprint, jsonify, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+
+from app import images, wants_json
+from app.pipeline import MAX_K, Face, PortraitResult
+from app.views import common
 
 bp = Blueprint("pages", __name__)
+
+# Long side of the photo shown on the result page, and of the face crop beside it.
+PHOTO_MAX_SIDE = 800
+CROP_MAX_SIDE = 320
+
+
+@dataclass(frozen=True)
+class FaceBox:
+    """A face box as SVG percentages of the photo: x, y, width, height in 0..100."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+    score: float
+
+    @classmethod
+    def of(cls, face: Face) -> FaceBox:
+        ymin, xmin, ymax, xmax = (min(max(v, 0.0), 1.0) * 100 for v in face.box)
+        return cls(round(xmin, 3), round(ymin, 3), round(xmax - xmin, 3), round(ymax - ymin, 3), face.score)
+
+
+@bp.app_context_processor
+def upload_form_defaults() -> dict:
+    """Every page (the error page too, rendered by the app's error handler) can show the upload form."""
+    return {"upload_form": upload_form_context()}
 
 
 @bp.get("/")
 def index() -> str:
-    return "portrait gateway"
+    return render_template("index.html")
+
+
+@bp.post("/detect_face/image")
+def detect_face() -> ResponseReturnValue:
+    """Run the pipeline on one uploaded photo: the result page, or JSON for ``Accept: application/json``."""
+    data = common.read_upload(request)
+    k = common.read_k(request.values)
+    result = common.pipeline().run(data, k=k, pins=common.read_pins(request.values))
+    headers = {"Server-Timing": common.server_timing(result.timings)}
+    if wants_json():
+        return jsonify(common.result_json(result, with_images=True)), 200, headers
+    page = render_template("result.html", upload_form=upload_form_context(k), **result_context(result))
+    return page, 200, headers
+
+
+def upload_form_context(k: int | None = None) -> dict:
+    """What templates/_upload_form.html needs: accepted types, size limit, and the k to prefill."""
+    settings = common.settings()
+    return {
+        "accepted_types": images.accepted_types().replace(" ", ""),
+        "max_upload_mb": settings.max_upload_bytes / (1024 * 1024),
+        "k": k or settings.default_k,
+        "max_k": MAX_K,
+    }
+
+
+def result_context(result: PortraitResult) -> dict:
+    """The result page's images as data: URLs (nothing is written to disk) and its numbers, ready to show."""
+    version = result.versions.get("search")
+    total = result.timings.get("total") or sum(result.timings.values()) or 1.0
+    photo = _fit(result.photo.pixels, PHOTO_MAX_SIDE)
+    return {
+        "photo_url": common.data_url("image/jpeg", images.encode_jpeg(photo)),
+        "photo_shown_size": (photo.shape[1], photo.shape[0]),
+        "photo_size": result.photo.original_size,
+        "face": FaceBox.of(result.face),
+        "other_faces": [FaceBox.of(face) for face in result.faces[1:]],
+        "crop_url": common.data_url("image/jpeg", images.encode_jpeg(_fit(result.crop, CROP_MAX_SIDE))),
+        "anime_url": None if result.anime is None else common.data_url("image/png", images.encode_png(result.anime)),
+        "anime_size": None if result.anime is None else (result.anime.shape[1], result.anime.shape[0]),
+        "matches": [
+            (match, url_for("api.gallery_thumbnail", name=match.filename, version=version))
+            for match in result.matches or []
+        ],
+        "gallery_version": version,
+        "timings": [
+            (stage, seconds * 1000, seconds / total) for stage, seconds in result.timings.items() if stage != "total"
+        ],
+        "total_ms": result.timings.get("total", 0.0) * 1000,
+    }
+
+
+def _fit(pixels: np.ndarray, max_side: int) -> np.ndarray:
+    """The pixels scaled down (never up) so that the long side is at most ``max_side``."""
+    height, width = pixels.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return pixels
+    return images.resize(pixels, (max(1, round(height * scale)), max(1, round(width * scale))))
