@@ -23,7 +23,16 @@ from app.serving.model_config import ModelConfigError, load_model_config
 from app.stages import DEFAULT_STAGES
 from app.thumbnails import GalleryThumbnails
 from app.views import openapi
-from app.views.common import pipeline, read_k, read_pins, read_upload, result_json, server_timing, settings
+from app.views.common import (
+    pipeline,
+    read_k,
+    read_pins,
+    read_upload,
+    result_json,
+    server_timing,
+    settings,
+    timings_ms,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +83,7 @@ def detect() -> ResponseReturnValue:
     body = {
         "faces": [face.to_dict() for face in faces],
         "image": {"width": photo.original_size[0], "height": photo.original_size[1]},
-        "timings_ms": {stage: round(seconds * 1000, 2) for stage, seconds in photo.timings.items()},
+        "timings_ms": timings_ms(photo.timings),
     }
     return _timed(jsonify(body), photo.timings)
 

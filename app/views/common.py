@@ -78,6 +78,11 @@ def server_timing(timings: Mapping[str, float]) -> str:
     return ", ".join(f"{stage};dur={seconds * 1000:.1f}" for stage, seconds in timings.items())
 
 
+def timings_ms(timings: Mapping[str, float]) -> dict[str, float]:
+    """Stage durations for a JSON body, in milliseconds."""
+    return {stage: round(seconds * 1000, 2) for stage, seconds in timings.items()}
+
+
 def data_url(media_type: str, content: bytes) -> str:
     return f"data:{media_type};base64,{base64.b64encode(content).decode('ascii')}"
 
@@ -88,7 +93,7 @@ def result_json(result: PortraitResult, *, with_images: bool) -> dict:
         "face": result.face.to_dict(),
         "faces": [face.to_dict() for face in result.faces],
         "image": {"width": result.photo.original_size[0], "height": result.photo.original_size[1]},
-        "timings_ms": {stage: round(seconds * 1000, 2) for stage, seconds in result.timings.items()},
+        "timings_ms": timings_ms(result.timings),
     }
     if result.matches is not None:
         body["matches"] = [match.to_dict() for match in result.matches]
