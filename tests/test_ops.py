@@ -46,7 +46,9 @@ def test_metrics_count_requests_by_route_and_status(demo_app):
     samples = _samples(client)
     key = ("gateway_http_requests_total", (("method", "GET"), ("route", "/healthz"), ("status", "200")))
     assert samples[key] == before + 3
-    assert samples[("gateway_http_requests_total", (("method", "GET"), ("route", "<unmatched>"), ("status", "404")))] >= 1
+    assert (
+        samples[("gateway_http_requests_total", (("method", "GET"), ("route", "<unmatched>"), ("status", "404")))] >= 1
+    )
     assert ("gateway_http_request_duration_seconds_count", (("method", "GET"), ("route", "/healthz"))) in samples
     # /metrics itself is being answered while it is measured.
     assert samples[("gateway_http_requests_in_flight", ())] == 1

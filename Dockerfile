@@ -1,0 +1,43 @@
+# The gateway's image: gunicorn serving `app:create_app()` on :8000, as a non-root user.
+# docker-compose.yaml runs it twice: as `gateway`, and as the one-shot `models` job that exports the
+# demo servables (`flask --app app export-models --if-missing`).
+FROM python:3.11.13-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# The pinned dependencies first, in their own layer: a code change does not reinstall TensorFlow.
+# Every compiled wheel in requirements.txt bundles its libraries beyond glibc, libstdc++ and zlib,
+# which the slim image has, so no apt packages are needed.
+COPY requirements.txt ./
+RUN pip install --no-cache-dir -r requirements.txt
+
+# A fixed uid, so that file ownership on mounted folders is predictable. serving_models/ and the
+# weights cache are created here so that mounts and named volumes start out owned by that user.
+RUN groupadd --system --gid 10001 gateway \
+    && useradd --system --uid 10001 --gid gateway --create-home --home-dir /home/gateway \
+        --shell /usr/sbin/nologin gateway \
+    && mkdir -p /app/serving_models /cache \
+    && chown gateway:gateway /app/serving_models /cache
+
+COPY app/ app/
+COPY templates/ templates/
+COPY static/ static/
+COPY serving_models.config gunicorn.conf.py ./
+
+USER gateway
+
+ENV GATEWAY_BIND=0.0.0.0:8000 \
+    GATEWAY_CACHE_DIR=/cache
+EXPOSE 8000
+
+# Healthy while /readyz answers 200: every pipeline servable AVAILABLE behind the configured backend.
+# Python, because the slim image has no curl.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request\ntry:\n    urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)\nexcept Exception as exc:\n    sys.exit(f'not ready: {exc}')"]
+
+CMD ["gunicorn", "--config", "gunicorn.conf.py", "app:create_app()"]
