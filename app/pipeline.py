@@ -8,9 +8,10 @@ stage table in ``app.stages``, not from constants in this file.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,19 +119,14 @@ class PortraitResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-class _Clock:
-    def __init__(self, timings: dict[str, float]) -> None:
-        self.timings = timings
-
-    def __call__(self, stage: str) -> _Clock:
-        self._stage = stage
-        return self
-
-    def __enter__(self) -> None:
-        self._started = time.perf_counter()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.timings[self._stage] = self.timings.get(self._stage, 0.0) + time.perf_counter() - self._started
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    """Add the block's wall time to ``timings[stage]``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
 
 
 class Pipeline:
@@ -237,15 +233,14 @@ class Pipeline:
         self, crop: np.ndarray, k: int, pins: Pins | None, timings: dict[str, float]
     ) -> tuple[list[Match], int]:
         """The k nearest gallery faces to the crop, and the search servable version that answered."""
-        clock = _Clock(timings)
         encode, search = self.stages["encode"], self.stages["search"]
-        with clock("encode"):
+        with _timed(timings, "encode"):
             ref = self._ref("encode", pins)
             spec = self.backend.metadata(ref).inputs[encode.inputs["image"]]
             batch = images.model_input([crop], spec, encode.value_range)
             latent = self.backend.predict(ref, {encode.inputs["image"]: batch}, timeout=self.timeout)
             latent = np.asarray(latent[encode.outputs["latent"]], dtype=np.float32)
-        with clock("search"):
+        with _timed(timings, "search"):
             ref = self._ref("search", pins)
             version = self.backend.metadata(ref).version
             query = {search.inputs["latent"]: latent[:1], search.inputs["k"]: np.int32(k)}
@@ -272,7 +267,7 @@ class Pipeline:
     def find_faces(self, data: bytes, pins: Pins | None = None) -> tuple[Photo, list[Face]]:
         """Decode and detect: every face above the threshold (possibly none)."""
         photo = self.decode(data)
-        with _Clock(photo.timings)("detect"):
+        with _timed(photo.timings, "detect"):
             faces, _ = self.detect_faces(photo, pins)
         return photo, faces
 
@@ -285,13 +280,12 @@ class Pipeline:
             self.check_k(k, pins)
         photo = self.decode(data)
         timings = dict(photo.timings)
-        clock = _Clock(timings)
-        with clock("detect"):
+        with _timed(timings, "detect"):
             faces, _ = self.detect_faces(photo, pins)
         if not faces:
             raise NoFaceFound(f"no face found with a score of at least {self.threshold:g}")
         face = faces[0]
-        with clock("crop"):
+        with _timed(timings, "crop"):
             needed = max(
                 [self._image_side(s, pins) for s, wanted in (("encode", search), ("translate", translate)) if wanted],
                 default=0,
@@ -311,5 +305,5 @@ class Pipeline:
         return result
 
     def _timed_translate(self, crop: np.ndarray, pins: Pins | None, timings: dict[str, float]) -> np.ndarray:
-        with _Clock(timings)("translate"):
+        with _timed(timings, "translate"):
             return self.translate(crop, pins)

@@ -13,8 +13,9 @@ from app.errors import GatewayError
 from app.images import crop_face, decode_image, encode_jpeg, model_input, resize
 from app.modelzoo.export import next_version
 from app.modelzoo.search import export_search_model
+from app.pipeline import Photo, Pipeline
 from app.serving.base import Backend
-from app.stages import DETECT, ENCODE, Stage
+from app.stages import ENCODE, Stage
 
 GALLERY_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 THUMBNAIL_SIZE = 96
@@ -52,20 +53,6 @@ def gallery_files(folder: Path) -> tuple[list[Path], list[Path]]:
             continue
         (photos if path.suffix.lower() in GALLERY_SUFFIXES else others).append(path)
     return photos, others
-
-
-def best_face(
-    backend: Backend, image: np.ndarray, *, threshold: float = DEFAULT_THRESHOLD, stage: Stage = DETECT
-) -> tuple[np.ndarray, float] | None:
-    """The highest-scoring face box (ymin, xmin, ymax, xmax, normalised) above threshold, or None."""
-    out = backend.predict(stage.ref(), {stage.inputs["image"]: image[np.newaxis]})
-    scores = np.asarray(out[stage.outputs["scores"]])[0]
-    count = int(np.asarray(out[stage.outputs["count"]]).reshape(-1)[0])
-    scores = scores[:count]
-    if scores.size == 0 or scores.max() < threshold:
-        return None
-    best = int(np.argmax(scores))
-    return np.asarray(out[stage.outputs["boxes"]])[0, best], float(scores[best])
 
 
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -119,6 +106,7 @@ def build_index(
     photos, others = gallery_files(gallery_dir)
     report = IndexReport(skipped=[p.relative_to(gallery_dir).as_posix() for p in others])
     faces: list[np.ndarray] = []
+    detector = Pipeline(backend, threshold=threshold)
     for path in photos:
         name = path.relative_to(gallery_dir).as_posix()
         if progress is not None:
@@ -131,11 +119,11 @@ def build_index(
         if whole_image:
             faces.append(image)
         else:
-            found = best_face(backend, image, threshold=threshold)
-            if found is None:
+            found, _ = detector.detect_faces(Photo(image, (image.shape[1], image.shape[0])))
+            if not found:
                 report.no_face.append(name)
                 continue
-            faces.append(crop_face(image, found[0]))
+            faces.append(crop_face(image, found[0].box))
         report.indexed.append(name)
     if not faces:
         raise EmptyGallery(
