@@ -7,13 +7,19 @@ SignatureDef tensor names, version policies, labels, polling; the gateway's
 messages and status codes: NOT_FOUND for an unknown servable or version,
 INVALID_ARGUMENT for a wrong input name or dtype or an unknown label,
 FAILED_PRECONDITION for a label moved onto a version that is not loaded.
-Tensors are decoded and encoded with TensorFlow's own ``make_ndarray`` /
-``make_tensor_proto``, not the gateway's codec, so the two are checked against
-each other.
+Request tensors are decoded with TensorFlow's own ``make_ndarray``, not the
+gateway's codec, so the two are checked against each other. Output tensors go
+out the way TF Serving sends them by default: ``Tensor::AsProtoField``, every
+value in the dtype's ``*_val`` field (ServerCore's
+``predict_response_tensor_serialization_option`` defaults to ``kAsProtoField``
+"for backward compatibility"); ``response_form="content"`` answers with
+``tf.make_tensor_proto`` instead (``tensor_content``, as ``kAsProtoContent``
+roughly would).
 
 Fault knobs: ``stop()``, ``start()`` again on the same port, ``delay`` seconds
-before each answer, ``fail_with`` a status code for every call, ``fail_next(n)``
-for the next n calls only, and ``calls`` to count what arrived.
+before each answer (``delays[name]`` before each Predict of one servable only),
+``fail_with`` a status code for every call, ``fail_next(n)`` for the next n calls
+only, and ``calls`` to count what arrived.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
+import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
+from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -40,6 +48,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from app.errors import ServingStatus
 from app.serving.model_config import ModelConfigError, parse_model_config
 from app.serving.runtime import ModelRuntime
+from app.serving.tensors import row_of_dtype
 
 _STATE = get_model_status_pb2.ModelVersionStatus.State
 _ERROR_CODE = {code.name: code.value[0] for code in grpc.StatusCode}
@@ -57,7 +66,10 @@ class TFServingDouble:
         poll_interval: float = 0.2,
         port: int = 0,
         name: str = "serving",
+        response_form: str = "field",
     ) -> None:
+        if response_form not in ("field", "content"):
+            raise ValueError(f"response_form must be 'field' or 'content', not {response_form!r}")
         if runtime is None:
             if config_path is None:
                 raise ValueError("give a config path or a runtime")
@@ -67,8 +79,10 @@ class TFServingDouble:
             self._owns_runtime = False
         self.runtime = runtime
         self.name = name
+        self.response_form = response_form
         self.port = port
         self.delay = 0.0
+        self.delays: dict[str, float] = {}
         self.fail_with: grpc.StatusCode | None = None
         self._fail_next: list[grpc.StatusCode] = []
         self.calls: Counter[str] = Counter()
@@ -128,6 +142,7 @@ class TFServingDouble:
         """Back to a healthy, prompt, running server."""
         with self._lock:
             self.delay, self.fail_with = 0.0, None
+            self.delays.clear()
             self._fail_next.clear()
         self.start()
 
@@ -135,12 +150,13 @@ class TFServingDouble:
         with self._lock:
             self._fail_next.extend([code] * count)
 
-    def _enter_call(self, method: str, context: grpc.ServicerContext) -> None:
+    def _enter_call(self, method: str, context: grpc.ServicerContext, servable: str = "") -> None:
         with self._lock:
             self.calls[method] += 1
             injected = self._fail_next.pop(0) if self._fail_next else self.fail_with
-        if self.delay:
-            time.sleep(self.delay)
+            delay = self.delays.get(servable, self.delay)
+        if delay:
+            time.sleep(delay)
         if injected is not None:
             context.abort(injected, f"{self.name}: injected {injected.name}")
 
@@ -158,12 +174,25 @@ def _version_and_label(spec) -> tuple[int | None, str | None]:
     return None, None
 
 
+def _as_proto_field(value: np.ndarray, proto: tensor_pb2.TensorProto) -> None:
+    """Write ``value`` into ``proto`` like TF Serving's ``Tensor::AsProtoField``: shape always, values in ``*_val``."""
+    row = row_of_dtype(value.dtype)  # the DTYPES row: which *_val field carries this dtype
+    proto.dtype = row.datatype
+    proto.tensor_shape.SetInParent()  # C++ mutable_tensor_shape(): present even for a scalar
+    for size in value.shape:
+        proto.tensor_shape.dim.add(size=size)
+    flat = value.ravel()
+    if row.field == "half_val":
+        flat = flat.view("<u2").astype(np.int32)  # each float16's bit pattern
+    getattr(proto, row.field).extend(flat.tolist())
+
+
 class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, double: TFServingDouble) -> None:
         self.double = double
 
     def Predict(self, request, context):
-        self.double._enter_call("Predict", context)
+        self.double._enter_call("Predict", context, request.model_spec.name)
         spec = request.model_spec
         if not spec.name:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified.")
@@ -191,7 +220,10 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.model_spec.version.value = served
         response.model_spec.signature_name = spec.signature_name or "serving_default"
         for alias, value in outputs.items():
-            response.outputs[alias].CopyFrom(tf.make_tensor_proto(value))
+            if self.double.response_form == "field":
+                _as_proto_field(value, response.outputs[alias])
+            else:
+                response.outputs[alias].CopyFrom(tf.make_tensor_proto(value))
         return response
 
     def GetModelMetadata(self, request, context):

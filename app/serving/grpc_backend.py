@@ -27,12 +27,11 @@ from tensorflow_serving.apis import (
     get_model_status_pb2,
     model_pb2,
     model_service_pb2_grpc,
-    predict_pb2,
     prediction_service_pb2_grpc,
 )
 
-from app.errors import BadInput, DeadlineExceeded, from_serving_status
-from app.serving import tensors
+from app.errors import BadInput, DeadlineExceeded, ModelFailure, from_serving_status
+from app.serving import wire
 from app.serving.base import Backend, ModelRef, SignatureMetadata, VersionStatus, metadata_from_signature_defs
 
 MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving itself accepts up to 2 GB
@@ -120,6 +119,7 @@ class GrpcBackend(Backend):
         self._channel: grpc.Channel | None = None
         self._predict_stub: prediction_service_pb2_grpc.PredictionServiceStub | None = None
         self._model_stub: model_service_pb2_grpc.ModelServiceStub | None = None
+        self._predict_wire: grpc.UnaryUnaryMultiCallable | None = None  # Predict with bytes in, bytes out
         self._metadata_cache: dict[tuple[str, int | None, str | None], tuple[float, Any]] = {}
 
     # -- channel -------------------------------------------------------------------------------
@@ -150,6 +150,8 @@ class GrpcBackend(Backend):
                 self._channel = grpc.insecure_channel(self.target, options=self.channel_options())
                 self._predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
                 self._model_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
+                # No serializers: predict() hands gRPC the request bytes app.serving.wire wrote, and reads the answer.
+                self._predict_wire = self._channel.unary_unary(wire.PREDICT_METHOD)
                 self._pid = pid
             assert self._predict_stub is not None and self._model_stub is not None
             return self._predict_stub, self._model_stub
@@ -164,7 +166,9 @@ class GrpcBackend(Backend):
 
     # -- calls ---------------------------------------------------------------------------------
 
-    def _call(self, method: Callable[..., Any], request: message.Message, timeout: float | None, servable: str) -> Any:
+    def _call(
+        self, method: Callable[..., Any], request: message.Message | bytes, timeout: float | None, servable: str
+    ) -> Any:
         budget = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
         attempt = 0
@@ -191,12 +195,15 @@ class GrpcBackend(Backend):
     def predict(
         self, ref: ModelRef, inputs: Mapping[str, np.ndarray], timeout: float | None = None
     ) -> dict[str, np.ndarray]:
-        request = predict_pb2.PredictRequest(model_spec=model_spec(ref))
-        for alias, value in inputs.items():
-            request.inputs[alias].CopyFrom(tensors.to_tensor_proto(value))
-        predict_stub, _ = self._stubs()
-        response = self._call(predict_stub.Predict, request, timeout, ref.name)
-        return {alias: tensors.from_tensor_proto(proto) for alias, proto in response.outputs.items()}
+        # The request and response go through app.serving.wire, not protobuf messages: big tensors are copied once.
+        request = wire.encode_predict_request(model_spec(ref), inputs)
+        self._stubs()
+        assert self._predict_wire is not None
+        response = self._call(self._predict_wire, request, timeout, ref.name)
+        try:
+            return wire.decode_predict_response(response)
+        except message.DecodeError as exc:
+            raise ModelFailure(f"{ref.name}: TF Serving's PredictResponse does not parse ({exc})") from exc
 
     def metadata(self, ref: ModelRef) -> SignatureMetadata:
         key = (ref.name, ref.version, ref.label)

@@ -12,6 +12,11 @@ without a further copy and also accepts the ``*_val`` forms, following TF's
 rule for short value lists: no values means zeros, and ``k < n`` values fill the
 rest of the tensor with the last one (so a single value is broadcast).
 
+The pieces of both directions (:func:`row_of_dtype`, :func:`string_items`,
+:func:`checked_shape`, :func:`array_from_parts`) are shared with
+``app.serving.wire``, which GrpcBackend uses to write and read whole Predict
+messages as raw bytes; so the two routes agree on every tensor and every error.
+
 Only the proto modules are imported, never the top-level ``tensorflow`` package.
 """
 
@@ -27,7 +32,19 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from app.errors import BadInput
 
-__all__ = ["DTYPES", "DtypeRow", "datatype_of", "from_tensor_proto", "numpy_dtype", "to_tensor_proto"]
+__all__ = [
+    "DTYPES",
+    "DtypeRow",
+    "array_from_parts",
+    "checked_shape",
+    "datatype_of",
+    "from_tensor_proto",
+    "numpy_dtype",
+    "row_of_datatype",
+    "row_of_dtype",
+    "string_items",
+    "to_tensor_proto",
+]
 
 _TensorProto = tensor_pb2.TensorProto
 _Dim = tensor_shape_pb2.TensorShapeProto.Dim
@@ -112,15 +129,21 @@ _STRING_ROW = _BY_DATATYPE[types_pb2.DT_STRING]
 _STRING_KINDS = frozenset("OSU")
 
 
-def numpy_dtype(datatype: int) -> np.dtype:
-    """The numpy dtype for a TF ``DataType`` enum value (DT_STRING -> object)."""
+def row_of_datatype(datatype: int) -> DtypeRow:
+    """The table row for a TF ``DataType`` enum value; BadInput for one TF Serving does not use."""
     row = _BY_DATATYPE.get(datatype)
     if row is None:
         raise BadInput(f"unsupported tensor dtype {_datatype_name(datatype)}")
-    return row.dtype
+    return row
 
 
-def _row_of(dtype: np.dtype) -> DtypeRow:
+def numpy_dtype(datatype: int) -> np.dtype:
+    """The numpy dtype for a TF ``DataType`` enum value (DT_STRING -> object)."""
+    return row_of_datatype(datatype).dtype
+
+
+def row_of_dtype(dtype: np.dtype) -> DtypeRow:
+    """The table row for a numpy dtype (any byte order); object, bytes and str dtypes are DT_STRING."""
     if dtype.kind in _STRING_KINDS:
         return _STRING_ROW
     row = _BY_DTYPE.get(dtype.newbyteorder("<"))
@@ -131,7 +154,7 @@ def _row_of(dtype: np.dtype) -> DtypeRow:
 
 def datatype_of(dtype: np.dtype) -> int:
     """The TF ``DataType`` for a numpy dtype; object, bytes and str dtypes are DT_STRING."""
-    return _row_of(np.dtype(dtype)).datatype
+    return row_of_dtype(np.dtype(dtype)).datatype
 
 
 def _encode_string(item: object) -> bytes:
@@ -152,19 +175,24 @@ def to_tensor_proto(value: npt.ArrayLike) -> tensor_pb2.TensorProto:
     as ``string_val`` (str encoded as UTF-8, bytes as they are). A scalar has no dims.
     """
     arr = np.asarray(value)
-    row = _row_of(arr.dtype)
+    row = row_of_dtype(arr.dtype)
     proto = _TensorProto(dtype=row.datatype)
     dims = proto.tensor_shape.dim
     for size in arr.shape:
         dims.add(size=size)
     if row is _STRING_ROW:
-        items = arr.ravel().tolist()
-        if arr.dtype.kind != "S":
-            items = [_encode_string(item) for item in items]
-        proto.string_val.extend(items)
+        proto.string_val.extend(string_items(arr))
     else:
         proto.tensor_content = _content_bytes(arr, row.dtype)
     return proto
+
+
+def string_items(arr: np.ndarray) -> list[bytes]:
+    """A string array's elements in C order as bytes (str encoded as UTF-8); BadInput for anything else."""
+    items = arr.ravel().tolist()
+    if arr.dtype.kind == "S":
+        return items
+    return [_encode_string(item) for item in items]
 
 
 def _content_bytes(arr: np.ndarray, dtype: np.dtype) -> bytes:
@@ -189,18 +217,31 @@ def from_tensor_proto(proto: tensor_pb2.TensorProto) -> np.ndarray:
     or empty bytes, otherwise the last value repeats). DT_STRING gives an object array
     of bytes.
     """
-    row = _BY_DATATYPE.get(proto.dtype)
-    if row is None:
-        raise BadInput(f"unsupported tensor dtype {_datatype_name(proto.dtype)}")
+    row = row_of_datatype(proto.dtype)
     shape_proto = proto.tensor_shape
-    if shape_proto.unknown_rank:
+    shape = checked_shape([dim.size for dim in shape_proto.dim], unknown_rank=shape_proto.unknown_rank)
+    return array_from_parts(row, shape, proto.tensor_content, getattr(proto, row.field))
+
+
+def checked_shape(sizes: Sequence[int], *, unknown_rank: bool = False) -> tuple[int, ...]:
+    """A TensorShapeProto's dim sizes as a numpy shape; BadInput for an unknown rank or dimension."""
+    if unknown_rank:
         raise BadInput("tensor shape has unknown rank")
-    shape = tuple(dim.size for dim in shape_proto.dim)
+    shape = tuple(sizes)
     if any(size < 0 for size in shape):
         raise BadInput(f"tensor shape {list(shape)} has a negative (unknown) dimension")
-    count = math.prod(shape)
+    return shape
 
-    content = proto.tensor_content
+
+def array_from_parts(
+    row: DtypeRow, shape: tuple[int, ...], content: bytes | memoryview, values: Sequence[Any]
+) -> np.ndarray:
+    """The array a TensorProto holds, from its parts: ``tensor_content`` (wins when not empty) or ``*_val`` values.
+
+    Shared by :func:`from_tensor_proto` and the wire decoder (``app.serving.wire``), so both
+    read a tensor, and reject a malformed one, the same way.
+    """
+    count = math.prod(shape)
     if content:
         if row is _STRING_ROW:
             raise BadInput("DT_STRING tensors must carry their values in string_val, not tensor_content")
@@ -210,16 +251,20 @@ def from_tensor_proto(proto: tensor_pb2.TensorProto) -> np.ndarray:
                 f"tensor_content has {len(content)} bytes; shape {list(shape)} of "
                 f"{_datatype_name(row.datatype)} needs {expected}"
             )
-        return np.frombuffer(content, dtype=row.dtype).reshape(shape)
+        arr = np.frombuffer(content, dtype=row.dtype).reshape(shape)
+        if not arr.flags.aligned:
+            # A view into the middle of a wire message may start at any byte: copy, and keep it read-only like a view.
+            arr = arr.copy()
+            arr.flags.writeable = False
+        return arr
 
-    field = getattr(proto, row.field)
-    given = len(field)
+    given = len(values)
     if given > count:
         raise BadInput(f"{row.field} has {given} values; shape {list(shape)} holds only {count} elements")
     if given == count:
-        return row.convert(field).reshape(shape)
-    values = row.convert(field) if given else row.convert((row.zero,))
+        return row.convert(values).reshape(shape)
+    filled = row.convert(values) if given else row.convert((row.zero,))
     out = np.empty(count, dtype=row.dtype)
-    out[: len(values)] = values
-    out[len(values) :] = values[-1]
+    out[: len(filled)] = filled
+    out[len(filled) :] = filled[-1]
     return out.reshape(shape)
