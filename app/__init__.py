@@ -33,15 +33,49 @@ class InMemoryRequest(Request):
         return io.BytesIO()
 
 
+class DebugRefused(RuntimeError):
+    """Debug mode was asked for where it is not allowed (see ``app.security.debug_allowed``)."""
+
+
+class GatewayFlask(Flask):
+    """Flask that keeps uploads in memory and turns debug mode on only where ``debug_allowed`` says so.
+
+    Debug mode is refused however it is asked for: FLASK_DEBUG, ``--debug`` or ``flask run
+    --debugger`` (checked in create_app), ``app.debug = True`` (the CLI does this too),
+    ``app.run(debug=True)`` or ``app.run(use_debugger=True)``.
+    """
+
+    request_class = InMemoryRequest
+    debug_allowed = False
+    debug_refusal = "debug mode is refused"
+
+    @Flask.debug.setter  # type: ignore[attr-defined]
+    def debug(self, value: bool) -> None:
+        if value and not self.debug_allowed:
+            raise DebugRefused(self.debug_refusal)
+        Flask.debug.fset(self, value)  # type: ignore[attr-defined]
+
+    def run(self, *args: Any, **options: Any) -> None:
+        if options.get("use_debugger") and not self.debug_allowed:
+            raise DebugRefused(self.debug_refusal)
+        super().run(*args, **options)
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the gateway: settings (GATEWAY_* environment, then ``config``) -> backend -> blueprints."""
+    from app import security  # here, like the imports below: flask-limiter is not for light users
+
     settings = Settings.load(config)
-    app = Flask(
+    app = GatewayFlask(
         __name__,
         template_folder=str(PROJECT_ROOT / "templates"),
         static_folder=str(PROJECT_ROOT / "static"),
     )
-    app.request_class = InMemoryRequest
+    app.debug_allowed = security.debug_allowed(settings)
+    app.debug_refusal = security.debug_refusal()
+    # FLASK_DEBUG=1 or `flask --debug` (which sets it), or `flask run --debugger` without debug mode.
+    if (app.debug or security.debugger_requested()) and not app.debug_allowed:
+        raise DebugRefused(app.debug_refusal)
     app.config["GATEWAY_SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_upload_bytes
@@ -59,6 +93,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
+    security.init_app(app, settings)
     app.register_error_handler(GatewayError, render_error)
     app.register_error_handler(HTTPException, _render_http_exception)
     app.register_error_handler(Exception, _render_unexpected)

@@ -8,9 +8,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "GATEWAY_"
+# Per client address (or API key), one count shared by the four pipeline endpoints: bursts up to 100 a
+# second, 50 a second sustained over each minute. Above what one person with a browser or one
+# ordinary script sends; a 16-client loopback soak on 2 CPU cores measured about 25 a second. All
+# loopback clients are one client, so a load test that goes faster sets GATEWAY_RATE_LIMIT="" (none).
+DEFAULT_RATE_LIMIT = "100/second;3000/minute"
+MIN_API_KEY_LENGTH = 16
 PIPELINE_SERVABLES = (
     "face_detection",
     "twingan_latent_encoder",
@@ -39,11 +46,20 @@ class Settings:
     max_pixels: int = 50_000_000  # larger photos are refused with 413
     max_upload_bytes: int = 20 * 1024 * 1024  # larger request bodies are refused with 413
     default_k: int = 5  # gallery matches when the request does not say
+    upload_timeout: float = 60.0  # seconds a request body may take to arrive (under gunicorn), then 408; 0 = no limit
+    # Abuse resistance (app/security.py).
+    rate_limit: str = DEFAULT_RATE_LIMIT  # per client, shared by the pipeline endpoints; "" = no limit
+    rate_limit_storage: str = "memory://"  # flask-limiter storage URI: memory:// counts per process
+    trusted_proxies: int = 0  # proxy hops whose X-Forwarded-For/-Proto are believed; 0 = the peer address
+    api_keys: tuple[str, ...] = ()  # keys that open /api/ (Bearer or X-API-Key); none here or in the file = open
+    api_keys_file: Path | None = None  # one key per line ("#" comments), e.g. a mounted secret
+    hsts: int = 0  # Strict-Transport-Security max-age in seconds; 0 = no header (set it only behind HTTPS)
+    allow_debug: bool = False  # let `flask run --debug` run; refused under gunicorn all the same
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "grpc"):
             raise ValueError(f"{ENV_PREFIX}BACKEND must be 'local' or 'grpc', not {self.backend!r}")
-        for name in ("timeout", "metadata_ttl", "poll_interval"):
+        for name in ("timeout", "metadata_ttl", "poll_interval", "upload_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must not be negative")
         if self.timeout == 0:
@@ -57,6 +73,40 @@ class Settings:
             )
         if self.max_attempts < 1 or self.async_workers < 1:
             raise ValueError(f"{ENV_PREFIX}MAX_ATTEMPTS and {ENV_PREFIX}ASYNC_WORKERS must be at least 1")
+        self._check_abuse_settings()
+
+    def _check_abuse_settings(self) -> None:
+        # Imported here: limits is only needed when settings are made, not by every importer of this module.
+        from limits import parse_many
+        from limits.storage import SCHEMES
+
+        if self.rate_limit:
+            try:
+                parse_many(self.rate_limit)
+            except ValueError:
+                raise ValueError(
+                    f"{ENV_PREFIX}RATE_LIMIT={self.rate_limit!r} is not a rate limit such as '20/second;600/minute' "
+                    "(empty for none)"
+                ) from None
+        scheme = urlsplit(self.rate_limit_storage).scheme
+        if scheme not in SCHEMES or scheme.startswith("async+"):
+            known = ", ".join(sorted(s for s in SCHEMES if not s.startswith("async+")))
+            raise ValueError(
+                f"{ENV_PREFIX}RATE_LIMIT_STORAGE={self.rate_limit_storage!r} is not a storage URI; schemes: {known}"
+            )
+        if not 0 <= self.trusted_proxies <= 10:
+            raise ValueError(f"{ENV_PREFIX}TRUSTED_PROXIES must be between 0 and 10 proxy hops")
+        if self.hsts < 0:
+            raise ValueError(f"{ENV_PREFIX}HSTS must not be negative (seconds; 0 = no header)")
+        for key in self.api_keys:
+            check_api_key(key, f"{ENV_PREFIX}API_KEYS")
+        if self.api_keys_file is not None:
+            read_api_keys_file(self.api_keys_file)
+
+    def all_api_keys(self) -> tuple[str, ...]:
+        """The keys that open /api/: ``api_keys`` and those in ``api_keys_file``. Empty: the API is open."""
+        from_file = read_api_keys_file(self.api_keys_file) if self.api_keys_file is not None else ()
+        return tuple(dict.fromkeys((*self.api_keys, *from_file)))
 
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -74,6 +124,30 @@ class Settings:
                 raise ValueError(f"unknown gateway setting {key!r}; known: {', '.join(sorted(fields))}")
             values[name] = _coerce(name, fields[name].type, value) if isinstance(value, str) else value
         return cls(**values)
+
+
+def check_api_key(key: str, where: str) -> None:
+    """An API key is sent in a header: printable ASCII, no spaces or commas, long enough not to be guessed."""
+    if not (key.isascii() and key.isprintable()) or any(c in key for c in ' ,"') or len(key) < MIN_API_KEY_LENGTH:
+        raise ValueError(
+            f"an API key in {where} is not usable: keys are at least {MIN_API_KEY_LENGTH} printable ASCII characters "
+            "without spaces, commas or quotes (e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)"
+        )
+
+
+def read_api_keys_file(path: Path) -> tuple[str, ...]:
+    """The keys of a key file: one a line; blank lines and lines starting with # are skipped."""
+    where = f"{ENV_PREFIX}API_KEYS_FILE={path}"
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{where} cannot be read: {exc}") from None
+    keys = tuple(line.strip() for line in lines if line.strip() and not line.strip().startswith("#"))
+    if not keys:
+        raise ValueError(f"{where} holds no key: leave the setting out to keep the API open")
+    for key in keys:
+        check_api_key(key, where)
+    return keys
 
 
 def _coerce(name: str, annotation: Any, raw: str) -> Any:

@@ -2,6 +2,7 @@
 
     GatewayError (500 "internal")
     +-- BadInput (400 "bad_input")
+    +-- Unauthorized (401 "unauthorized")
     +-- NotFound (404)
     |   +-- UnknownModel ("unknown_model")
     |   +-- UnknownVersion ("unknown_version")
@@ -10,6 +11,7 @@
     +-- PayloadTooLarge (413 "payload_too_large")
     +-- UnsupportedMediaType (415 "unsupported_media_type")
     +-- NoFaceFound (422 "no_face")
+    +-- RateLimited (429 "rate_limited", carries retry_after seconds)
     +-- ModelFailure (502 "model_failure")
     +-- ServingUnavailable (503 "serving_unavailable", carries retry_after seconds)
     +-- DeadlineExceeded (504 "deadline_exceeded")
@@ -51,6 +53,11 @@ class BadInput(GatewayError):
     code = "bad_input"
 
 
+class Unauthorized(GatewayError):
+    status_code = 401
+    code = "unauthorized"
+
+
 class NotFound(GatewayError):
     status_code = 404
     code = "not_found"
@@ -85,6 +92,11 @@ class UnsupportedMediaType(GatewayError):
 class NoFaceFound(GatewayError):
     status_code = 422
     code = "no_face"
+
+
+class RateLimited(GatewayError):
+    status_code = 429
+    code = "rate_limited"
 
 
 class ModelFailure(GatewayError):

@@ -106,7 +106,8 @@ def demo_app(request: pytest.FixtureRequest, tmp_path_factory, demo_root: Path) 
     from app import create_app
 
     config = demo_serving_dir(tmp_path_factory.mktemp("demo-app"), demo_root)
-    settings = {"poll_interval": 0, "model_config": config}
+    # No rate limit: the suite sends bursts of quick requests from one address (tests/test_security.py tests it).
+    settings = {"poll_interval": 0, "model_config": config, "rate_limit": ""}
     double = None
     if request.param == "grpc":
         double = TFServingDouble(config, poll_interval=0).start()

@@ -1,7 +1,8 @@
 """The pages in a real browser: Playwright drives Debian's Chromium against the gateway on a loopback port.
 
 Skipped with a reason when Chromium or the playwright package is missing, unless
-GATEWAY_REQUIRE_BROWSER=1 (as in CI), which turns the skip into a failure.
+GATEWAY_REQUIRE_BROWSER=1 (as in CI), which turns the skip into a failure. Every page a test
+opens is watched for Content-Security-Policy violations, console errors and alert dialogs.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +22,9 @@ from PIL import Image
 from werkzeug.serving import make_server
 
 from app.config import PROJECT_ROOT
+from app.security import CONTENT_SECURITY_POLICY
 from tests.conftest import demo_serving_dir
+from tests.test_security import HOSTILE_NAMES, UPLOAD_NAMES, build_hostile_gallery
 
 if TYPE_CHECKING:  # playwright is optional: the tests skip without it
     from playwright.sync_api import Browser, ConsoleMessage, Page
@@ -47,21 +51,36 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
-def gateway_url(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> Iterator[str]:
-    """The gateway over the demo servables (local backend), served on an ephemeral loopback port."""
+@contextmanager
+def _served(config: Path) -> Iterator[str]:
+    """The gateway (local backend, default settings) over ``config``, served on an ephemeral loopback port."""
     from app import create_app
 
-    config = demo_serving_dir(tmp_path_factory.mktemp("browser-app"), demo_root)
     app = create_app({"poll_interval": 0, "model_config": config})
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="gateway-under-test", daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=10)
-    server.server_close()
-    app.extensions["serving"].close()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+        app.extensions["serving"].close()
+
+
+@pytest.fixture(scope="module")
+def gateway_url(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> Iterator[str]:
+    """The gateway over the demo servables."""
+    with _served(demo_serving_dir(tmp_path_factory.mktemp("browser-app"), demo_root)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def hostile_gateway_url(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> Iterator[str]:
+    """The gateway over a gallery whose face names are markup, quotes and percent tricks (tests/test_security.py)."""
+    with _served(build_hostile_gallery(tmp_path_factory.mktemp("browser-hostile"), demo_root)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +97,24 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
+# Installed in every document before its own scripts run: reports each CSP violation to the test.
+_WATCH_CSP = """
+document.addEventListener("securitypolicyviolation", (event) => {
+    window.reportCspViolation(`${event.effectiveDirective} blocked ${event.blockedURI || "inline"}`);
+});
+"""
+
+
+def _watch(page: Page) -> tuple[list[str], list[str]]:
+    """(CSP violations, alert/confirm/prompt dialogs) of ``page`` from now on; dialogs are dismissed."""
+    violations: list[str] = []
+    dialogs: list[str] = []
+    page.expose_binding("reportCspViolation", lambda _source, violation: violations.append(violation))
+    page.add_init_script(_WATCH_CSP)
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    return violations, dialogs
+
+
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
@@ -86,9 +123,13 @@ def page(browser: Browser) -> Iterator[Page]:
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda message: errors.extend(_unexpected(message)))
+    violations, dialogs = _watch(page)
     yield page
+    page.wait_for_timeout(100)  # a violation's event is delivered after the fact
     context.close()
     assert errors == [], "the page logged errors"
+    assert violations == [], "the page broke its Content-Security-Policy"
+    assert dialogs == [], "the page opened a dialog"
 
 
 def _unexpected(message: ConsoleMessage) -> list[str]:
@@ -210,3 +251,79 @@ def test_a_text_file_shows_a_readable_error(page: Page, gateway_url: str) -> Non
     page.get_by_role("button", name="Try this photo").or_(page.get_by_role("button", name="Find the face")).click()
     assert page.url.endswith("/detect_face/image")  # still the error page: the form was not sent
     assert message.is_visible()
+
+
+# -- the Content-Security-Policy and hostile names -------------------------------------------------
+
+
+def test_csp_violations_would_be_caught(browser: Browser, gateway_url: str) -> None:
+    """The watch the `page` fixture keeps is not blind: an inline script on the page is reported."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        violations, _ = _watch(page)
+        page.goto(f"{gateway_url}/")
+        page.evaluate("""() => {
+            const script = document.createElement("script");
+            script.textContent = "document.title = 'injected'";
+            document.body.append(script);
+        }""")
+        page.wait_for_timeout(200)
+        assert page.title() != "injected"
+        assert any(violation.startswith("script-src") for violation in violations), violations
+    finally:
+        context.close()
+
+
+def test_upload_result_and_error_pages_carry_the_policy(page: Page, gateway_url: str, astronaut_jpeg: Path) -> None:
+    """Each page is served with the CSP, and (checked by the `page` fixture) breaks none of it."""
+    response = page.goto(f"{gateway_url}/")
+    assert response is not None and response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    page.set_input_files('input[name="image_file"]', str(astronaut_jpeg))
+    page.wait_for_selector("[data-preview]:not([hidden])")  # a data: URL preview: allowed by img-src
+    with page.expect_navigation() as navigation:
+        page.get_by_role("button", name="Find the face").click()
+    result = navigation.value
+    assert result.status == 200 and result.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-gallery] img, [data-anime], [data-crop]')]"
+        ".every(img => img.complete && img.naturalWidth > 0)"
+    )
+    page.set_input_files(
+        'input[name="image_file"]', {"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"not a photo\n"}
+    )
+    with page.expect_navigation() as navigation:
+        page.get_by_role("button", name="Try this photo").click()
+    error = navigation.value
+    assert error.status == 415 and error.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert error.headers["x-frame-options"] == "DENY"
+
+
+def test_hostile_gallery_and_upload_names_stay_text(page: Page, hostile_gateway_url: str, astronaut_jpeg: Path) -> None:
+    """Markup in gallery face names and in the photo's file name is shown as text; nothing runs, nothing breaks."""
+    page.goto(f"{hostile_gateway_url}/")
+    hostile_upload = UPLOAD_NAMES[1]  # '"><img src=x onerror=alert(1)>.png'
+    photo = {"name": hostile_upload, "mimeType": "image/jpeg", "buffer": astronaut_jpeg.read_bytes()}
+    page.set_input_files('input[name="image_file"]', photo)
+    page.wait_for_selector("[data-preview]:not([hidden])")
+    assert page.locator("[data-file-name]").inner_text() == hostile_upload
+    page.fill('input[name="k"]', str(len(HOSTILE_NAMES)))
+    assert _submit(page) == 200
+    page.wait_for_selector("[data-face-box]")
+
+    names = page.locator(".gallery-name").all_inner_texts()
+    assert sorted(names) == sorted(HOSTILE_NAMES)
+    # Every thumbnail URL (percent-encoded by the gateway) loads its image in a real browser.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-gallery] img')].every(img => img.complete && img.naturalWidth > 0)"
+    )
+    assert page.locator('img[src="x"]').count() == 0
+    assert page.locator("script").count() == 1  # app.js, nothing injected
+    assert page.locator("[onerror], [onmouseover]").count() == 0
+
+    # The same name on a file that is not a photo: the error page.
+    page.set_input_files(
+        'input[name="image_file"]', {"name": UPLOAD_NAMES[0], "mimeType": "image/jpeg", "buffer": b"not a photo"}
+    )
+    assert _submit(page) == 415
+    assert page.locator("script").count() == 1

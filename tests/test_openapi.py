@@ -31,7 +31,7 @@ PHOTO_OPERATIONS = ("/api/v1/search", "/api/v1/translate", "/api/v1/detect")
 def local_app(tmp_path_factory: pytest.TempPathFactory, demo_root) -> Iterator[Flask]:
     """The demo app on the local backend only: the fuzzing is about the HTTP surface, not the transport."""
     config = demo_serving_dir(tmp_path_factory.mktemp("openapi-app"), demo_root)
-    app = create_app({"model_config": config, "poll_interval": 0, "warmup": False})
+    app = create_app({"model_config": config, "poll_interval": 0, "warmup": False, "rate_limit": ""})  # fuzzing
     app.config["TESTING"] = True
     yield app
     app.extensions["serving"].close()

@@ -11,6 +11,7 @@ from typing import Any
 from app.config import Settings
 from app.images import ACCEPTED_FORMATS
 from app.pipeline import MAX_K
+from app.security import API_KEY_HEADER, REALM
 from app.stages import DEFAULT_STAGES
 
 OPENAPI_VERSION = "3.0.3"
@@ -27,8 +28,9 @@ STAGES_OF = {
 
 
 def document(settings: Settings) -> dict[str, Any]:
-    """The whole document; limits and defaults come from the running app's settings."""
-    return {
+    """The whole document; limits, defaults and whether a key is needed come from the running app's settings."""
+    keyed = bool(settings.all_api_keys())
+    doc = {
         "openapi": OPENAPI_VERSION,
         "info": {
             "title": "portrait gateway",
@@ -45,8 +47,9 @@ def document(settings: Settings) -> dict[str, Any]:
             {"name": "models", "description": "The servables behind the pipeline and the gallery"},
             {"name": "operations", "description": "Health and readiness"},
         ],
-        "paths": _paths(),
+        "paths": _paths(keyed=keyed, limited=bool(settings.rate_limit)),
         "components": {
+            "securitySchemes": _security_schemes(),
             "schemas": _schemas(),
             "parameters": _parameters(settings),
             "requestBodies": {"Photo": _photo_body()},
@@ -60,16 +63,27 @@ def document(settings: Settings) -> dict[str, Any]:
                     "description": "Seconds to wait before trying again",
                     "schema": {"type": "integer", "minimum": 1},
                 },
+                **_rate_limit_headers(),
+                "WWWAuthenticate": {
+                    "description": f'The scheme to authenticate with: `Bearer realm="{REALM}"`',
+                    "schema": {"type": "string"},
+                },
             },
         },
     }
+    if keyed:  # every operation but those that say `security: []`
+        doc["security"] = [{"bearerKey": []}, {"apiKeyHeader": []}]
+    return doc
 
 
 # -- paths -----------------------------------------------------------------------------------------
 
 
-def _paths() -> dict[str, Any]:
+def _paths(*, keyed: bool, limited: bool) -> dict[str, Any]:
     timing = {"Server-Timing": _ref("headers", "ServerTiming")}
+    # What a key and the rate limit add: 401 on the API's guarded operations, 429 on the photo ones.
+    guarded = _errors(401) if keyed else {}
+    photo = guarded | (_errors(429) if limited else {})
     return {
         "/api/v1/search": {
             "post": {
@@ -88,7 +102,8 @@ def _paths() -> dict[str, Any]:
                 "requestBody": _ref("requestBodies", "Photo"),
                 "responses": {
                     "200": _json_response("The face and its matches", "SearchResult", headers=timing),
-                    **_errors(400, 404, 413, 415, 422, 502, 503, 504),
+                    **_errors(400, 404, 408, 413, 415, 422, 502, 503, 504),
+                    **photo,
                 },
             }
         },
@@ -112,7 +127,8 @@ def _paths() -> dict[str, Any]:
                             "application/json": {"schema": _ref("schemas", "TranslateResult")},
                         },
                     },
-                    **_errors(400, 404, 413, 415, 422, 502, 503, 504),
+                    **_errors(400, 404, 408, 413, 415, 422, 502, 503, 504),
+                    **photo,
                 },
             }
         },
@@ -126,7 +142,8 @@ def _paths() -> dict[str, Any]:
                 "requestBody": _ref("requestBodies", "Photo"),
                 "responses": {
                     "200": _json_response("The faces found", "DetectResult", headers=timing),
-                    **_errors(400, 404, 413, 415, 502, 503, 504),
+                    **_errors(400, 404, 408, 413, 415, 502, 503, 504),
+                    **photo,
                 },
             }
         },
@@ -139,6 +156,7 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": _json_response("One entry per servable", "ModelsResult"),
                     **_errors(503),
+                    **guarded,
                 },
             }
         },
@@ -166,6 +184,7 @@ def _paths() -> dict[str, Any]:
                     },
                     **_errors(400, 404),
                 },
+                "security": [],  # the browser page shows thumbnails without a key
             }
         },
         "/api/v1/openapi.json": {
@@ -173,6 +192,7 @@ def _paths() -> dict[str, Any]:
                 "tags": ["operations"],
                 "operationId": "openapi",
                 "summary": "This document",
+                "security": [],
                 "responses": {"200": {"description": "OpenAPI 3.0", "content": {"application/json": {}}}},
             }
         },
@@ -181,6 +201,7 @@ def _paths() -> dict[str, Any]:
                 "tags": ["operations"],
                 "operationId": "healthz",
                 "summary": "Liveness: the process answers",
+                "security": [],
                 "responses": {"200": _json_response("Alive", "Health")},
             }
         },
@@ -189,6 +210,7 @@ def _paths() -> dict[str, Any]:
                 "tags": ["operations"],
                 "operationId": "readyz",
                 "summary": "Readiness: every pipeline servable has an AVAILABLE version",
+                "security": [],
                 "responses": {
                     "200": _json_response("Ready", "Readiness"),
                     "503": _json_response(
@@ -267,10 +289,13 @@ def _photo_body() -> dict[str, Any]:
 
 _ERRORS = {
     400: ("BadInput", "The request is malformed: a bad parameter, a missing or empty photo, a corrupt image"),
+    401: ("Unauthorized", "No API key, or one that is not valid"),
     404: ("NotFound", "An unknown servable version or label (or gallery face)"),
+    408: ("RequestTimeout", "The photo did not arrive within the upload deadline (GATEWAY_UPLOAD_TIMEOUT)"),
     413: ("PayloadTooLarge", "The body or the image's pixel count is over the limit"),
     415: ("UnsupportedMediaType", "Not a JPEG, PNG, WebP or BMP image"),
     422: ("NoFace", "No face was found in the photo"),
+    429: ("RateLimited", "This client sent more photos than its rate limit allows; wait Retry-After seconds"),
     502: ("ModelFailure", "A model failed"),
     503: ("ServingUnavailable", "The model server cannot be reached or is overloaded"),
     504: ("DeadlineExceeded", "A model call ran past its deadline"),
@@ -279,10 +304,39 @@ _ERRORS = {
 
 def _error_responses() -> dict[str, Any]:
     responses = {}
+    headers: dict[int, dict[str, Any]] = {
+        401: {"WWW-Authenticate": _ref("headers", "WWWAuthenticate")},
+        429: {"Retry-After": _ref("headers", "RetryAfter")}
+        | {name: _ref("headers", name.replace("-", "")) for name in _rate_limit_headers_names()},
+        503: {"Retry-After": _ref("headers", "RetryAfter")},
+    }
     for status, (name, description) in _ERRORS.items():
-        headers = {"Retry-After": _ref("headers", "RetryAfter")} if status == 503 else None
-        responses[name] = _json_response(description, "Error", headers=headers)
+        responses[name] = _json_response(description, "Error", headers=headers.get(status))
     return responses
+
+
+def _rate_limit_headers_names() -> tuple[str, ...]:
+    return ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+
+
+def _rate_limit_headers() -> dict[str, Any]:
+    descriptions = (
+        "Requests this client may make to the photo endpoints in the current window",
+        "Requests left in the current window",
+        "When the current window ends, in seconds since the epoch",
+    )
+    return {
+        name.replace("-", ""): {"description": description, "schema": {"type": "integer", "minimum": 0}}
+        for name, description in zip(_rate_limit_headers_names(), descriptions, strict=True)
+    }
+
+
+def _security_schemes() -> dict[str, Any]:
+    """How to present an API key, when the gateway is configured with keys (the document's ``security`` says so)."""
+    return {
+        "bearerKey": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer <key>`"},
+        "apiKeyHeader": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER, "description": "The key itself"},
+    }
 
 
 def _errors(*statuses: int) -> dict[str, Any]:

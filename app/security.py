@@ -1,0 +1,255 @@
+"""Abuse resistance: a per-client rate limit on the pipeline, API keys on /api/, security headers, no debug mode.
+
+:func:`init_app` wires it all to one app; nothing is created at import time.
+
+- One flask-limiter limit (``GATEWAY_RATE_LIMIT``) shared by the four pipeline endpoints and
+  counted per client: the API key when a valid one was presented, else the client address
+  (``GATEWAY_TRUSTED_PROXIES`` hops of X-Forwarded-For are believed, never more). Over it: 429
+  ``rate_limited`` with Retry-After, as JSON or as the error page.
+- With ``GATEWAY_API_KEYS``/``GATEWAY_API_KEYS_FILE`` set, /api/ answers 401 without a valid key
+  (``Authorization: Bearer <key>`` or ``X-API-Key``), except the gallery thumbnails, which the
+  open browser page shows, and the OpenAPI document, which says how to authenticate.
+- Security headers on every response; the pages satisfy the Content-Security-Policy (no inline
+  script or style, images from the gateway or data: URLs).
+- JSON escapes ``<``, ``>`` and ``&``, so that no client- or gallery-given string appears raw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import click
+from flask import Flask, Request, Response, g, request
+from flask.json.provider import DefaultJSONProvider
+from flask.typing import ResponseReturnValue
+from flask_limiter import Limiter, RateLimitExceeded, RequestLimit
+from limits.errors import StorageError
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from app.config import ENV_PREFIX, Settings
+from app.errors import RateLimited, Unauthorized
+
+log = logging.getLogger(__name__)
+
+# The endpoints that run models: the only ones a client can make expensive.
+PIPELINE_ENDPOINTS = frozenset({"api.search", "api.translate", "api.detect", "pages.detect_face"})
+# Under /api/ but open with keys set: the browser page shows thumbnails; the document says how to authenticate.
+OPEN_API_ENDPOINTS = frozenset({"api.gallery_thumbnail", "api.openapi_document"})
+API_KEY_HEADER = "X-API-Key"
+REALM = "portrait gateway"
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",  # the result page's photo, crop and anime are data: URLs
+        "form-action 'self'",
+        "base-uri 'none'",
+        "frame-ancestors 'none'",
+    )
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate it
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+}
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    """Trusted proxies, the API key check, the rate limit (in that order) and the headers, on ``app``."""
+    if settings.trusted_proxies:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies
+        )
+    app.json = HtmlSafeJSONProvider(app)
+    ApiKeys(settings.all_api_keys()).init_app(app)  # first: the limiter counts a valid key, not a guess
+    if settings.rate_limit:
+        ClientRateLimit(settings.rate_limit, settings.rate_limit_storage).init_app(app)
+    headers = security_headers(settings.hsts)
+
+    @app.after_request
+    def add_security_headers(response: Response) -> Response:
+        for name, value in headers.items():
+            response.headers.setdefault(name, value)
+        return response
+
+
+def security_headers(hsts: int = 0) -> dict[str, str]:
+    """The headers every response carries; Strict-Transport-Security only when ``hsts`` seconds are set."""
+    headers = dict(SECURITY_HEADERS)
+    if hsts:
+        headers["Strict-Transport-Security"] = f"max-age={hsts}; includeSubDomains"
+    return headers
+
+
+def debug_allowed(settings: Settings) -> bool:
+    """Debug mode (and with it Werkzeug's debugger, which runs any code a visitor types) is for `flask run` only."""
+    return settings.allow_debug and not under_gunicorn()
+
+
+def debugger_requested() -> bool:
+    """Whether this app is being loaded by `flask run --debugger`, which wraps it in the debugger without debug mode."""
+    context = click.get_current_context(silent=True)
+    return bool(context and context.command.name == "run" and context.params.get("debugger"))
+
+
+def under_gunicorn() -> bool:
+    # gunicorn's arbiter sets this in its environment, which its workers inherit.
+    return os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/")
+
+
+def debug_refusal() -> str:
+    where = "under gunicorn" if under_gunicorn() else f"without {ENV_PREFIX}ALLOW_DEBUG=1"
+    return (
+        f"debug mode is refused {where}: it would serve Werkzeug's debugger, which runs any Python a visitor "
+        f"types. Unset FLASK_DEBUG (and drop --debug and --debugger); for local development with `flask run` only, set "
+        f"{ENV_PREFIX}ALLOW_DEBUG=1."
+    )
+
+
+# -- API keys --------------------------------------------------------------------------------------
+
+
+class ApiKeys:
+    """The keys that open /api/. None configured: the API is open."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self._keys = tuple(key.encode("ascii") for key in keys)
+
+    @property
+    def required(self) -> bool:
+        return bool(self._keys)
+
+    def init_app(self, app: Flask) -> None:
+        app.extensions["api_keys"] = self
+        app.before_request(self.check_request)
+        app.register_error_handler(Unauthorized, _render_unauthorized)
+
+    def matches(self, presented: str) -> bool:
+        """Whether ``presented`` is one of the keys, compared in constant time with each of them (no early exit)."""
+        candidate = presented.encode("utf-8", "surrogateescape")
+        found = False
+        for key in self._keys:
+            found |= hmac.compare_digest(candidate, key)
+        return found
+
+    def check_request(self) -> None:
+        """Before each request: a valid key for /api/ when keys are set; remembers it as the client's identity."""
+        if not self.required or not request.path.startswith("/api/") or request.endpoint in OPEN_API_ENDPOINTS:
+            return
+        presented = presented_key(request)
+        if presented is None:
+            raise Unauthorized(
+                f"this API needs a key: send it as 'Authorization: Bearer <key>' or in the {API_KEY_HEADER} header"
+            )
+        if not self.matches(presented):
+            raise Unauthorized("the API key is not valid")
+        # The rate limit counts per key: a digest, so the key itself is never stored with the counts.
+        g.client_identity = "key:" + hashlib.sha256(presented.encode("ascii")).hexdigest()[:32]
+
+
+def presented_key(req: Request) -> str | None:
+    """The key a request carries: ``Authorization: Bearer <key>``, else the X-API-Key header."""
+    scheme, _, credentials = req.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return req.headers.get(API_KEY_HEADER, "").strip() or None
+
+
+def _render_unauthorized(error: Unauthorized) -> ResponseReturnValue:
+    from app import render_error
+
+    body, status, headers = render_error(error)  # type: ignore[misc]
+    challenge = f'Bearer realm="{REALM}"'
+    if presented_key(request) is not None:
+        challenge += ', error="invalid_token"'  # RFC 6750: a key was sent and refused
+    headers["WWW-Authenticate"] = challenge
+    return body, status, headers
+
+
+# -- the rate limit --------------------------------------------------------------------------------
+
+
+def client_identity() -> str:
+    """Who the rate limit counts: the valid API key presented, else the client address."""
+    return g.get("client_identity") or f"addr:{request.remote_addr or 'unknown'}"
+
+
+class ClientRateLimit:
+    """One limit per client, shared by the pipeline endpoints; X-RateLimit-* headers on their responses."""
+
+    def __init__(self, limit: str, storage_uri: str) -> None:
+        self.limiter = Limiter(
+            key_func=client_identity,
+            # An application limit: one count for all the endpoints it applies to, which the filter narrows.
+            application_limits=[limit],
+            storage_uri=storage_uri,
+            # wrap_exceptions: a storage failure is a StorageError, whatever the storage's client raises.
+            storage_options={"wrap_exceptions": True},
+            strategy="fixed-window",
+            headers_enabled=False,  # set below: its Retry-After can round down to 0
+            swallow_errors=True,  # a storage outage lets requests through (logged) rather than failing them
+            key_prefix="portrait-gateway",
+        )
+        self.limiter.request_filter(lambda: request.endpoint not in PIPELINE_ENDPOINTS)
+
+    def init_app(self, app: Flask) -> None:
+        app.extensions["rate_limit"] = self
+        self.limiter.init_app(app)
+        app.after_request(self.add_headers)
+        app.register_error_handler(RateLimitExceeded, self.render_exceeded)
+
+    def _tightest(self) -> RequestLimit | None:
+        """The limit of this request with the fewest requests left (the breached one, when one was)."""
+        current = self.limiter.current_limit
+        if current is None or current.breached:
+            return current
+        return min(self.limiter.current_limits, key=lambda limit: limit.remaining, default=current)
+
+    def add_headers(self, response: Response) -> Response:
+        try:
+            limit = self._tightest()
+            if limit is not None:
+                response.headers["X-RateLimit-Limit"] = str(limit.limit.amount)
+                response.headers["X-RateLimit-Remaining"] = str(max(0, limit.remaining))
+                response.headers["X-RateLimit-Reset"] = str(limit.reset_at)
+        except StorageError as exc:  # the limit itself was let through: the headers are not worth a 500
+            log.warning("rate limit headers left out, the storage failed: %s", exc)
+        return response
+
+    def render_exceeded(self, exc: RateLimitExceeded) -> ResponseReturnValue:
+        from app import render_error
+
+        limit = self.limiter.current_limit
+        wait = max(1, math.ceil(limit.reset_at - time.time())) if limit is not None else 1
+        error = RateLimited(
+            f"too many requests from this client: at most {exc.limit.limit} to the photo endpoints; "
+            f"try again in {wait} s",
+            retry_after=wait,
+        )
+        return render_error(error)
+
+
+# -- JSON ------------------------------------------------------------------------------------------
+
+
+class HtmlSafeJSONProvider(DefaultJSONProvider):
+    """JSON with ``<``, ``>`` and ``&`` as ``\\u`` escapes: the same data, and never markup a sniffer could run.
+
+    Outside strings JSON has none of the three, so replacing them in the text is exact.
+    """
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        text = super().dumps(obj, **kwargs)
+        return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
