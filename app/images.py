@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -18,6 +21,10 @@ DEFAULT_MAX_PIXELS = 50_000_000
 FACE_CROP_SCALE = 1.75
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # rotated by 90 degrees: width and height swap
+# The first bytes of the accepted formats that cannot be mistaken for text: such a file that Pillow
+# cannot open is a damaged photo (400), not a file of another kind (415).
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_SIGNATURES = {_PNG_SIGNATURE: "PNG", b"\xff\xd8\xff": "JPEG"}
 
 
 def accepted_types() -> str:
@@ -37,6 +44,8 @@ def decode_photo(
     """
     if not data:
         raise BadInput("the image is empty")
+    if data.startswith(_PNG_SIGNATURE):
+        _check_png(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -56,14 +65,39 @@ def decode_photo(
                 width, height = height, width
             if draft_size is not None and image.format == "JPEG":
                 image.draft("RGB", draft_size)
-            image = ImageOps.exif_transpose(image)
-            return np.asarray(image.convert("RGB")), (width, height)
+            ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of an upright photo
+            if image.mode.startswith("I"):  # 16-bit greyscale PNG: convert("RGB") would clip it to white
+                image = Image.fromarray((np.clip(np.asarray(image), 0, 65535) >> 8).astype(np.uint8))
+            return np.asarray(image if image.mode == "RGB" else image.convert("RGB")), (width, height)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLarge(f"the image is too large to decode safely: {exc}") from exc
     except UnidentifiedImageError as exc:
+        damaged = next((name for magic, name in _SIGNATURES.items() if data.startswith(magic)), None)
+        if damaged is not None:
+            raise BadInput(f"the {damaged} image is damaged and could not be decoded") from exc
         raise UnsupportedMediaType(f"not a readable image; send one of: {accepted_types()}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadInput(f"the image could not be decoded: {exc}") from exc
+
+
+def _check_png(data: bytes) -> None:
+    """Refuse a damaged PNG with a message that says how: Pillow skips the checksums of the pixel data,
+    and calls a PNG it cannot open (a bad header checksum, zero width) "unidentified"."""
+    view, position = memoryview(data), len(_PNG_SIGNATURE)
+    while position + 12 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, position)
+        end = position + 12 + length
+        if end > len(data):
+            return  # cut short: Pillow's decoder says so
+        if zlib.crc32(view[position + 4 : end - 4]) != struct.unpack_from(">I", data, end - 4)[0]:
+            raise BadInput(f"the PNG image is damaged: bad checksum in its {kind.decode('latin-1')!r} chunk")
+        if kind == b"IHDR" and length >= 8:
+            width, height = struct.unpack_from(">II", data, position + 8)
+            if width == 0 or height == 0:
+                raise BadInput(f"the image has no pixels: its PNG header says {width}x{height}")
+        if kind == b"IEND":
+            return
+        position = end
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -97,22 +131,33 @@ def crop_face(image: np.ndarray, box: Sequence[float], scale: float = FACE_CROP_
 
 
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an RGB uint8 array to (height, width) with a good downscaling filter."""
+    """Resize an RGB uint8 array to (height, width) with a good downscaling filter.
+
+    As Pillow's ``reducing_gap``: first average whole blocks of pixels (no aliasing), then
+    bilinear for what is left (less than 2x); OpenCV's SIMD paths make it several times faster.
+    """
     height, width = size
     if image.shape[:2] == (height, width):
         return image
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0))
+    step_y, step_x = max(1, image.shape[0] // height), max(1, image.shape[1] // width)
+    if step_y > 1 or step_x > 1:
+        # Whole blocks only (a sliver of under ``step`` pixels at the edge is dropped): OpenCV's fast path.
+        block = image[: image.shape[0] // step_y * step_y, : image.shape[1] // step_x * step_x]
+        image = cv2.resize(block, (block.shape[1] // step_x, block.shape[0] // step_y), interpolation=cv2.INTER_AREA)
+    if image.shape[:2] == (height, width):
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 85) -> bytes:
     out = io.BytesIO()
-    Image.fromarray(image).save(out, format="JPEG", quality=quality, optimize=True)
+    Image.fromarray(image).save(out, format="JPEG", quality=quality)  # optimize=True: 2x the time for 1% less
     return out.getvalue()
 
 
 def encode_png(image: np.ndarray) -> bytes:
     out = io.BytesIO()
-    Image.fromarray(image).save(out, format="PNG", optimize=False, compress_level=6)
+    Image.fromarray(image).save(out, format="PNG", optimize=False, compress_level=1)  # 6: 2x the time, 6% less
     return out.getvalue()
 
 

@@ -26,7 +26,7 @@ from prometheus_client import (
 )
 
 from app.errors import GatewayError
-from app.serving.base import Backend, ModelRef, SignatureMetadata, VersionStatus
+from app.serving.base import Backend, ModelRef, Served, SignatureMetadata, VersionStatus
 
 T = TypeVar("T")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -110,6 +110,11 @@ class InstrumentedBackend(Backend):
         self, ref: ModelRef, inputs: Mapping[str, np.ndarray], timeout: float | None = None
     ) -> dict[str, np.ndarray]:
         return self._timed(ref.name, "predict", self.inner.predict, ref, inputs, timeout)
+
+    def predict_versioned(
+        self, ref: ModelRef, inputs: Mapping[str, np.ndarray], timeout: float | None = None
+    ) -> Served:
+        return self._timed(ref.name, "predict", self.inner.predict_versioned, ref, inputs, timeout)
 
     def metadata(self, ref: ModelRef) -> SignatureMetadata:
         return self._timed(ref.name, "metadata", self.inner.metadata, ref)

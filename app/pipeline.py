@@ -11,14 +11,15 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from app import images
 from app.errors import BadInput, NoFaceFound
-from app.serving.base import Backend, ModelRef
+from app.serving.base import Backend, ModelRef, Served
 from app.stages import DEFAULT_STAGES, Stage
 
 MAX_K = 100
@@ -26,7 +27,7 @@ MAX_K = 100
 # itself, so more pixels only cost transfer and resizing.
 DETECT_MAX_SIDE = 640
 # A JPEG is first decoded at a reduced scale with at least this long side (Pillow draft).
-DRAFT_MIN_SIDE = 1024
+DRAFT_MIN_SIDE = 800
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,9 @@ def parse_pins(params: Mapping[str, str], stages: Mapping[str, Stage] = DEFAULT_
         if "version" in kinds and "label" in kinds:
             raise BadInput(f"{name}: give a version or a label, not both")
         version = kinds.get("version")
-        if version is not None and (not (version.isascii() and version.isdigit()) or len(version) > 18):
+        if version is not None and (
+            not (version.isascii() and version.isdigit()) or len(version) > 18 or not int(version)
+        ):
             raise BadInput(f"{name}: version must be a positive integer, got {version[:40]!r}")
         pin = Pin(version=int(version) if version is not None else None, label=kinds.get("label"))
         stages[name].ref(version=pin.version, label=pin.label)  # validates the label's form
@@ -117,6 +120,9 @@ class PortraitResult:
     anime: np.ndarray | None = None
     versions: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # Seconds inside the backend's predict call of each stage: the model's share of the stage's time.
+    model_timings: dict[str, float] = field(default_factory=dict)
+    meanwhile: Any = None  # what the caller's ``meanwhile`` work returned (see Pipeline.run)
 
 
 @contextlib.contextmanager
@@ -150,6 +156,15 @@ class Pipeline:
         self.timeout = timeout
         self._gallery_sizes: dict[tuple[str, int], int] = {}
 
+    def _predict(
+        self, stage: str, ref: ModelRef, inputs: Mapping[str, np.ndarray], model_timings: dict[str, float] | None
+    ) -> Served:
+        """One backend call of ``stage``, its wall time added to ``model_timings[stage]`` when given."""
+        if model_timings is None:
+            return self.backend.predict_versioned(ref, inputs, timeout=self.timeout)
+        with _timed(model_timings, stage):
+            return self.backend.predict_versioned(ref, inputs, timeout=self.timeout)
+
     def _ref(self, stage: str, pins: Pins | None, signature: str | None = None) -> ModelRef:
         pin = (pins or {}).get(stage, Pin())
         return self.stages[stage].ref(version=pin.version, label=pin.label, signature=signature)
@@ -164,7 +179,9 @@ class Pipeline:
         )
         return Photo(pixels, original, {"decode": time.perf_counter() - started})
 
-    def detect_faces(self, photo: Photo, pins: Pins | None = None) -> tuple[list[Face], int]:
+    def detect_faces(
+        self, photo: Photo, pins: Pins | None = None, model_timings: dict[str, float] | None = None
+    ) -> tuple[list[Face], int]:
         """Every face above the threshold, best first, and the detector version that answered."""
         stage = self.stages["detect"]
         ref = self._ref("detect", pins)
@@ -180,7 +197,7 @@ class Pipeline:
             batch = images.model_input([pixels], spec, stage.value_range)
         else:
             batch = pixels[np.newaxis]
-        out = self.backend.predict(ref, {stage.inputs["image"]: batch}, timeout=self.timeout)
+        out, served = self._predict("detect", ref, {stage.inputs["image"]: batch}, model_timings)
         count = int(np.asarray(out[stage.outputs["count"]]).reshape(-1)[0])
         boxes = np.asarray(out[stage.outputs["boxes"]])[0, :count]
         scores = np.asarray(out[stage.outputs["scores"]])[0, :count]
@@ -190,7 +207,7 @@ class Pipeline:
             if score >= self.threshold
         ]
         faces.sort(key=lambda face: face.score, reverse=True)
-        return faces, meta.version
+        return faces, meta.version if served is None else served
 
     def crop(self, photo: Photo, face: Face, data: bytes, needed_side: int) -> np.ndarray:
         """The square face crop, from pixels fine enough for the stages after it.
@@ -215,12 +232,15 @@ class Pipeline:
         signature = stage.extra_signatures.get("size")
         if signature is None:
             return None
-        version = self.backend.metadata(self._ref("search", pins)).version
-        key = (stage.servable, version)
-        if key not in self._gallery_sizes:
-            ref = ModelRef(stage.servable, version=version, signature=signature)
-            self._gallery_sizes[key] = int(np.asarray(self.backend.predict(ref, {})["size"]).reshape(-1)[0])
-        return self._gallery_sizes[key]
+        ref = self._ref("search", pins)
+        expected = self.backend.metadata(ref).version  # cached: possibly a version already replaced
+        size = self._gallery_sizes.get((stage.servable, expected))
+        if size is None:
+            # Asked of the ref itself, never of a version pinned from metadata that may be gone by now.
+            out, served = self.backend.predict_versioned(self._ref("search", pins, signature), {}, self.timeout)
+            size = int(np.asarray(out["size"]).reshape(-1)[0])
+            self._gallery_sizes[(stage.servable, expected if served is None else served)] = size
+        return size
 
     def check_k(self, k: int, pins: Pins | None = None) -> None:
         if not 1 <= k <= MAX_K:
@@ -230,7 +250,12 @@ class Pipeline:
             raise BadInput(f"k={k} is larger than the gallery ({size} faces)")
 
     def encode_and_search(
-        self, crop: np.ndarray, k: int, pins: Pins | None, timings: dict[str, float]
+        self,
+        crop: np.ndarray,
+        k: int,
+        pins: Pins | None,
+        timings: dict[str, float],
+        model_timings: dict[str, float] | None = None,
     ) -> tuple[list[Match], int]:
         """The k nearest gallery faces to the crop, and the search servable version that answered."""
         encode, search = self.stages["encode"], self.stages["search"]
@@ -238,13 +263,14 @@ class Pipeline:
             ref = self._ref("encode", pins)
             spec = self.backend.metadata(ref).inputs[encode.inputs["image"]]
             batch = images.model_input([crop], spec, encode.value_range)
-            latent = self.backend.predict(ref, {encode.inputs["image"]: batch}, timeout=self.timeout)
+            latent = self._predict("encode", ref, {encode.inputs["image"]: batch}, model_timings).outputs
             latent = np.asarray(latent[encode.outputs["latent"]], dtype=np.float32)
         with _timed(timings, "search"):
             ref = self._ref("search", pins)
-            version = self.backend.metadata(ref).version
             query = {search.inputs["latent"]: latent[:1], search.inputs["k"]: np.int32(k)}
-            out = self.backend.predict(ref, query, timeout=self.timeout)
+            out, version = self._predict("search", ref, query, model_timings)
+            if version is None:  # a backend that does not say which version answered
+                version = self.backend.metadata(ref).version
         distances = np.asarray(out[search.outputs["distances"]])[0]
         indices = np.asarray(out[search.outputs["indices"]])[0]
         filenames = np.asarray(out[search.outputs["filenames"]])[0]
@@ -254,12 +280,14 @@ class Pipeline:
         ]
         return matches, version
 
-    def translate(self, crop: np.ndarray, pins: Pins | None = None) -> np.ndarray:
+    def translate(
+        self, crop: np.ndarray, pins: Pins | None = None, model_timings: dict[str, float] | None = None
+    ) -> np.ndarray:
         stage = self.stages["translate"]
         ref = self._ref("translate", pins)
         spec = self.backend.metadata(ref).inputs[stage.inputs["image"]]
         batch = images.model_input([crop], spec, stage.value_range)
-        out = self.backend.predict(ref, {stage.inputs["image"]: batch}, timeout=self.timeout)
+        out = self._predict("translate", ref, {stage.inputs["image"]: batch}, model_timings).outputs
         return images.model_output_image(np.asarray(out[stage.outputs["image"]])[0], stage.value_range)
 
     # -- whole runs --------------------------------------------------------------------------------
@@ -272,16 +300,30 @@ class Pipeline:
         return photo, faces
 
     def run(
-        self, data: bytes, *, k: int = 5, pins: Pins | None = None, search: bool = True, translate: bool = True
+        self,
+        data: bytes,
+        *,
+        k: int = 5,
+        pins: Pins | None = None,
+        search: bool = True,
+        translate: bool = True,
+        meanwhile: Callable[[PortraitResult], Any] | None = None,
     ) -> PortraitResult:
-        """The whole chain; the search and translation branches run concurrently. 422 when no face is found."""
+        """The whole chain; the search and translation branches run concurrently. 422 when no face is found.
+
+        ``meanwhile(result)`` is the caller's own work that needs the photo, the face and the crop
+        but no model's answer (e.g. encoding a page's images): it runs beside the translation, after
+        the search, on a thread of the backend's pool (so it must not need a request context), instead
+        of after the models; what it returns is ``result.meanwhile``.
+        """
         started = time.perf_counter()
         if search:
             self.check_k(k, pins)
         photo = self.decode(data)
         timings = dict(photo.timings)
+        model_timings: dict[str, float] = {}
         with _timed(timings, "detect"):
-            faces, _ = self.detect_faces(photo, pins)
+            faces, _ = self.detect_faces(photo, pins, model_timings)
         if not faces:
             raise NoFaceFound(f"no face found with a score of at least {self.threshold:g}")
         face = faces[0]
@@ -291,19 +333,42 @@ class Pipeline:
                 default=0,
             )
             crop = self.crop(photo, face, data, needed)
-        result = PortraitResult(photo=photo, face=face, faces=faces, crop=crop, timings=timings)
-        # The two branches are independent: translate on the backend's pool while this thread
-        # encodes and searches.
-        translated = self.backend.submit(self._timed_translate, crop, pins, timings) if translate else None
-        try:
-            if search:
-                result.matches, result.versions["search"] = self.encode_and_search(crop, k, pins, timings)
-        finally:
-            if translated is not None:
-                result.anime = translated.result()
+        result = PortraitResult(
+            photo=photo, face=face, faces=faces, crop=crop, timings=timings, model_timings=model_timings
+        )
+        beside = search or meanwhile is not None
+        if translate and beside:
+            # The branches are independent. The translation, the longer one, starts at once on this
+            # thread; the search branch waits for a thread of the backend's pool.
+            branch = self.backend.submit(self._beside_translation, result, k, pins, search, meanwhile)
+            try:
+                result.anime = self._timed_translate(crop, pins, timings, model_timings)
+            finally:
+                branch.result()
+        elif translate:
+            result.anime = self._timed_translate(crop, pins, timings, model_timings)
+        elif beside:
+            self._beside_translation(result, k, pins, search, meanwhile)
         timings["total"] = time.perf_counter() - started
         return result
 
-    def _timed_translate(self, crop: np.ndarray, pins: Pins | None, timings: dict[str, float]) -> np.ndarray:
+    def _beside_translation(
+        self,
+        result: PortraitResult,
+        k: int,
+        pins: Pins | None,
+        search: bool,
+        meanwhile: Callable[[PortraitResult], Any] | None,
+    ) -> None:
+        if search:
+            result.matches, result.versions["search"] = self.encode_and_search(
+                result.crop, k, pins, result.timings, result.model_timings
+            )
+        if meanwhile is not None:
+            result.meanwhile = meanwhile(result)
+
+    def _timed_translate(
+        self, crop: np.ndarray, pins: Pins | None, timings: dict[str, float], model_timings: dict[str, float]
+    ) -> np.ndarray:
         with _timed(timings, "translate"):
-            return self.translate(crop, pins)
+            return self.translate(crop, pins, model_timings)

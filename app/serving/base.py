@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2
@@ -142,6 +142,13 @@ def metadata_from_signature_defs(
     return ModelMetadata(model=model, version=version, signatures=signatures)
 
 
+class Served(NamedTuple):
+    """What a Predict call returned, and which version of the servable answered it (None: not said)."""
+
+    outputs: dict[str, np.ndarray]
+    version: int | None
+
+
 class Backend(abc.ABC):
     """Calls servables. Implementations are thread-safe; every failure is raised as a GatewayError."""
 
@@ -155,6 +162,13 @@ class Backend(abc.ABC):
         self, ref: ModelRef, inputs: Mapping[str, np.ndarray], timeout: float | None = None
     ) -> dict[str, np.ndarray]:
         """Run one Predict call; ``timeout`` (seconds) overrides the backend's default deadline."""
+
+    def predict_versioned(
+        self, ref: ModelRef, inputs: Mapping[str, np.ndarray], timeout: float | None = None
+    ) -> Served:
+        """``predict``, and the version that answered: "latest" or a label may move between two calls, so
+        the version of a result is the one the server names in its answer, not one looked up before."""
+        return Served(self.predict(ref, inputs, timeout), None)
 
     def predict_async(
         self, ref: ModelRef, inputs: Mapping[str, np.ndarray], timeout: float | None = None

@@ -32,7 +32,14 @@ from tensorflow_serving.apis import (
 
 from app.errors import BadInput, DeadlineExceeded, ModelFailure, from_serving_status
 from app.serving import wire
-from app.serving.base import Backend, ModelRef, SignatureMetadata, VersionStatus, metadata_from_signature_defs
+from app.serving.base import (
+    Backend,
+    ModelRef,
+    Served,
+    SignatureMetadata,
+    VersionStatus,
+    metadata_from_signature_defs,
+)
 
 MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving itself accepts up to 2 GB
 
@@ -195,13 +202,18 @@ class GrpcBackend(Backend):
     def predict(
         self, ref: ModelRef, inputs: Mapping[str, np.ndarray], timeout: float | None = None
     ) -> dict[str, np.ndarray]:
+        return self.predict_versioned(ref, inputs, timeout).outputs
+
+    def predict_versioned(
+        self, ref: ModelRef, inputs: Mapping[str, np.ndarray], timeout: float | None = None
+    ) -> Served:
         # The request and response go through app.serving.wire, not protobuf messages: big tensors are copied once.
         request = wire.encode_predict_request(model_spec(ref), inputs)
         self._stubs()
         assert self._predict_wire is not None
         response = self._call(self._predict_wire, request, timeout, ref.name)
         try:
-            return wire.decode_predict_response(response)
+            return Served(wire.decode_predict_response(response), wire.response_version(response))
         except message.DecodeError as exc:
             raise ModelFailure(f"{ref.name}: TF Serving's PredictResponse does not parse ({exc})") from exc
 

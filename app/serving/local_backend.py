@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from app.errors import serving_errors
-from app.serving.base import Backend, ModelRef, SignatureMetadata, VersionStatus
+from app.serving.base import Backend, ModelRef, Served, SignatureMetadata, VersionStatus
 from app.serving.runtime import ModelRuntime
 
 
@@ -39,8 +39,13 @@ class LocalBackend(Backend):
     def predict(
         self, ref: ModelRef, inputs: Mapping[str, np.ndarray], timeout: float | None = None
     ) -> dict[str, np.ndarray]:
+        return self.predict_versioned(ref, inputs, timeout).outputs
+
+    def predict_versioned(
+        self, ref: ModelRef, inputs: Mapping[str, np.ndarray], timeout: float | None = None
+    ) -> Served:
         with serving_errors(ref.name):
-            _, outputs = self.runtime.predict(
+            served, outputs = self.runtime.predict(
                 ref.name,
                 inputs,
                 version=ref.version,
@@ -48,7 +53,7 @@ class LocalBackend(Backend):
                 signature=ref.signature,
                 timeout=self.timeout if timeout is None else timeout,
             )
-        return outputs
+        return Served(outputs, served)
 
     def metadata(self, ref: ModelRef) -> SignatureMetadata:
         with serving_errors(ref.name):

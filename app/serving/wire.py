@@ -40,7 +40,13 @@ from tensorflow_serving.apis import model_pb2, predict_pb2
 from app.errors import BadInput
 from app.serving import tensors
 
-__all__ = ["PREDICT_METHOD", "decode_predict_response", "encode_predict_request", "encode_tensor"]
+__all__ = [
+    "PREDICT_METHOD",
+    "decode_predict_response",
+    "encode_predict_request",
+    "encode_tensor",
+    "response_version",
+]
 
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 
@@ -308,3 +314,19 @@ def decode_predict_response(data: bytes) -> dict[str, np.ndarray]:
         # BadInput too: with several bad outputs, the error is the one protobuf's map order meets first.
         response = predict_pb2.PredictResponse.FromString(data)
         return {alias: tensors.from_tensor_proto(proto) for alias, proto in response.outputs.items()}
+
+
+def response_version(data: bytes) -> int | None:
+    """The version named in a serialized PredictResponse's ``model_spec``: the one that answered (None if unnamed).
+
+    Only the top level is walked; the outputs are skipped by their lengths, not read.
+    """
+    try:
+        for field, wire_type, value in _fields(data, 0, len(data)):
+            if field == _RESPONSE_MODEL_SPEC and wire_type == _LEN:
+                spec = model_pb2.ModelSpec.FromString(data[value[0] : value[1]])
+                return spec.version.value if spec.HasField("version") else None
+        return None
+    except (_NotFast, message.DecodeError):
+        response = predict_pb2.PredictResponse.FromString(data)
+        return response.model_spec.version.value if response.model_spec.HasField("version") else None

@@ -51,12 +51,21 @@ def detect_face() -> ResponseReturnValue:
     """Run the pipeline on one uploaded photo: the result page, or JSON for ``Accept: application/json``."""
     data = common.read_upload(request)
     k = common.read_k(request.values)
-    result = common.pipeline().run(data, k=k, pins=common.read_pins(request.values))
-    headers = {"Server-Timing": common.server_timing(result.timings)}
-    if wants_json():
+    as_json = wants_json()
+    # The page's photo and face images are encoded while the translation runs (shown_images needs no request).
+    meanwhile = None if as_json else shown_images
+    result = common.pipeline().run(data, k=k, pins=common.read_pins(request.values), meanwhile=meanwhile)
+    headers = {"Server-Timing": common.server_timing(page_timings(result))}
+    if as_json:
         return jsonify(common.result_json(result, with_images=True)), 200, headers
     page = render_template("result.html", upload_form=upload_form_context(k), **result_context(result))
     return page, 200, headers
+
+
+def page_timings(result: PortraitResult) -> dict[str, float]:
+    """The stages' durations, then each model call's own (``model-<stage>``), so a client can tell the
+    model time from the gateway's."""
+    return {**result.timings, **{f"model-{stage}": seconds for stage, seconds in result.model_timings.items()}}
 
 
 def upload_form_context(k: int | None = None) -> dict:
@@ -70,18 +79,25 @@ def upload_form_context(k: int | None = None) -> dict:
     }
 
 
-def result_context(result: PortraitResult) -> dict:
-    """The result page's images as data: URLs (nothing is written to disk) and its numbers, ready to show."""
-    version = result.versions.get("search")
-    total = result.timings.get("total") or sum(result.timings.values()) or 1.0
+def shown_images(result: PortraitResult) -> dict:
+    """The photo and the face crop as the page shows them: scaled down, as JPEG data: URLs."""
     photo = _fit(result.photo.pixels, PHOTO_MAX_SIDE)
     return {
         "photo_url": common.data_url("image/jpeg", images.encode_jpeg(photo)),
         "photo_shown_size": (photo.shape[1], photo.shape[0]),
+        "crop_url": common.data_url("image/jpeg", images.encode_jpeg(_fit(result.crop, CROP_MAX_SIDE))),
+    }
+
+
+def result_context(result: PortraitResult) -> dict:
+    """The result page's images as data: URLs (nothing is written to disk) and its numbers, ready to show."""
+    version = result.versions.get("search")
+    total = result.timings.get("total") or sum(result.timings.values()) or 1.0
+    return {
+        **(result.meanwhile or shown_images(result)),
         "photo_size": result.photo.original_size,
         "face": FaceBox.of(result.face),
         "other_faces": [FaceBox.of(face) for face in result.faces[1:]],
-        "crop_url": common.data_url("image/jpeg", images.encode_jpeg(_fit(result.crop, CROP_MAX_SIDE))),
         "anime_url": None if result.anime is None else common.data_url("image/png", images.encode_png(result.anime)),
         "anime_size": None if result.anime is None else (result.anime.shape[1], result.anime.shape[0]),
         "matches": [

@@ -1,0 +1,39 @@
+"""Smoke run of the load soak: a few clients for a few seconds against the gateway under gunicorn."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import demo_serving_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_soak_benchmark_smoke(tmp_path: Path, demo_root: Path):
+    config = demo_serving_dir(tmp_path, demo_root)
+    out = tmp_path / "soak.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "soak.py"), "--smoke", "--model-config", str(config), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["smoke"] is True and report["clients"] == 4
+    load = report["load"]
+    assert load["errors"] == 0, load["error_kinds"]
+    assert load["ok"] == load["requests"] > 0
+    assert report["server_alive_at_end"]
+    rss = report["rss_mb"]
+    # A gateway with four TensorFlow servables loaded holds well over 100 MB; the reading is of real processes.
+    assert min(rss["after_warmup"], rss["end"]) > 100
+    assert len(report["rss_samples_mb"]) >= 5
+    assert set(report["targets"]) == {"errors", "rss_growth_after_warmup"}
