@@ -173,6 +173,24 @@ def test_error_statuses_carry_http_codes(shared_backend):
     assert caught.value.status_code == 400
 
 
+@pytest.mark.parametrize(
+    ("ref", "version", "y0"),
+    [
+        (ModelRef("half_plus"), 2, 3.0),
+        (ModelRef("half_plus", version=1), 1, 2.0),
+        (ModelRef("half_plus", label="stable"), 1, 2.0),
+        (ModelRef("half_plus", label="canary"), 2, 3.0),
+        (ModelRef("half_plus_specific"), 1, 2.0),
+    ],
+    ids=str,
+)
+def test_predict_names_the_version_that_answered(shared_backend, ref, version, y0):
+    served = shared_backend.predict_versioned(ref, {"x": X})
+    assert served.version == version
+    assert served.outputs["y"][0] == y0  # the answer is that version's (offsets 2.0 and 3.0)
+    np.testing.assert_array_equal(served.outputs["y"], shared_backend.predict(ref, {"x": X})["y"])
+
+
 # -- versions appearing, disappearing and labels moving --------------------------------------------
 
 

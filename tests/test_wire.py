@@ -434,3 +434,14 @@ def test_string_row_is_read_from_string_val() -> None:
     # Strings never travel as tensor_content; the reader keeps each string_val element's bytes whole.
     proto = make_proto(STRING_ROW.datatype, (3,), string_val=[b"", b"\x00\xff", "\u65e5".encode()])
     assert fast_decode(response_bytes(s=proto))["s"].tolist() == [b"", b"\x00\xff", "\u65e5".encode()]
+
+
+@pytest.mark.parametrize("version", [None, 0, 1, 7, 2**62])
+def test_response_version_is_the_model_specs(version: int | None) -> None:
+    response = predict_pb2.PredictResponse()
+    response.outputs["y"].CopyFrom(tensors.to_tensor_proto(np.arange(3, dtype=np.float32)))
+    response.model_spec.name = "m"
+    if version is not None:
+        response.model_spec.version.value = version
+    assert wire.response_version(response.SerializeToString()) == version
+    assert wire.response_version(b"") is None
