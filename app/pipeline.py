@@ -160,9 +160,7 @@ class Pipeline:
         self, stage: str, ref: ModelRef, inputs: Mapping[str, np.ndarray], model_timings: dict[str, float] | None
     ) -> Served:
         """One backend call of ``stage``, its wall time added to ``model_timings[stage]`` when given."""
-        if model_timings is None:
-            return self.backend.predict_versioned(ref, inputs, timeout=self.timeout)
-        with _timed(model_timings, stage):
+        with contextlib.nullcontext() if model_timings is None else _timed(model_timings, stage):
             return self.backend.predict_versioned(ref, inputs, timeout=self.timeout)
 
     def _ref(self, stage: str, pins: Pins | None, signature: str | None = None) -> ModelRef:

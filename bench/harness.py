@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import io
+import json
 import math
 import os
 import signal
@@ -38,6 +39,10 @@ def model_config(path: str | None) -> Path:
 
 
 # -- servers ----------------------------------------------------------------------------------------
+
+# What every benchmarked gateway runs with. Every benchmark client comes from 127.0.0.1, which the
+# rate limiter sees as one client: the limit is off (it is tested in tests/test_security.py).
+BENCH_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "GATEWAY_RATE_LIMIT": ""}
 
 
 def free_port() -> int:
@@ -86,16 +91,19 @@ def wait_ready(server: Server, path: str = "/readyz", timeout: float = 180.0) ->
         time.sleep(0.25)
 
 
-def stop(server: Server, timeout: float = 30.0) -> None:
-    """SIGTERM to the master (graceful shutdown of its workers); SIGKILL to its process group if it hangs."""
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.process.pid, signal.SIGKILL)
-            server.process.wait(10)
+def stop(server: Server) -> None:
+    """gunicorn's quick shutdown (INT), then KILL for whatever is left of its process group.
+
+    The KILL is not optional: a worker can hang on its way out (TensorFlow's threads at interpreter
+    exit), and once the master is gone nothing else would ever reap it.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        server.process.send_signal(signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        server.process.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.process.pid, signal.SIGKILL)
+    server.process.wait(timeout=10)
 
 
 @contextlib.contextmanager
@@ -116,19 +124,23 @@ def gunicorn(
     every app started this way.
     """
     port = free_port()
-    log_path = Path(log_dir) / f"{name}.log"
+    log_path = Path(log_dir) / f"{name}-{port}.log"
     command = [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONFIG)]
     for path in pythonpath:
         command += ["--pythonpath", str(path)]
     command.append(app_spec)
-    # Every benchmark client comes from 127.0.0.1, i.e. one client to the rate limiter: it is off
-    # unless ``env`` sets it (the limit itself is tested in tests/test_security.py).
-    full_env = {**os.environ, "GATEWAY_RATE_LIMIT": "", **env, "GATEWAY_BIND": f"127.0.0.1:{port}"}
-    full_env["PYTHONUNBUFFERED"] = "1"
+    full_env = {**os.environ, **env, "GATEWAY_BIND": f"127.0.0.1:{port}", "PYTHONUNBUFFERED": "1"}
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
     with log_path.open("wb") as log:
+        # A session of its own: the master and its workers form one process group, stopped as one.
         process = subprocess.Popen(
-            command, cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=REPO,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     server = Server(name, port, process, log_path)
     try:
@@ -379,3 +391,12 @@ def parse_server_timing(header: str) -> dict[str, float]:
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def write_results(results: Mapping, out: Path | None) -> None:
+    """Write a benchmark's results as indented JSON to ``out`` (nothing when None)."""
+    if out is None:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")

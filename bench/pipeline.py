@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> dict:
         work = Path(work)
         uploads = work / "uploads"
         uploads.mkdir()
-        common_env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+        common_env = harness.BENCH_ENV
         gateway_env = {**common_env, "GATEWAY_MODEL_CONFIG": str(config), "GATEWAY_POLL_INTERVAL": "0"}
         baseline_env = {**common_env, "BASELINE_MODEL_CONFIG": str(config), "BASELINE_UPLOAD_DIR": str(uploads)}
         harness.log("starting the gateway and the baseline under gunicorn ...")
@@ -247,10 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args)
     results["smoke"] = args.smoke
     print(report(results))
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {out}")
+    harness.write_results(results, out)
     return 0
 
 

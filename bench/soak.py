@@ -14,7 +14,6 @@ samples at the end of the warm-up.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -38,7 +37,7 @@ def soak(config: Path, *, clients: int, duration: float, warmup: float, megapixe
     def check(reply: harness.Reply) -> str | None:
         return None if b"data-anime" in reply.body else "page without the anime image"
 
-    env = {"TF_CPP_MIN_LOG_LEVEL": "2", "GATEWAY_MODEL_CONFIG": str(config), "GATEWAY_POLL_INTERVAL": "0"}
+    env = {**harness.BENCH_ENV, "GATEWAY_MODEL_CONFIG": str(config), "GATEWAY_POLL_INTERVAL": "0"}
     with (
         tempfile.TemporaryDirectory(prefix="bench-soak-") as work,
         harness.gunicorn("gateway", "app:create_app()", env, Path(work)) as server,
@@ -127,10 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name, t in results["targets"].items():
         print(f"  {name:<26} {t['value']!s:>8}  target {t['target']:<6} {'met' if t['met'] else 'NOT MET'}")
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {out}")
+    harness.write_results(results, out)
     return 0
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -119,3 +121,21 @@ def demo_app(request: pytest.FixtureRequest, tmp_path_factory, demo_root: Path) 
     app.extensions["serving"].close()
     if double is not None:
         double.close()
+
+
+# -- benchmarks -------------------------------------------------------------------------------------
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def run_benchmark(script: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run ``bench/<script>`` (its smoke mode is the caller's to ask for) and require it to succeed."""
+    result = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=BENCH.parent,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result

@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import run_benchmark
 
 
 @pytest.mark.slow
 def test_codec_benchmark_smoke(tmp_path):
     out = tmp_path / "codec.json"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "codec.py"), "--smoke", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    result = run_benchmark("codec.py", "--smoke", "--json", str(out))
     assert "1.5x target" in result.stdout
     results = json.loads(out.read_text())
     assert results["smoke"] and results["all_agree"]

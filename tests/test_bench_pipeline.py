@@ -21,10 +21,8 @@ from PIL import Image
 from werkzeug.formparser import parse_form_data
 from werkzeug.test import EnvironBuilder
 
-from tests.conftest import demo_serving_dir
-
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
+from bench import harness
+from tests.conftest import BENCH, demo_serving_dir, run_benchmark
 
 
 def _load(name: str):
@@ -33,9 +31,6 @@ def _load(name: str):
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
-
-
-harness = _load("harness")
 
 
 # -- harness -----------------------------------------------------------------------------------------
@@ -146,14 +141,7 @@ def _load_pipeline():
 def test_pipeline_benchmark_smoke(tmp_path: Path, demo_root: Path):
     config = demo_serving_dir(tmp_path, demo_root)
     out = tmp_path / "pipeline.json"
-    result = subprocess.run(
-        [sys.executable, str(BENCH / "pipeline.py"), "--smoke", "--model-config", str(config), "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = run_benchmark("pipeline.py", "--smoke", "--model-config", str(config), "--json", str(out))
     assert "targets:" in result.stdout
     report = json.loads(out.read_text())
     assert report["smoke"] is True

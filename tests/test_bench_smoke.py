@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import run_benchmark
 
 
 @pytest.mark.slow
 def test_search_benchmark_smoke(tmp_path):
     out = tmp_path / "search.json"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "search.py"), "--smoke", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    result = run_benchmark("search.py", "--smoke", "--json", str(out))
     assert "ours" in result.stdout
     assert json.loads(out.read_text())

@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import demo_serving_dir
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import demo_serving_dir, run_benchmark
 
 
 @pytest.mark.slow
 def test_soak_benchmark_smoke(tmp_path: Path, demo_root: Path):
     config = demo_serving_dir(tmp_path, demo_root)
     out = tmp_path / "soak.json"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "soak.py"), "--smoke", "--model-config", str(config), "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_benchmark("soak.py", "--smoke", "--model-config", str(config), "--json", str(out), timeout=180)
     report = json.loads(out.read_text())
     assert report["smoke"] is True and report["clients"] == 4
     load = report["load"]

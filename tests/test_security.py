@@ -31,8 +31,8 @@ from werkzeug.test import TestResponse
 from app import DebugRefused, create_app
 from app.config import PROJECT_ROOT, Settings
 from app.security import CONTENT_SECURITY_POLICY, SECURITY_HEADERS, ApiKeys
+from bench.harness import free_port, gunicorn
 from tests.conftest import demo_serving_dir
-from tests.live_server import free_port
 
 KEY = "k3y-0123456789abcdef"
 OTHER_KEY = "other-key-0123456789"
@@ -673,30 +673,11 @@ def app(environ, start_response):
 @pytest.fixture(scope="module")
 def plain_gunicorn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """gunicorn with the project's gunicorn.conf.py in front of a plain WSGI app: its limits act before any app."""
-    port = free_port()
     folder = tmp_path_factory.mktemp("gunicorn")
     (folder / "plain_wsgi_app.py").write_text(PLAIN_WSGI_APP, encoding="utf-8")
-    log = folder / "gunicorn.log"
-    env = {**os.environ, "GATEWAY_BIND": f"127.0.0.1:{port}", "GATEWAY_WORKERS": "1", "GATEWAY_THREADS": "2"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), str(folder), env.get("PYTHONPATH")]))
-    env.pop("FLASK_DEBUG", None)
-    command = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "plain_wsgi_app:app"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text(errors="replace")
-            assert time.monotonic() < deadline, "gunicorn did not start:\n" + log.read_text(errors="replace")
-            try:
-                if _raw_get(port, "/")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    env = {"GATEWAY_WORKERS": "1", "GATEWAY_THREADS": "2", "FLASK_DEBUG": "0"}
+    with gunicorn("plain", "plain_wsgi_app:app", env, folder, pythonpath=[folder], ready_path="/") as server:
+        yield server.port
 
 
 def _raw_request(port: int, request: bytes) -> bytes:
