@@ -13,7 +13,7 @@ WORKDIR /app
 # The pinned dependencies first, in their own layer: a code change does not reinstall TensorFlow.
 # Every compiled wheel in requirements.txt bundles its libraries beyond glibc, libstdc++ and zlib,
 # which the slim image has, so no apt packages are needed.
-COPY requirements.txt ./
+COPY requirements-gateway.txt requirements.txt ./
 RUN pip install --no-cache-dir -r requirements.txt
 
 # A fixed uid, so that file ownership on mounted folders is predictable. serving_models/ and the
