@@ -50,10 +50,14 @@ from tensorflow.core.framework import tensor_pb2  # noqa: E402
 from tensorflow_serving.apis import model_pb2, predict_pb2  # noqa: E402
 
 from app.serving import tensors, wire  # noqa: E402
+from app.serving.protos.tensorflow_serving.apis import model_pb2 as gateway_model_pb2  # noqa: E402
+from app.serving.protos.tensorflow_serving.apis import predict_pb2 as gateway_predict_pb2  # noqa: E402
 
 TARGET = 1.5
 ALIAS = "input_images"
 SPEC = model_pb2.ModelSpec(name="ugatit_selfie2anime", signature_name="serving_default")
+# The "before" routes use the gateway's own message classes (app.serving.protos), as GrpcBackend would.
+GATEWAY_SPEC = gateway_model_pb2.ModelSpec(name=SPEC.name, signature_name=SPEC.signature_name)
 
 
 def sample_tensors(seed: int = 0) -> dict[str, np.ndarray]:
@@ -78,7 +82,7 @@ def encode_tf(x: np.ndarray) -> bytes:
 
 
 def encode_before(x: np.ndarray) -> bytes:
-    request = predict_pb2.PredictRequest(model_spec=SPEC)
+    request = gateway_predict_pb2.PredictRequest(model_spec=GATEWAY_SPEC)
     request.inputs[ALIAS].CopyFrom(tensors.to_tensor_proto(x))
     return request.SerializeToString()
 
@@ -92,7 +96,7 @@ def decode_tf(data: bytes) -> np.ndarray:
 
 
 def decode_before(data: bytes) -> np.ndarray:
-    return tensors.from_tensor_proto(predict_pb2.PredictResponse.FromString(data).outputs[ALIAS])
+    return tensors.from_tensor_proto(gateway_predict_pb2.PredictResponse.FromString(data).outputs[ALIAS])
 
 
 def as_proto_field(x: np.ndarray) -> tensor_pb2.TensorProto:
@@ -110,7 +114,7 @@ def response_bytes(proto: tensor_pb2.TensorProto) -> bytes:
     response = predict_pb2.PredictResponse()
     response.model_spec.CopyFrom(SPEC)
     response.model_spec.version.value = 1
-    response.outputs[ALIAS].CopyFrom(proto)
+    response.outputs[ALIAS].ParseFromString(proto.SerializeToString())  # the gateway's TensorProto class or TF's
     return response.SerializeToString()
 
 

@@ -9,7 +9,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
 from app.serving.model_config import (
     ModelConfigError,
@@ -19,6 +18,7 @@ from app.serving.model_config import (
     load_model_config,
     parse_model_config,
 )
+from app.serving.protos.tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
 VALID = """\
 # Models served by the gateway.

@@ -19,13 +19,13 @@ import pytest
 from google.protobuf import message
 from hypothesis import given
 from hypothesis import strategies as st
-from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import model_pb2, predict_pb2
 
 from app.errors import BadInput, ModelFailure
 from app.serving import tensors, wire
 from app.serving.base import ModelRef
 from app.serving.grpc_backend import GrpcBackend, model_spec
+from app.serving.protos.tensorflow.core.framework import types_pb2
+from app.serving.protos.tensorflow_serving.apis import model_pb2, predict_pb2
 from app.serving.tensors import DTYPES, from_tensor_proto, to_tensor_proto
 from tests.test_tensors import (
     NUMERIC_ROWS,
@@ -58,7 +58,7 @@ def response_bytes(**outputs) -> bytes:
     response.model_spec.name = "m"
     response.model_spec.version.value = 3
     for alias, proto in outputs.items():
-        response.outputs[alias].CopyFrom(proto)
+        response.outputs[alias].ParseFromString(proto.SerializeToString())  # TensorFlow's TensorProto or ours
     return response.SerializeToString()
 
 
@@ -390,7 +390,7 @@ def test_grpc_backend_reads_both_response_forms(config_path, response_form: str)
 
 def test_double_answers_with_val_fields_by_default(config_path) -> None:
     """As TF Serving does (ServerCore's default kAsProtoField): no tensor_content, every value in float_val."""
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
+    from app.serving.protos.tensorflow_serving.apis import prediction_service_pb2_grpc
 
     with TFServingDouble(config_path, poll_interval=0) as double, grpc.insecure_channel(double.address) as channel:
         request = protobuf_request(model_pb2.ModelSpec(name="half_plus"), {"x": np.arange(5, dtype=np.float32)})

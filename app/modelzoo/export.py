@@ -22,7 +22,8 @@ def warmup_log(
     """One warmup record: a PredictRequest as TF Serving replays it when the version loads."""
     request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
     for alias, value in inputs.items():
-        request.inputs[alias].CopyFrom(tensors.to_tensor_proto(value))
+        # to_tensor_proto builds the gateway's TensorProto (app.serving.protos), not TensorFlow's: hand over bytes.
+        request.inputs[alias].ParseFromString(tensors.to_tensor_proto(value).SerializeToString())
     return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
 
 

@@ -13,13 +13,15 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
-from tensorflow.core.protobuf import meta_graph_pb2
 
 from app.errors import BadInput, UnknownSignature
 from app.serving import tensors
+
+if TYPE_CHECKING:  # only named in hints: a SignatureDef of either set is read by its fields
+    from app.serving.protos.tensorflow.core.protobuf import meta_graph_pb2
 
 DEFAULT_SIGNATURE = "serving_default"
 T = TypeVar("T")
@@ -126,7 +128,11 @@ def _tensor_spec(alias: str, info: meta_graph_pb2.TensorInfo) -> TensorSpec:
 def metadata_from_signature_defs(
     model: str, version: int, signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]
 ) -> ModelMetadata:
-    """Build ModelMetadata from the SignatureDef map TF Serving returns (or a MetaGraphDef holds)."""
+    """Build ModelMetadata from the SignatureDef map TF Serving returns (or a MetaGraphDef holds).
+
+    Only fields are read, so the SignatureDefs may be ``app.serving.protos``' (the gRPC backend)
+    or TensorFlow's own (the embedded runtime reads them from a loaded MetaGraphDef).
+    """
     signatures = {}
     for sig_name, sig in signature_defs.items():
         if sig_name.startswith("__"):  # e.g. "__saved_model_init_op": not a callable signature

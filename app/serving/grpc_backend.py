@@ -22,13 +22,6 @@ from typing import Any
 import grpc
 import numpy as np
 from google.protobuf import message
-from tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    model_pb2,
-    model_service_pb2_grpc,
-    prediction_service_pb2_grpc,
-)
 
 from app.errors import BadInput, DeadlineExceeded, ModelFailure, from_serving_status
 from app.serving import wire
@@ -39,6 +32,13 @@ from app.serving.base import (
     SignatureMetadata,
     VersionStatus,
     metadata_from_signature_defs,
+)
+from app.serving.protos.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2_grpc,
 )
 
 MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving itself accepts up to 2 GB

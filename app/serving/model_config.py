@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Literal
 
 from google.protobuf import text_format
-from tensorflow_serving.config.model_server_config_pb2 import ModelConfig, ModelServerConfig
+
+from app.serving.protos.tensorflow_serving.config.model_server_config_pb2 import ModelConfig, ModelServerConfig
 
 __all__ = [
     "ModelConfigError",

@@ -17,7 +17,10 @@ The pieces of both directions (:func:`row_of_dtype`, :func:`string_items`,
 ``app.serving.wire``, which GrpcBackend uses to write and read whole Predict
 messages as raw bytes; so the two routes agree on every tensor and every error.
 
-Only the proto modules are imported, never the top-level ``tensorflow`` package.
+The messages are ``app.serving.protos``' (no TensorFlow is imported). The decoder
+only reads fields, so it takes TensorFlow's own ``TensorProto`` as well; to put an
+encoded tensor into a message of TensorFlow's set, pass its bytes
+(``ParseFromString(proto.SerializeToString())``), not the message.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from app.errors import BadInput
+from app.serving.protos.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 __all__ = [
     "DTYPES",

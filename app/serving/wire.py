@@ -34,11 +34,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from google.protobuf import message
-from tensorflow.core.framework import tensor_pb2
-from tensorflow_serving.apis import model_pb2, predict_pb2
 
 from app.errors import BadInput
 from app.serving import tensors
+from app.serving.protos.tensorflow.core.framework import tensor_pb2
+from app.serving.protos.tensorflow_serving.apis import model_pb2, predict_pb2
 
 __all__ = [
     "PREDICT_METHOD",
