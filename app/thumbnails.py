@@ -1,4 +1,8 @@
-"""Gallery thumbnails: found by the name the search index knows, never by a path built from the request."""
+"""Gallery thumbnails: found by the name the search index knows, never by a path built from the request.
+
+The names are declared here (``build-index`` writes them, the gateway reads them), and this
+module imports no TensorFlow: the thin gateway serves thumbnails too.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,15 @@ from functools import lru_cache
 from pathlib import Path
 
 from app.errors import NotFound
-from app.modelzoo.gallery import THUMBNAIL_INDEX, thumbnail_name
-from app.serving.runtime import list_versions
+from app.serving.layout import list_versions
+
+THUMBNAIL_DIR = "thumbnails"  # inside a search servable version's assets.extra/
+THUMBNAIL_INDEX = f"{THUMBNAIL_DIR}/index.json"  # {"files": [gallery file name, ...]}, by gallery position
+
+
+def thumbnail_name(index: int) -> str:
+    """Thumbnails are named by gallery position, never by the photo's own file name."""
+    return f"{THUMBNAIL_DIR}/{index:06d}.jpg"
 
 
 class GalleryThumbnails:

@@ -16,11 +16,10 @@ from app.modelzoo.search import export_search_model
 from app.pipeline import Photo, Pipeline
 from app.serving.base import Backend
 from app.stages import ENCODE, Stage
+from app.thumbnails import THUMBNAIL_INDEX, thumbnail_name
 
 GALLERY_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 THUMBNAIL_SIZE = 96
-THUMBNAIL_DIR = "thumbnails"
-THUMBNAIL_INDEX = f"{THUMBNAIL_DIR}/index.json"
 DEFAULT_THRESHOLD = 0.7
 
 
@@ -37,11 +36,6 @@ class IndexReport:
     no_face: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     version_dir: Path | None = None
-
-
-def thumbnail_name(index: int) -> str:
-    """Thumbnails are named by gallery position, never by the photo's own file name."""
-    return f"{THUMBNAIL_DIR}/{index:06d}.jpg"
 
 
 def gallery_files(folder: Path) -> tuple[list[Path], list[Path]]:

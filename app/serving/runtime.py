@@ -29,6 +29,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 from app.errors import ServingStatus
 from app.serving import tensors
 from app.serving.base import ModelMetadata, VersionStatus, metadata_from_signature_defs
+from app.serving.layout import list_versions
 from app.serving.model_config import ServableConfig, ServingConfig, load_model_config
 
 log = logging.getLogger(__name__)
@@ -47,21 +48,6 @@ def _headline(message: str) -> str:
     lines = [line.strip() for line in message.splitlines()]
     meaningful = [line for line in lines if line and line != "Graph execution error:"]
     return meaningful[0] if meaningful else message
-
-
-def list_versions(base_path: Path) -> list[int]:
-    """Version numbers under a base path: integer-named folders that hold a complete SavedModel."""
-    try:
-        children = list(base_path.iterdir())
-    except OSError:
-        return []
-    found = []
-    for child in children:
-        if not child.name.isdigit() or not child.is_dir():
-            continue
-        if (child / "saved_model.pb").is_file() or (child / "saved_model.pbtxt").is_file():
-            found.append(int(child.name))
-    return sorted(found)
 
 
 class LoadedVersion:
