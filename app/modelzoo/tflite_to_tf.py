@@ -2,10 +2,11 @@
 
 Only the builtin ops that small vision models such as BlazeFace use are
 supported (CONV_2D, DEPTHWISE_CONV_2D, ADD, RELU, PAD, MAX_POOL_2D, RESHAPE,
-CONCATENATION, DEQUANTIZE); anything else fails at construction, naming the
-op. Weights are read straight from the flatbuffer (float32, or float16 behind
-DEQUANTIZE, folded to float32 once) and become ``tf.Variable`` s tracked by
-the module, or constants.
+CONCATENATION, RESIZE_BILINEAR, DEPTH_TO_SPACE, DEQUANTIZE, DENSIFY); anything
+else fails at construction, naming the op. Weights are read straight from the
+flatbuffer (float32, or float16 behind DEQUANTIZE, possibly stored sparse behind
+DENSIFY, all folded to dense float32 once) and become ``tf.Variable`` s tracked
+by the module, or constants.
 
     net = TFLiteNetwork(Path("model.tflite"))
     regressors, features = net(images, ["regressors", "activation_11"])
@@ -13,6 +14,7 @@ the module, or constants.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,12 +105,19 @@ class _Graph:
         # Constant tensors as numpy; a DEQUANTIZE of a constant (float16 weights) is folded here once.
         self.constants: dict[int, np.ndarray] = {}
         for info in self.tensors:
-            data = _buffer_data(root, buffer, graph.Tensors(info.index).Buffer())
+            raw_tensor = graph.Tensors(info.index)
+            data = _buffer_data(root, buffer, raw_tensor.Buffer())
             if data is not None:
-                self.constants[info.index] = _decode_constant(info, data)
+                self.constants[info.index] = _decode_constant(info, data, raw_tensor.Sparsity())
         ops: list[_Op] = []
         for raw in raw_ops:
             op = _parse_op(_op_name(opcodes[raw.OpcodeIndex()]), raw)
+            if op.kind == "DENSIFY":
+                # Sparse tensors are constants, decoded dense above: the op only hands them on.
+                if op.inputs[0] not in self.constants:
+                    raise UnsupportedTFLiteModel(f"DENSIFY of computed tensor {self.tensors[op.inputs[0]].name!r}")
+                self.constants[op.outputs[0]] = self.constants[op.inputs[0]]
+                continue
             if op.kind == "DEQUANTIZE" and self.tensors[op.inputs[0]].dtype != "FLOAT16":
                 # int8/uint8 DEQUANTIZE needs scales and zero points: a quantized model, not rebuilt here.
                 source = self.tensors[op.inputs[0]]
@@ -165,10 +174,17 @@ class TFLiteNetwork(tf.Module):
         *,
         weights_as_variables: bool = True,
         subgraph: int = 0,
+        any_batch: bool = False,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
         graph = _Graph(model if isinstance(model, bytes) else Path(model).read_bytes(), subgraph)
+        input_shape = graph.tensors[graph.inputs[0]].shape
+        if any_batch and (not input_shape or input_shape[0] != 1):
+            raise UnsupportedTFLiteModel(f"any_batch needs a model built for batch 1; its input is {input_shape}")
+        # A model converted for batch 1 spells that 1 into its reshapes; with any_batch they take -1
+        # there instead, so a batch of images flows through (every other supported op is batch-agnostic).
+        self.any_batch = any_batch
         weights: list[tf.Variable | tf.Tensor] = []
         for index in graph.weight_slots:
             layout, in_channels = graph.weight_layouts[index]
@@ -323,12 +339,38 @@ def _reshape(net: TFLiteNetwork, op: _Op, args: list[Any]) -> list[tf.Tensor]:
         shape = list(op.options["new_shape"])
     else:
         shape = list(net.tensors[op.outputs[0]].shape)
+    if net.any_batch and isinstance(shape, list) and shape and shape[0] == 1:
+        # The output's static shape (batch 1) names every other dimension, even where the target has a -1.
+        shape = [-1, *net.tensors[op.outputs[0]].shape[1:]]
     return [tf.reshape(args[0], shape)]
 
 
 def _concatenation(net: TFLiteNetwork, op: _Op, args: list[Any]) -> list[tf.Tensor]:
     o = op.options
     return [_ACTIVATIONS[o["activation"]](tf.concat(args, axis=o["axis"]))]
+
+
+def _resize_bilinear(net: TFLiteNetwork, op: _Op, args: list[Any]) -> list[tf.Tensor]:
+    size = net._static(op.inputs[1])
+    o = op.options
+    # The raw op: tf.image.resize has no align_corners, and the v1 wrapper is deprecated.
+    resized = tf.raw_ops.ResizeBilinear(
+        images=args[0],
+        size=tf.constant(size, tf.int32) if size is not None else args[1],
+        align_corners=o["align_corners"],
+        half_pixel_centers=o["half_pixel_centers"],
+    )
+    return [resized]
+
+
+def _depth_to_space(net: TFLiteNetwork, op: _Op, args: list[Any]) -> list[tf.Tensor]:
+    # TFLite's DEPTH_TO_SPACE is TF's NHWC one (depth-column-row order).
+    return [tf.nn.depth_to_space(args[0], op.options["block_size"])]
+
+
+def _densify(net: TFLiteNetwork, op: _Op, args: list[Any]) -> list[tf.Tensor]:
+    # Only constant inputs reach a graph (folded at parse time); kept so the op counts as supported.
+    return [args[0]]
 
 
 def _dequantize(net: TFLiteNetwork, op: _Op, args: list[Any]) -> list[tf.Tensor]:
@@ -345,7 +387,10 @@ _BUILDERS: dict[str, Callable[[TFLiteNetwork, _Op, list[Any]], list[tf.Tensor]]]
     "MAX_POOL_2D": _max_pool_2d,
     "RESHAPE": _reshape,
     "CONCATENATION": _concatenation,
+    "RESIZE_BILINEAR": _resize_bilinear,
+    "DEPTH_TO_SPACE": _depth_to_space,
     "DEQUANTIZE": _dequantize,
+    "DENSIFY": _densify,
 }
 
 
@@ -385,6 +430,17 @@ def _parse_op(kind: str, raw: Any) -> _Op:
     elif kind == "CONCATENATION":
         o = _options(raw, schema.ConcatenationOptions, kind)
         options = {"axis": o.Axis(), "activation": _activation(o.FusedActivationFunction(), kind)}
+    elif kind == "RESIZE_BILINEAR":
+        o = _options(raw, schema.ResizeBilinearOptions, kind, required=False)
+        options = {
+            "align_corners": bool(o.AlignCorners()) if o is not None else False,
+            "half_pixel_centers": bool(o.HalfPixelCenters()) if o is not None else False,
+        }
+    elif kind == "DEPTH_TO_SPACE":
+        o = _options(raw, schema.DepthToSpaceOptions, kind)
+        if o.BlockSize() < 2:
+            raise UnsupportedTFLiteModel(f"DEPTH_TO_SPACE with block size {o.BlockSize()}")
+        options = {"block_size": o.BlockSize()}
     elif kind == "RESHAPE":
         o = _options(raw, schema.ReshapeOptions, kind, required=False)
         has_shape = o is not None and o.NewShapeLength() > 0
@@ -448,16 +504,70 @@ def _buffer_data(root: Any, model: bytes, buffer_index: int) -> bytes | None:
     return buffer.DataAsNumpy().tobytes()
 
 
-def _decode_constant(info: TensorInfo, data: bytes) -> np.ndarray:
+def _decode_constant(info: TensorInfo, data: bytes, sparsity: Any = None) -> np.ndarray:
     type_code = getattr(schema.TensorType, info.dtype, None)
     if type_code not in _NUMPY_TYPES:
         raise UnsupportedTFLiteModel(f"constant tensor {info.name!r} has unsupported type {info.dtype}")
     # TFLite stores little-endian data.
     dtype = np.dtype(_NUMPY_TYPES[type_code]).newbyteorder("<")
     array = np.frombuffer(data, dtype=dtype).astype(dtype.newbyteorder("="))
+    if sparsity is not None:
+        return _densified(info, array, sparsity)
     if array.size != int(np.prod(info.shape, dtype=np.int64)):
         raise UnsupportedTFLiteModel(f"tensor {info.name!r} holds {array.size} values for shape {info.shape}")
     return array.reshape(info.shape)
+
+
+def _index_vector(metadata: Any, which: str, name: str) -> np.ndarray:
+    """A sparse dimension's array_segments or array_indices (a union of int32/uint16/uint8 vectors)."""
+    kinds = {
+        schema.SparseIndexVector.Int32Vector: schema.Int32Vector,
+        schema.SparseIndexVector.Uint16Vector: schema.Uint16Vector,
+        schema.SparseIndexVector.Uint8Vector: schema.Uint8Vector,
+    }
+    kind = getattr(metadata, f"{which}Type")()
+    table = getattr(metadata, which)()
+    if kind not in kinds or table is None:
+        raise UnsupportedTFLiteModel(f"sparse tensor {name!r} has no readable {which}")
+    vector = kinds[kind]()
+    vector.Init(table.Bytes, table.Pos)
+    return vector.ValuesAsNumpy().astype(np.int64) if vector.ValuesLength() else np.zeros(0, np.int64)
+
+
+def _densified(info: TensorInfo, values: np.ndarray, sparsity: Any) -> np.ndarray:
+    """The dense array of a TFLite sparse constant (TACO-style: one dense or CSR level per dimension).
+
+    Levels are walked in the traversal order, outermost first, expanding every stored position
+    of a level into the positions of the next; the leaves come out in storage order, so the k-th
+    leaf's coordinates receive the k-th stored value (as TFLite's FormatConverter fills them).
+    """
+    rank = len(info.shape)
+    order = [int(d) for d in sparsity.TraversalOrderAsNumpy()] if sparsity.TraversalOrderLength() else []
+    if sparsity.BlockMapLength() or sorted(order) != list(range(rank)) or sparsity.DimMetadataLength() != rank:
+        raise UnsupportedTFLiteModel(f"sparse tensor {info.name!r}: only unblocked sparsity is supported")
+    positions = np.zeros(1, np.int64)
+    coords = np.zeros((1, rank), np.int64)
+    for level, dim in enumerate(order):
+        metadata = sparsity.DimMetadata(level)
+        if metadata.Format() == schema.DimensionType.DENSE:
+            size = metadata.DenseSize()
+            positions = (positions[:, None] * size + np.arange(size)).ravel()
+            coords = np.repeat(coords, size, axis=0)
+            coords[:, dim] = np.tile(np.arange(size), len(coords) // max(size, 1))
+        else:
+            segments = _index_vector(metadata, "ArraySegments", info.name)
+            indices = _index_vector(metadata, "ArrayIndices", info.name)
+            starts, ends = segments[positions], segments[positions + 1]
+            counts = ends - starts
+            coords = np.repeat(coords, counts, axis=0)
+            positions = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends, strict=True)] or [[]])
+            positions = positions.astype(np.int64)
+            coords[:, dim] = indices[positions]
+    if len(coords) != values.size:
+        raise UnsupportedTFLiteModel(f"sparse tensor {info.name!r} lists {len(coords)} positions for {values.size}")
+    dense = np.zeros(info.shape, values.dtype)
+    dense[tuple(coords.T)] = values
+    return dense
 
 
 def _weight_layout(op: _Op, position: int) -> str:
@@ -487,5 +597,7 @@ def _to_layout_tf(value: tf.Tensor, layout: str, in_channels: int) -> tf.Tensor:
 
 
 def _variable_name(tensor_name: str) -> str:
-    # Variable names may not contain ':' and read better without TFLite's suffixes.
-    return tensor_name.replace("_dequantize", "").replace(":", "_").replace("/", "_") or "weight"
+    # Variable names must be valid scope names (converters join fused names with ';') and read better
+    # without TFLite's suffixes.
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", tensor_name.replace("_dequantize", ""))
+    return name if name[:1].isalnum() else f"weight{name}"
