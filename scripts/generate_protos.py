@@ -12,7 +12,7 @@ protoc compiled from the release's ``.proto`` file; those bytes are read with
 ``ast`` (nothing is imported, so TensorFlow is not loaded), gathered into a
 ``FileDescriptorSet``, and handed to the pinned protoc (grpcio-tools, from
 requirements-dev.txt) with ``--descriptor_set_in``. The well-known types
-(``google/protobuf/*.proto``) are compiled from the sources grpcio-tools bundles.
+(``google/protobuf/*.proto``) come the same way from the pinned ``protobuf`` runtime's modules.
 ``--proto-path DIR`` (repeatable) compiles from ``.proto`` sources instead, e.g.
 checkouts of tensorflow/serving and tensorflow at the release tag; files not
 found there still come from the wheels.
@@ -58,9 +58,8 @@ ROOTS = (
     "tensorflow_serving/apis/model_service.proto",
     "tensorflow_serving/config/model_server_config.proto",
 )
-# The distributions whose embedded descriptors are the source, by requirements.txt name.
-SOURCE_DISTRIBUTIONS = ("tensorflow-serving-api", "tensorflow")
-WELL_KNOWN_PREFIX = "google/protobuf/"
+# The distributions whose embedded descriptors are the source, by requirements file name.
+SOURCE_DISTRIBUTIONS = ("tensorflow-serving-api", "tensorflow", "protobuf")
 
 _SOURCE_LINE = re.compile(r"^# source: (\S+\.proto)$", re.MULTILINE)
 _PIN = re.compile(r"^\s*([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*==\s*([^\s;#]+)")
@@ -164,12 +163,12 @@ class _LazyDescriptors(dict):
 
 
 def closure(roots: Iterable[str], descriptors: Mapping[str, bytes]) -> list[descriptor_pb2.FileDescriptorProto]:
-    """The roots and everything they import, dependencies first; well-known types are left to protoc's includes."""
+    """The roots and everything they import, dependencies first."""
     ordered: list[descriptor_pb2.FileDescriptorProto] = []
     seen: set[str] = set()
 
     def visit(name: str, wanted_by: str) -> None:
-        if name in seen or name.startswith(WELL_KNOWN_PREFIX):
+        if name in seen:
             return
         seen.add(name)
         if name not in descriptors:
@@ -189,8 +188,7 @@ def _protoc(args: list[str]) -> None:
         from grpc_tools import protoc
     except ImportError:
         raise GenerationError("grpcio-tools is not installed; pip install -r requirements-dev.txt") from None
-    include = Path(protoc.__file__).parent / "_proto"  # the well-known types' sources, as grpcio-tools ships them
-    code = protoc.main(["protoc", f"--proto_path={include}", *args])
+    code = protoc.main(["protoc", *args])
     if code != 0:
         raise GenerationError(f"protoc failed (exit {code}) on: {' '.join(args)}")
 
@@ -252,14 +250,13 @@ def generate(out: Path, proto_paths: list[Path]) -> dict:
         raw = work / "out"
         raw.mkdir()
         names = [proto.name for proto in files]
-        wkt = sorted({dep for proto in files for dep in proto.dependency if dep.startswith(WELL_KNOWN_PREFIX)})
         # protoc reads a file from the --proto_path trees when it is there, else from the descriptor set.
         source_args = [*(f"--proto_path={path}" for path in proto_paths), f"--descriptor_set_in={work / 'set.pb'}"]
-        _protoc([*source_args, f"--python_out={raw}", *wkt, *names])
+        _protoc([*source_args, f"--python_out={raw}", *names])
         services = [proto.name for proto in files if proto.service]
         _protoc([*source_args, f"--grpc_python_out={raw}", *services])
 
-        modules = {_module(name) for name in [*wkt, *names]}
+        modules = {_module(name) for name in names}
         if out.exists():
             shutil.rmtree(out)
         for path in sorted(raw.rglob("*.py")):
@@ -282,8 +279,7 @@ def generate(out: Path, proto_paths: list[Path]) -> dict:
         "roots": list(ROOTS),
         "descriptors_from": {dist.metadata["Name"]: dist.version for dist in dists},
         "protoc": f"grpcio-tools {importlib.metadata.version('grpcio-tools')}",
-        "well_known_types": f"compiled from the .proto files grpcio-tools ships: {', '.join(wkt)}",
-        # sha256 of each file's FileDescriptorProto as the wheel embeds it: what the modules were made from.
+        # sha256 of each file's FileDescriptorProto as its wheel embeds it: what the modules were made from.
         "files": {proto.name: hashlib.sha256(descriptors[proto.name]).hexdigest() for proto in files},
     }
     from_sources = sorted(name for name in names if any((path / name).is_file() for path in proto_paths))
