@@ -1,7 +1,13 @@
-# The gateway's image: gunicorn serving `app:create_app()` on :8000, as a non-root user.
-# docker-compose.yaml runs it twice: as `gateway`, and as the one-shot `models` job that exports the
-# demo servables (`flask --app app export-models --if-missing`).
-FROM python:3.11.13-slim-bookworm
+# The gateway's images, two targets of one Dockerfile (docs/thin-gateway.md):
+#
+#   gateway  the default (`docker build .`): gunicorn serving `app:create_app()` on :8000, a client of TF
+#            Serving over gRPC (GATEWAY_BACKEND=grpc). requirements-gateway.txt alone: no TensorFlow.
+#   tools    the same app with TensorFlow (requirements.txt): `flask --app app export-models | build-index |
+#            check-models`, and the embedded backend (GATEWAY_BACKEND=local) that runs the SavedModels itself.
+#
+# docker-compose.yaml builds `tools` for its one-shot `models` job and `gateway` for the gateway.
+
+FROM python:3.11.13-slim-bookworm AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -10,12 +16,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# The pinned dependencies first, in their own layer: a code change does not reinstall TensorFlow.
-# Every compiled wheel in requirements.txt bundles its libraries beyond glibc, libstdc++ and zlib,
-# which the slim image has, so no apt packages are needed.
-COPY requirements-gateway.txt requirements.txt ./
-RUN pip install --no-cache-dir -r requirements.txt
-
 # A fixed uid, so that file ownership on mounted folders is predictable. serving_models/ and the
 # weights cache are created here so that mounts and named volumes start out owned by that user.
 RUN groupadd --system --gid 10001 gateway \
@@ -23,13 +23,6 @@ RUN groupadd --system --gid 10001 gateway \
         --shell /usr/sbin/nologin gateway \
     && mkdir -p /app/serving_models /cache \
     && chown gateway:gateway /app/serving_models /cache
-
-COPY app/ app/
-COPY templates/ templates/
-COPY static/ static/
-COPY serving_models.config gunicorn.conf.py ./
-
-USER gateway
 
 ENV GATEWAY_BIND=0.0.0.0:8000 \
     GATEWAY_CACHE_DIR=/cache
@@ -41,3 +34,28 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request\ntry:\n    urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)\nexcept Exception as exc:\n    sys.exit(f'not ready: {exc}')"]
 
 CMD ["gunicorn", "--config", "gunicorn.conf.py", "app:create_app()"]
+
+
+# What both targets run: the app, its pages and its settings, copied after the dependencies' layer so
+# that a code change does not reinstall them.
+FROM scratch AS source
+COPY app/ /app/app/
+COPY templates/ /app/templates/
+COPY static/ /app/static/
+COPY serving_models.config gunicorn.conf.py /app/
+
+
+FROM base AS tools
+# Every compiled wheel in requirements.txt bundles its libraries beyond glibc, libstdc++ and zlib,
+# which the slim image has, so no apt packages are needed.
+COPY requirements-gateway.txt requirements.txt ./
+RUN pip install --no-cache-dir -r requirements.txt
+COPY --from=source /app/ /app/
+USER gateway
+
+
+FROM base AS gateway
+COPY requirements-gateway.txt ./
+RUN pip install --no-cache-dir -r requirements-gateway.txt
+COPY --from=source /app/ /app/
+USER gateway

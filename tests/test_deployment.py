@@ -389,7 +389,8 @@ def test_the_models_job_exports_once_into_the_mounted_folder():
     # The detector's downloaded weights stay on a named volume, so they are fetched once.
     named = {v.split(":")[1]: v.split(":")[0] for v in models["volumes"] if not v.startswith((".", "/"))}
     assert named[env["GATEWAY_CACHE_DIR"]] in compose()["volumes"]
-    assert models["image"] == service("gateway")["image"]
+    # Its own image: the export needs TensorFlow, which the gateway's image leaves out.
+    assert models["image"] != service("gateway")["image"]
 
 
 # -- batching and monitoring ------------------------------------------------------------------------
@@ -598,15 +599,34 @@ def dockerfile_instructions(name: str) -> list[str]:
     return [args for instruction, args in dockerfile() if instruction.upper() == name]
 
 
-def test_the_image_is_a_pinned_slim_python():
-    (base,) = dockerfile_instructions("FROM")
-    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", base), base
+def dockerfile_stages() -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """Stage name -> (what it is built FROM, its instructions): the image targets and what they share."""
+    stages: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+    for instruction, args in dockerfile():
+        if instruction.upper() == "FROM":
+            base, _, name = args.partition(" AS ")
+            current: list[tuple[str, str]] = []
+            stages[name.strip() or str(len(stages))] = (base.strip(), current)
+        else:
+            current.append((instruction.upper(), args))
+    return stages
 
 
-def test_the_image_runs_gunicorn_as_a_non_root_user():
-    users = dockerfile_instructions("USER")
-    assert users, "the image must name a USER"
-    assert users[-1].split(":")[0] not in ("root", "0")
+def test_the_images_are_a_pinned_slim_python():
+    stages = dockerfile_stages()
+    assert {"gateway", "tools"} <= set(stages)
+    for target in ("gateway", "tools"):
+        base = target
+        while base in stages:  # follow FROM <stage> down to the image it starts from
+            base = stages[base][0]
+        assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", base), (target, base)
+
+
+def test_the_images_run_gunicorn_as_a_non_root_user():
+    for target in ("gateway", "tools"):
+        users = [args for instruction, args in dockerfile_stages()[target][1] if instruction == "USER"]
+        assert users, f"the {target} image must name a USER"
+        assert users[-1].split(":")[0] not in ("root", "0")
     (command,) = dockerfile_instructions("CMD")
     assert json.loads(command) == ["gunicorn", "--config", "gunicorn.conf.py", "app:create_app()"]
     env = " ".join(dockerfile_instructions("ENV"))
@@ -636,5 +656,6 @@ def test_the_image_holds_what_the_gateway_needs_and_the_context_excludes_the_res
 
 
 def test_the_compose_file_builds_this_dockerfile():
-    for name in ("models", "gateway"):
-        assert service(name)["build"] == "."
+    # The export runs the models (TensorFlow: the tools image); the gateway is only a client (the thin image).
+    for name, target in (("models", "tools"), ("gateway", "gateway")):
+        assert service(name)["build"] == {"context": ".", "target": target}
