@@ -40,6 +40,13 @@ class Settings:
     poll_interval: float = 2.0  # local backend: seconds between looks for new versions and config
     warmup: bool = True  # local backend: run each version's warmup records when it loads
     session_threads: int = 0  # local backend: TF threads per session, 0 = TensorFlow decides
+    # Local backend, as TF Serving's --max_num_load_retries and --load_retry_interval_micros (seconds here): a failed
+    # load is tried again this often, this far apart, while the version before it keeps serving.
+    max_load_retries: int = 5
+    load_retry_interval: float = 60.0
+    # Local backend, as --allow_version_labels_for_unavailable_models, which docker-compose sets: a new label may name
+    # a version not loaded yet; moving a label still waits for its version (docs/versions-and-labels.md).
+    allow_labels_for_unavailable: bool = True
     async_workers: int = 8  # threads that run independent model calls concurrently
     pipeline_servables: tuple[str, ...] = PIPELINE_SERVABLES  # what /readyz waits for
     face_threshold: float = 0.7  # a face counts when its detector score is at least this
@@ -59,7 +66,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.backend not in ("local", "grpc"):
             raise ValueError(f"{ENV_PREFIX}BACKEND must be 'local' or 'grpc', not {self.backend!r}")
-        for name in ("timeout", "metadata_ttl", "poll_interval", "upload_timeout"):
+        non_negative = ("timeout", "metadata_ttl", "poll_interval", "upload_timeout")
+        for name in (*non_negative, "max_load_retries", "load_retry_interval"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must not be negative")
         if self.timeout == 0:

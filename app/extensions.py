@@ -9,6 +9,7 @@ import threading
 from flask import Flask, current_app
 
 from app.config import Settings
+from app.errors import GatewayError, ServingUnavailable
 from app.metrics import GatewayMetrics, InstrumentedBackend
 from app.pipeline import Pipeline
 from app.serving.base import Backend
@@ -36,6 +37,9 @@ def create_backend(settings: Settings) -> Backend:
         warmup=settings.warmup,
         session_threads=settings.session_threads,
         async_workers=settings.async_workers,
+        max_load_retries=settings.max_load_retries,
+        load_retry_interval=settings.load_retry_interval,
+        allow_labels_for_unavailable=settings.allow_labels_for_unavailable,
     )
 
 
@@ -47,6 +51,7 @@ class Serving:
         self.metrics = metrics
         self._backend: Backend | None = None
         self._pid: int | None = None
+        self._failure: str | None = None  # why this process's backend did not start
         self._pipeline: Pipeline | None = None
         self._lock = threading.Lock()
 
@@ -57,8 +62,16 @@ class Serving:
     @property
     def backend(self) -> Backend:
         with self._lock:
+            if self._failure is not None and self._pid == os.getpid():
+                raise ServingUnavailable(self._failure, retry_after=5)
             if self._backend is None or self._pid != os.getpid():
-                backend = create_backend(self.settings)
+                try:
+                    backend = create_backend(self.settings)
+                except (GatewayError, ValueError, OSError) as exc:
+                    # Remembered, not retried per request: a model config the server refused at start stays
+                    # refused (tensorflow_model_server exits), and each try would load every model again.
+                    self._failure, self._pid = f"the serving backend did not start: {exc}", os.getpid()
+                    raise ServingUnavailable(self._failure, retry_after=5) from exc
                 if self.metrics is not None:
                     backend = InstrumentedBackend(backend, self.metrics)
                 self._backend = backend

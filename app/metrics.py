@@ -26,7 +26,7 @@ from prometheus_client import (
 )
 
 from app.errors import GatewayError
-from app.serving.base import Backend, ModelRef, Served, SignatureMetadata, VersionStatus
+from app.serving.base import Backend, ModelRef, Served, ServingConfigState, SignatureMetadata, VersionStatus
 
 T = TypeVar("T")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -121,6 +121,9 @@ class InstrumentedBackend(Backend):
 
     def model_status(self, name: str) -> list[VersionStatus]:
         return self._timed(name, "status", self.inner.model_status, name)
+
+    def config_state(self) -> ServingConfigState | None:
+        return self.inner.config_state()
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         return self.inner.submit(fn, *args)

@@ -1,11 +1,23 @@
-"""Small SavedModels the serving tests export for themselves: numeric, string, asset-backed lookup, identity."""
+"""Small SavedModels the serving tests export for themselves: numeric, string, asset-backed lookup, identity, TF1.
+
+``CONFIG`` labels nothing: TF Serving refuses a label on a version that is not AVAILABLE yet, and
+at start nothing is (``--allow_version_labels_for_unavailable_models`` aside). Tests that need
+half_plus's labels give them the way the real server takes them, with ``give_labels``: a second
+edit of the file, applied once both versions serve.
+"""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+
+if TYPE_CHECKING:
+    from app.serving.runtime import ModelRuntime
 
 VOCABULARY = ("face", "latent", "gallery", "anime", "servable")
 
@@ -59,6 +71,16 @@ class Identity(tf.Module):
         return {"y": tf.identity(x)}
 
 
+class Adder(tf.Module):
+    """Two inputs: the alias checks have something to tell apart, and mismatched shapes fail in the graph."""
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None], tf.float32, name="a"), tf.TensorSpec([None], tf.float32, name="b")]
+    )
+    def serve(self, a, b):
+        return {"sum": a + b, "difference": a - b}
+
+
 def _save(module: tf.Module, path: Path, **extra_signatures) -> Path:
     """Save to a temporary sibling and rename into place, as a model writer must for a polling server."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +112,50 @@ def export_identity(path: Path) -> Path:
     return _save(Identity(), path)
 
 
+def export_adder(path: Path) -> Path:
+    return _save(Adder(), path)
+
+
+def export_half_plus_two_tf1(path: Path) -> Path:
+    """A TF1 SavedModelBuilder export like TF Serving's own testdata (saved_model_half_plus_two): y = 0.5x + 2 as
+    Predict ("serving_default", x -> y), Regress ("regress_x_to_y") and Classify ("classify_x_to_y") over tf.Examples
+    with a float feature "x"."""
+    graph = tf.Graph()
+    with graph.as_default():
+        examples = tf.compat.v1.placeholder(tf.string, [None], name="tf_example")
+        parsed = tf.io.parse_example(examples, {"x": tf.io.FixedLenFeature([1], tf.float32)})
+        y_of_examples = tf.add(0.5 * parsed["x"], 2.0, name="y_of_examples")  # [batch, 1]
+        classes = tf.fill(tf.shape(y_of_examples), "half_plus_two", name="classes")
+        x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
+        y = tf.add(0.5 * x, 2.0, name="y")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.parent / f".{path.name}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        with tf.compat.v1.Session(graph=graph) as session:
+            builder = tf.compat.v1.saved_model.Builder(str(staging))
+            signatures = {
+                "serving_default": tf.compat.v1.saved_model.predict_signature_def({"x": x}, {"y": y}),
+                "regress_x_to_y": tf.compat.v1.saved_model.regression_signature_def(examples, y_of_examples),
+                "classify_x_to_y": tf.compat.v1.saved_model.classification_signature_def(
+                    examples, classes, y_of_examples
+                ),
+            }
+            builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map=signatures)
+            builder.save()
+    staging.rename(path)
+    return path
+
+
+def write_warmup(version_dir: Path, records: Iterable[prediction_log_pb2.PredictionLog | bytes]) -> Path:
+    """Write warmup records (PredictionLogs, or raw bytes for broken ones) where TF Serving looks for them."""
+    path = version_dir / "assets.extra" / "tf_serving_warmup_requests"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record if isinstance(record, bytes) else record.SerializeToString())
+    return path
+
+
 def export_all(root: Path) -> Path:
     """Write every test servable under root/<name>/<version>/ and return root."""
     export_half_plus(root / "half_plus" / "1", offset=2.0)
@@ -108,8 +174,6 @@ model_config_list {
     base_path: "/models/half_plus"
     model_platform: "tensorflow"
     model_version_policy { all {} }
-    version_labels { key: "stable" value: 1 }
-    version_labels { key: "canary" value: 2 }
   }
   config {
     name: "half_plus_latest"
@@ -139,3 +203,21 @@ model_config_list {
   }
 }
 """
+
+LABELS = {"stable": 1, "canary": 2}  # half_plus's version labels, once both versions serve
+
+
+def labelled_config(labels: Mapping[str, int] = LABELS, config: str = CONFIG) -> str:
+    """``config`` with half_plus's version labels."""
+    entries = "".join(
+        f'    version_labels {{ key: "{label}" value: {version} }}\n' for label, version in labels.items()
+    )
+    anchor = "    model_version_policy { all {} }\n"
+    assert config.count(anchor) == 1
+    return config.replace(anchor, anchor + entries)
+
+
+def give_labels(runtime: ModelRuntime, labels: Mapping[str, int] = LABELS) -> None:
+    """Label half_plus's versions as TF Serving lets one: write the labels into the file, reload once they serve."""
+    runtime.config_path.write_text(labelled_config(labels), encoding="utf-8")
+    runtime.reload_config()

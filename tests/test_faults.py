@@ -55,7 +55,8 @@ def gateway(kind: str, config: Path, *, target: str | None = None, **overrides) 
     settings |= overrides
     double = None
     if kind == "grpc" and target is None:
-        double = TFServingDouble(config, poll_interval=POLL).start()
+        # With --allow_version_labels_for_unavailable_models, as docker-compose runs TF Serving (the gateway's default).
+        double = TFServingDouble(config, poll_interval=POLL, allow_labels_for_unavailable=True).start()
         target = double.address
     if kind == "grpc":
         settings.update(backend="grpc", serving_target=target)

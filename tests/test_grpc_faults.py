@@ -13,6 +13,7 @@ import pytest
 from app.errors import BadInput, DeadlineExceeded, ServingUnavailable
 from app.serving.base import ModelRef
 from app.serving.grpc_backend import GrpcBackend, channel_target
+from tests import servables
 from tests.conftest import make_serving_dir
 from tests.tf_serving_double import TFServingDouble
 
@@ -152,6 +153,8 @@ def test_latest_metadata_expires(server):
 
 
 def test_version_label_is_sent_on_the_wire(server, client):
+    if not server.runtime.labels("half_plus"):  # labels are given once their versions serve, as TF Serving wants
+        servables.give_labels(server.runtime)
     np.testing.assert_allclose(client.predict(ModelRef("half_plus", label="stable"), {"x": X})["y"], 0.5 * X + 2)
 
 

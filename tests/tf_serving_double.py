@@ -2,13 +2,18 @@
 
 It is how the gRPC path is proven here, where no TF Serving binary can run. It
 serves SavedModels the way TF Serving does (TF1 SavedModelBundle loading, runs by
-SignatureDef tensor names, version policies, labels, polling; the gateway's
-``ModelRuntime`` does that part) and answers on the wire with TF Serving's
-messages and status codes: NOT_FOUND for an unknown servable or version,
-INVALID_ARGUMENT for a wrong input name or dtype or an unknown label,
-FAILED_PRECONDITION for a label moved onto a version that is not loaded.
-Request tensors are decoded with TensorFlow's own ``make_ndarray``, not the
-gateway's codec, so the two are checked against each other. Output tensors go
+SignatureDef tensor names, version policies, labels checked before a config
+applies, availability kept through a failed load with retries, warmup rules,
+polling; the gateway's ``ModelRuntime`` does that part, see its docstring) and
+answers on the wire with TF Serving's messages and status codes, cut past 1024
+bytes with "...TRUNCATED" as ``ToGRPCStatus`` does: NOT_FOUND for an unknown
+servable or version, INVALID_ARGUMENT for a wrong input name or dtype or an
+unknown label, FAILED_PRECONDITION for an unknown signature or a config whose
+label names a version that is not available. Request tensors are parsed only
+once the servable and signature are found, with TensorFlow's own
+``make_ndarray``, not the gateway's codec, so the two are checked against each
+other. The server's flags are the runtime's keyword arguments
+(``max_load_retries``, ``load_retry_interval``, ``allow_labels_for_unavailable``). Output tensors go
 out the way TF Serving sends them by default: ``Tensor::AsProtoField``, every
 value in the dtype's ``*_val`` field (ServerCore's
 ``predict_response_tensor_serialization_option`` defaults to ``kAsProtoField``
@@ -29,6 +34,7 @@ import time
 from collections import Counter
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -47,7 +53,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from app.errors import ServingStatus
 from app.serving.model_config import ModelConfigError, parse_model_config
-from app.serving.runtime import ModelRuntime
+from app.serving.runtime import ModelRuntime, wire_message
 from app.serving.tensors import row_of_dtype
 
 _STATE = get_model_status_pb2.ModelVersionStatus.State
@@ -67,13 +73,14 @@ class TFServingDouble:
         port: int = 0,
         name: str = "serving",
         response_form: str = "field",
+        **runtime_options: Any,
     ) -> None:
         if response_form not in ("field", "content"):
             raise ValueError(f"response_form must be 'field' or 'content', not {response_form!r}")
         if runtime is None:
             if config_path is None:
                 raise ValueError("give a config path or a runtime")
-            runtime = ModelRuntime(config_path, poll_interval=poll_interval)
+            runtime = ModelRuntime(config_path, poll_interval=poll_interval, **runtime_options)
             self._owns_runtime = True
         else:
             self._owns_runtime = False
@@ -162,7 +169,7 @@ class TFServingDouble:
 
 
 def _abort(context: grpc.ServicerContext, exc: ServingStatus) -> None:
-    context.abort(exc.status, exc.message)
+    context.abort(exc.status, wire_message(exc.message))
 
 
 def _version_and_label(spec) -> tuple[int | None, str | None]:
@@ -193,25 +200,21 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Predict(self, request, context):
         self.double._enter_call("Predict", context, request.model_spec.name)
+        if not request.HasField("model_spec"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
         spec = request.model_spec
-        if not spec.name:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified.")
-        inputs = {}
-        for alias, proto in request.inputs.items():
-            try:
-                inputs[alias] = tf.make_ndarray(proto)
-            except (TypeError, ValueError) as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"tensor parsing error: {alias} ({exc})")
         version, label = _version_and_label(spec)
         try:
+            # The TensorProtos go in unparsed: TF Serving finds the servable and signature first (predict_impl.cc).
             served, outputs = self.double.runtime.predict(
                 spec.name,
-                inputs,
+                dict(request.inputs),
                 version=version,
                 label=label,
                 signature=spec.signature_name or "serving_default",
                 output_filter=list(request.output_filter),
                 timeout=context.time_remaining(),
+                decode=tf.make_ndarray,
             )
         except ServingStatus as exc:
             _abort(context, exc)
@@ -228,13 +231,16 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def GetModelMetadata(self, request, context):
         self.double._enter_call("GetModelMetadata", context)
+        if not request.HasField("model_spec"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
         spec = request.model_spec
-        fields = list(request.metadata_field)
-        if fields != ["signature_def"]:
+        if not request.metadata_field:
             context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"Metadata field {','.join(fields) or '(none)'} is not supported",
+                grpc.StatusCode.INVALID_ARGUMENT, "GetModelMetadataRequest must specify at least one metadata_field"
             )
+        for field in request.metadata_field:
+            if field != "signature_def":
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {field} is not supported")
         version, label = _version_and_label(spec)
         try:
             served, signature_defs = self.double.runtime.signature_defs(spec.name, version=version, label=label)
@@ -256,6 +262,8 @@ class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     def GetModelStatus(self, request, context):
         self.double._enter_call("GetModelStatus", context)
+        if not request.HasField("model_spec"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
         spec = request.model_spec
         version, _ = _version_and_label(spec)
         try:
@@ -270,14 +278,23 @@ class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
     def HandleReloadConfigRequest(self, request, context):
+        """ServerCore::ReloadConfig over the wire: a refused config changes nothing and says why."""
         self.double._enter_call("HandleReloadConfigRequest", context)
         runtime = self.double.runtime
+        if request.config.WhichOneof("config") != "model_config_list":
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+                "Only ModelConfigList is currently supported",
+            )
         text = text_format.MessageToString(request.config)
         try:
-            config = parse_model_config(text, path=runtime.config_path, models_root=runtime.models_root)
-            runtime.apply_config(config, strict=True)
+            config = parse_model_config(
+                text, path=runtime.config_path, models_root=runtime.models_root, check_paths=False
+            )
+            runtime.apply_config(config)
         except ModelConfigError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, wire_message(str(exc)))
         except ServingStatus as exc:
             _abort(context, exc)
         return model_management_pb2.ReloadConfigResponse()

@@ -148,6 +148,15 @@ def metadata_from_signature_defs(
     return ModelMetadata(model=model, version=version, signatures=signatures)
 
 
+@dataclass(frozen=True)
+class ServingConfigState:
+    """What the model server made of its config file: the version labels in force, and why it refused the newest
+    file (None: that file is in force). A refused file leaves the previous one serving."""
+
+    labels: Mapping[str, Mapping[str, int]]
+    refused: str | None = None
+
+
 class Served(NamedTuple):
     """What a Predict call returned, and which version of the servable answered it (None: not said)."""
 
@@ -188,7 +197,15 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def model_status(self, name: str) -> list[VersionStatus]:
-        """Every version of the model the server knows, in ascending version order."""
+        """Every version of the model the server knows, newest first (TF Serving's order), END ones included."""
+
+    def config_state(self) -> ServingConfigState | None:
+        """The labels in force and why the newest model config was refused, when the server can tell.
+
+        TF Serving's API tells neither (a refused config is only in its log): None. The embedded
+        runtime knows both.
+        """
+        return None
 
     @abc.abstractmethod
     def metadata(self, ref: ModelRef) -> SignatureMetadata:

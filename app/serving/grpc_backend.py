@@ -257,6 +257,7 @@ class GrpcBackend(Backend):
                 for entry in response.model_version_status
             ),
             key=lambda status: status.version,
+            reverse=True,  # newest first, as TF Serving lists them
         )
 
 

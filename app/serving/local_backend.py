@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 
-from app.errors import serving_errors
-from app.serving.base import Backend, ModelRef, Served, SignatureMetadata, VersionStatus
-from app.serving.runtime import ModelRuntime
+from app.errors import ServingStatus, ServingUnavailable, from_serving_status
+from app.serving.base import Backend, ModelRef, Served, ServingConfigState, SignatureMetadata, VersionStatus
+from app.serving.runtime import DEFAULT_LOAD_RETRY_INTERVAL, DEFAULT_MAX_LOAD_RETRIES, ModelRuntime, wire_message
+
+
+@contextlib.contextmanager
+def _as_on_the_wire(servable: str) -> Iterator[None]:
+    """A ServingStatus raised inside becomes the GatewayError the gRPC backend makes of TF Serving's answer."""
+    try:
+        yield
+    except ServingStatus as exc:
+        raise from_serving_status(exc.status, wire_message(exc.message), servable=servable) from exc
 
 
 class LocalBackend(Backend):
@@ -25,16 +35,29 @@ class LocalBackend(Backend):
         warmup: bool = True,
         session_threads: int = 0,
         async_workers: int = 8,
+        max_load_retries: int = DEFAULT_MAX_LOAD_RETRIES,
+        load_retry_interval: float = DEFAULT_LOAD_RETRY_INTERVAL,
+        allow_labels_for_unavailable: bool = False,
     ) -> None:
         super().__init__(async_workers=async_workers)
         self.timeout = timeout
-        self.runtime = ModelRuntime(
-            config_path,
-            models_root=models_root,
-            poll_interval=poll_interval,
-            warmup=warmup,
-            session_threads=session_threads,
-        )
+        try:
+            self.runtime = ModelRuntime(
+                config_path,
+                models_root=models_root,
+                poll_interval=poll_interval,
+                warmup=warmup,
+                session_threads=session_threads,
+                max_load_retries=max_load_retries,
+                load_retry_interval=load_retry_interval,
+                allow_labels_for_unavailable=allow_labels_for_unavailable,
+            )
+        except ServingStatus as exc:  # tensorflow_model_server would exit: "Failed to start server. Error: ..."
+            super().close()
+            raise ServingUnavailable(
+                f"the model server refused to start with {config_path}: {exc.status.name}: {wire_message(exc.message)}",
+                retry_after=None,
+            ) from exc
 
     def predict(
         self, ref: ModelRef, inputs: Mapping[str, np.ndarray], timeout: float | None = None
@@ -44,7 +67,7 @@ class LocalBackend(Backend):
     def predict_versioned(
         self, ref: ModelRef, inputs: Mapping[str, np.ndarray], timeout: float | None = None
     ) -> Served:
-        with serving_errors(ref.name):
+        with _as_on_the_wire(ref.name):
             served, outputs = self.runtime.predict(
                 ref.name,
                 inputs,
@@ -56,16 +79,23 @@ class LocalBackend(Backend):
         return Served(outputs, served)
 
     def metadata(self, ref: ModelRef) -> SignatureMetadata:
-        with serving_errors(ref.name):
+        with _as_on_the_wire(ref.name):
             model = self.runtime.metadata(ref.name, version=ref.version, label=ref.label)
         return model.signature(ref.signature)
 
     def model_status(self, name: str) -> list[VersionStatus]:
-        with serving_errors(name):
+        with _as_on_the_wire(name):
             return self.runtime.status(name)
 
     def labels(self, name: str) -> dict[str, int]:
         return self.runtime.labels(name)
+
+    def config_state(self) -> ServingConfigState:
+        config = self.runtime.config
+        names = config.names if config is not None else ()
+        return ServingConfigState(
+            labels={name: self.runtime.labels(name) for name in names}, refused=self.runtime.config_refusal
+        )
 
     def close(self) -> None:
         super().close()

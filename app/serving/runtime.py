@@ -1,53 +1,133 @@
-"""In-process model server: serves the SavedModels of a serving_models.config the way TF Serving does.
+"""In-process model server: serves the SavedModels of a serving_models.config the way TF Serving 2.20 does.
 
-It loads each version as TF Serving's ``SavedModelBundle`` does (a TF1 Session,
-``loader.load`` with the "serve" tag, runs by SignatureDef tensor names), runs
-its warmup records, applies the version policy and the version labels, and
-polls the base paths and the config file for changes. A new version is loaded
-before the one it replaces is unloaded, and the swap is a single reference
-assignment under a lock, so a request in flight finishes on the version it
-started on and none fails. Failures are raised as ``ServingStatus`` with TF
-Serving's codes and messages, so the caller translates them with the same
-table it uses for the wire.
+What it mirrors, and where in tensorflow/serving each rule comes from:
+
+- Loading (saved_model_bundle_factory.cc, session_bundle_util.cc): each version in its own TF1
+  Session with the "serve" tag, runs by SignatureDef tensor names, its warmup records replayed
+  before it serves (``app.serving.warmup``). A failed load is retried ``max_num_load_retries``
+  times, ``load_retry_interval`` apart (loader_harness.cc, util/retrier.cc), then the version is
+  END with the loader's own status code and message.
+- Availability (availability_preserving_policy.cc): a serving version is unloaded only once an
+  aspired version is ready, so a broken new version leaves the old one serving. Loads and
+  unloads happen one at a time, highest new version first (the manager's loop with its default
+  ``--num_load_threads=0``).
+- Polling (file_system_storage_path_source.cc): every child of a base path whose name parses as
+  an integer is a version (no look inside); a base path that cannot be listed fails that whole
+  poll, which is logged, and everything keeps serving.
+- Configuration (server_core.cc ``ReloadConfig``): the config file is re-read and re-applied on
+  every poll; base paths must be absolute; every ``version_labels`` entry is checked against the
+  versions already AVAILABLE before anything of the new config applies, and one refused label
+  refuses the whole config (at start the server does not start). ``allow_labels_for_unavailable``
+  is ``--allow_version_labels_for_unavailable_models``: a *new* label may then name a version
+  not loaded yet, but an existing label is still not moved onto one.
+- Status (servable_state_monitor.h, get_model_status_impl.cc): newest version first; states are
+  kept after a version or a whole model goes, so END (with the load error, if any) stays visible.
+- Predict (predict_util.cc, saved_model/util.cc): the servable is resolved before the tensors are
+  parsed, TF Serving's checks and messages, and the arrays go to the session through TensorFlow's
+  C API as they are, so dtype and shape are judged by the session itself, not by Python.
+
+Failures are raised as ``ServingStatus`` with TF Serving's codes and messages, so the caller
+translates them with the same table it uses for the wire. A request in flight finishes on the
+version it started on: versions are reference-counted and closed after their last request.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import meta_graph_pb2
-from tensorflow_serving.apis import prediction_log_pb2
+
+# The C session run (see LoadedVersion.run): TensorFlow's Python Session casts feeds to the
+# placeholder's dtype and checks their shape, which TF Serving's C++ session does not.
+from tensorflow.python.client import pywrap_tf_session
 
 from app.errors import ServingStatus
-from app.serving import tensors
+from app.serving import warmup as warmups
 from app.serving.base import ModelMetadata, VersionStatus, metadata_from_signature_defs
-from app.serving.layout import list_versions
 from app.serving.model_config import ServableConfig, ServingConfig, load_model_config
 
 log = logging.getLogger(__name__)
 
-WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
-MAX_WARMUP_RECORDS = 1000  # TF Serving's own cap
+DEFAULT_SIGNATURE = "serving_default"
+DEFAULT_MAX_LOAD_RETRIES = 5  # --max_num_load_retries
+DEFAULT_LOAD_RETRY_INTERVAL = 60.0  # --load_retry_interval_micros, in seconds
+ERROR_MESSAGE_LIMIT = 1024  # grpc_status_util.cc: kErrorMessageLimit
+SAVED_MODEL_TAGS = ("serve",)
 _TF_CODE_TO_GRPC = {code.value[0]: code for code in grpc.StatusCode}
+_INVALID = grpc.StatusCode.INVALID_ARGUMENT
+# absl::SimpleAtoi: optional ASCII whitespace around an optionally signed decimal integer.
+_VERSION_NAME = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)[ \t\n\v\f\r]*")
+_INT64 = (-(2**63), 2**63 - 1)
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-def _headline(message: str) -> str:
-    """The line of a TensorFlow error that says what went wrong, as TF Serving would report it.
+class ConfigRefused(ServingStatus):
+    """A model config the server would not apply; the one it had stays in force."""
 
-    The Python session prefixes "Graph execution error:" and appends where the op was
-    created; TF Serving's C++ session reports neither.
-    """
-    lines = [line.strip() for line in message.splitlines()]
-    meaningful = [line for line in lines if line and line != "Graph execution error:"]
-    return meaningful[0] if meaningful else message
+
+def wire_message(message: str) -> str:
+    """A status message as TF Serving sends it: past 1024 bytes, cut there and marked "...TRUNCATED"."""
+    data = message.encode("utf-8")
+    if len(data) <= ERROR_MESSAGE_LIMIT:
+        return message
+    return data[:ERROR_MESSAGE_LIMIT].decode("utf-8", "ignore") + "...TRUNCATED"
+
+
+def parse_version(name: str) -> int | None:
+    """The version a base path child's name stands for, or None: TF Serving takes any name absl::SimpleAtoi reads."""
+    match = _VERSION_NAME.fullmatch(name)
+    if match is None:
+        return None
+    number = int(match.group(1))
+    return number if _INT64[0] <= number <= _INT64[1] else None
+
+
+def _status(exc: tf.errors.OpError) -> ServingStatus:
+    return ServingStatus(_TF_CODE_TO_GRPC.get(exc.error_code, grpc.StatusCode.UNKNOWN), exc.message)
+
+
+def _is_absolute(base_path: str) -> bool:
+    """TF Serving's UriIsRelativePath, negated: a URI with a scheme, or a path from the root."""
+    return bool(_URI_SCHEME.match(base_path)) or base_path.startswith("/")
+
+
+def _load_saved_model(session: tf.compat.v1.Session, path: Path) -> Any:
+    """tf.compat.v1.saved_model.loader.load, failing with the status TF Serving's C++ loader reports."""
+    if (path / "export.meta").exists():
+        raise ServingStatus(grpc.StatusCode.UNIMPLEMENTED, "Session Bundle is deprecated and removed.")
+    binary, text = path / "saved_model.pb", path / "saved_model.pbtxt"
+    if not (binary.exists() or text.exists()):  # MaybeSavedModelDirectory
+        raise ServingStatus(
+            grpc.StatusCode.NOT_FOUND,
+            "Specified file path does not appear to contain a SavedModel bundle (should have a file called "
+            f"`saved_model.pb`)\nSpecified file path: {path}",
+        )
+    try:
+        return tf.compat.v1.saved_model.loader.load(session, list(SAVED_MODEL_TAGS), str(path))
+    except tf.errors.OpError as exc:
+        raise _status(exc) from exc
+    except OSError as exc:  # the Python reader's "Cannot parse file": ReadBinaryProto's DATA_LOSS in C++
+        proto, form = (binary, "binary") if binary.exists() else (text, "text")
+        raise ServingStatus(grpc.StatusCode.DATA_LOSS, f"Can't parse {proto} as {form} proto") from exc
+    except RuntimeError as exc:
+        if "could not be found in SavedModel" in str(exc):
+            raise ServingStatus(
+                grpc.StatusCode.NOT_FOUND,
+                f"Could not find meta graph def matching supplied tags: {{ {' '.join(SAVED_MODEL_TAGS)} }}. "
+                "To inspect available tag-sets in the SavedModel, please use the SavedModel CLI: `saved_model_cli`",
+            ) from exc
+        raise ServingStatus(grpc.StatusCode.UNKNOWN, str(exc)) from exc
+    except Exception as exc:  # what else the Python loader raises: still a failed load, not a crash
+        raise ServingStatus(grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}") from exc
 
 
 class LoadedVersion:
@@ -59,9 +139,15 @@ class LoadedVersion:
         self.path = path
         self._graph = tf.Graph()
         self._session = tf.compat.v1.Session(graph=self._graph, config=session_config)
-        meta_graph = tf.compat.v1.saved_model.loader.load(self._session, ["serve"], str(path))
-        self.signature_defs: dict[str, meta_graph_pb2.SignatureDef] = dict(meta_graph.signature_def)
+        try:
+            meta_graph = _load_saved_model(self._session, path)
+            self._session._extend_graph()  # the C session must know every node before _call_tf_sessionrun
+        except BaseException:
+            self._session.close()
+            raise
+        self.signature_defs: dict[str, Any] = dict(meta_graph.signature_def)
         self.metadata: ModelMetadata = metadata_from_signature_defs(name, version, self.signature_defs)
+        self._tensors: dict[str, Any] = {}
         self._refs = 0
         self._retired = False
         self._ref_lock = threading.Lock()
@@ -85,78 +171,134 @@ class LoadedVersion:
         if close:
             self._session.close()
 
-    def run(
-        self,
-        signature: str,
-        inputs: Mapping[str, np.ndarray],
-        output_filter: Iterable[str] = (),
-        timeout: float | None = None,
-    ) -> dict[str, np.ndarray]:
-        sig = self.signature_defs.get(signature)
-        if sig is None or signature.startswith("__"):
-            raise ServingStatus(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{signature}" not found.')
-        feed = self._feed(sig, inputs)
-        wanted = list(output_filter) or list(sig.outputs)
-        for alias in wanted:
-            if alias not in sig.outputs:
-                raise ServingStatus(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"output tensor alias not found in signature: {alias}. Outputs expected to be in the "
-                    f"set {{{','.join(sorted(sig.outputs))}}}.",
-                )
-        fetches = {alias: sig.outputs[alias].name for alias in wanted}
+    def _tensor(self, name: str, *, feed: bool = False) -> Any:
+        found = self._tensors.get(name)
+        if found is None:
+            try:
+                found = self._graph.get_tensor_by_name(name)._as_tf_output()
+            except (KeyError, ValueError, TypeError):
+                what = f"Feed input {name}" if feed else f"FetchOutputs node {name}"
+                raise ServingStatus(grpc.StatusCode.NOT_FOUND, f"{what}: not found") from None
+            self._tensors[name] = found
+        return found
+
+    def run(self, feeds: Mapping[str, Any], fetches: list[str], timeout: float | None = None) -> list[np.ndarray]:
+        """One step of the session by tensor names, through TensorFlow's C API as TF Serving's C++ session runs.
+
+        The arrays go in as they are: a float64 array fed to a float input fails in the session
+        with "Expects arg[0] to be float but double is provided", and an array of an unexpected
+        shape runs, or fails inside the graph, as it would in TF Serving.
+        """
+        feed_outputs = {self._tensor(name, feed=True): value for name, value in feeds.items()}
+        fetch_outputs = [self._tensor(name) for name in fetches]
         options = None
         if timeout is not None:
-            options = tf.compat.v1.RunOptions(timeout_in_ms=max(1, int(timeout * 1000)))
+            run_options = tf.compat.v1.RunOptions(timeout_in_ms=max(1, int(timeout * 1000)))
+            options = pywrap_tf_session.TF_NewBufferFromString(run_options.SerializeToString())
         try:
-            return self._session.run(fetches, feed_dict=feed, options=options)
+            values = self._session._call_tf_sessionrun(options, feed_outputs, fetch_outputs, [], None)
         except tf.errors.OpError as exc:
-            code = _TF_CODE_TO_GRPC.get(exc.error_code, grpc.StatusCode.INTERNAL)
-            raise ServingStatus(code, _headline(exc.message)) from exc
-        except (TypeError, ValueError) as exc:  # the session refused the feed itself (shape, value)
-            raise ServingStatus(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+            raise _status(exc) from exc
+        except (TypeError, ValueError) as exc:  # an array TensorFlow cannot take at all (e.g. Python objects)
+            raise ServingStatus(_INVALID, str(exc)) from exc
+        finally:
+            if options is not None:
+                pywrap_tf_session.TF_DeleteBuffer(options)
+        return [np.asarray(value) for value in values]
 
-    @staticmethod
-    def _feed(sig: meta_graph_pb2.SignatureDef, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        sent, expected = set(inputs), set(sig.inputs)
-        if sent != expected:
-            missing, extra = sorted(expected - sent), sorted(sent - expected)
-            if extra and not missing:
-                raise ServingStatus(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"input tensor alias not found in signature: {', '.join(extra)}. Inputs expected to be "
-                    f"in the set {{{','.join(sorted(expected))}}}.",
-                )
+    def predict(
+        self,
+        signature_name: str,
+        inputs: Mapping[str, Any],
+        *,
+        output_filter: Iterable[str] = (),
+        timeout: float | None = None,
+        decode: Callable[[Any], np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """TF Serving's RunPredict: its checks in its order and words, then the session.
+
+        ``decode`` turns each sent input into an array (``tf.make_ndarray`` for TensorProtos);
+        when it fails, the input is a "tensor parsing error", as Tensor::FromProto's failure is.
+        """
+        key = signature_name or DEFAULT_SIGNATURE
+        signature = self.signature_defs.get(key)
+        if signature is None:
+            raise ServingStatus(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.')
+        sent, expected, defaults = sorted(inputs), sorted(signature.inputs), sorted(signature.defaults)
+        if len(sent) > len(expected) or (len(sent) < len(expected) and not defaults):
+            extra, missing = sorted(set(sent) - set(expected)), sorted(set(expected) - set(sent))
             raise ServingStatus(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"input size does not match signature: {len(sent)}!={len(expected)} "
-                f"len({{{','.join(sorted(expected))}}}). Sent extra: {{{','.join(extra)}}}. "
+                _INVALID,
+                f"input size does not match signature: {len(sent)}!={len(expected)} len({{{','.join(sent)}}}) "
+                f"!= len({{{','.join(expected)}}}). Sent extra: {{{','.join(extra)}}}. "
                 f"Missing but required: {{{','.join(missing)}}}.",
             )
-        feed = {}
-        for alias, value in inputs.items():
-            info = sig.inputs[alias]
-            array = np.asarray(value)
-            sent_type = tensors.datatype_of(array.dtype)
-            if sent_type != info.dtype:
+        feeds: dict[str, Any] = {}
+        used: list[str] = []
+        for alias in expected:
+            info = signature.inputs[alias]
+            if alias in inputs:
+                raw, convert = inputs[alias], decode
+                used.append(alias)
+            elif alias in signature.defaults:
+                raw, convert = signature.defaults[alias], tf.make_ndarray
+            else:
                 raise ServingStatus(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"Expects arg {alias} to be {tf.dtypes.as_dtype(info.dtype).name} but "
-                    f"{tf.dtypes.as_dtype(sent_type).name} is provided",
+                    _INVALID,
+                    f"Signature input alias: {alias}(feed name: {info.name}) not found in request and no default "
+                    f"value provided. Inputs expected to be in the request {{{','.join(sent)}}}, or default input "
+                    f"alias set: {','.join(defaults)}",
                 )
-            feed[info.name] = array
-        return feed
+            try:
+                feeds[info.name] = convert(raw) if convert is not None else raw
+            except (TypeError, ValueError) as exc:
+                raise ServingStatus(_INVALID, f"tensor parsing error: {alias}") from exc
+        if sent and len(used) != len(sent):
+            raise ServingStatus(
+                _INVALID,
+                f"Inputs contains invalid name. Used request inputs: {','.join(used)}, request input: {','.join(sent)}",
+            )
+        aliases: list[str] = []
+        for alias in output_filter:
+            if alias not in signature.outputs:
+                raise ServingStatus(
+                    _INVALID,
+                    f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
+                    f"{{{','.join(sorted(signature.outputs))}}}.",
+                )
+            if alias in aliases:
+                raise ServingStatus(_INVALID, f"duplicate output tensor alias: {alias}")
+            aliases.append(alias)
+        aliases = aliases or list(signature.outputs)
+        values = self.run(feeds, [signature.outputs[alias].name for alias in aliases], timeout)
+        return dict(zip(aliases, values, strict=True))
+
+
+@dataclass
+class _Harness:
+    """One version as TF Serving's manager holds it: where it is, whether the source aspires to it, its state.
+
+    ``state`` follows LoaderHarness::State, simplified: new, loading, ready, error, unloading.
+    """
+
+    version: int
+    path: Path
+    aspired: bool = True
+    state: str = "new"
+    servable: LoadedVersion | None = None
 
 
 @dataclass
 class _Model:
-    """The serving state of one model: an immutable snapshot of versions and labels, replaced whole."""
-
     config: ServableConfig
-    versions: Mapping[int, LoadedVersion] = field(default_factory=dict)
-    labels: Mapping[str, int] = field(default_factory=dict)
-    states: dict[int, VersionStatus] = field(default_factory=dict)
-    failed: set[int] = field(default_factory=set)
+    harnesses: dict[int, _Harness] = field(default_factory=dict)
+
+    def ready(self) -> dict[int, LoadedVersion]:
+        return {v: h.servable for v, h in self.harnesses.items() if h.state == "ready" and h.servable is not None}
+
+
+class _PollFailed(Exception):
+    """A base path could not be listed: TF Serving's source fails that whole poll."""
 
 
 class ModelRuntime:
@@ -171,24 +313,39 @@ class ModelRuntime:
         warmup: bool = True,
         session_threads: int = 0,
         poll: bool = True,
+        max_load_retries: int = DEFAULT_MAX_LOAD_RETRIES,
+        load_retry_interval: float = DEFAULT_LOAD_RETRY_INTERVAL,
+        allow_labels_for_unavailable: bool = False,
+        force_allow_labels_for_unavailable: bool = False,
     ) -> None:
+        if max_load_retries < 0:
+            raise ValueError(f"max_load_retries must be 0 or more, got {max_load_retries}")
         self.config_path = Path(config_path)
         self.models_root = models_root
         self.poll_interval = poll_interval
         self.warmup = warmup
+        self.max_load_retries = max_load_retries
+        self.load_retry_interval = load_retry_interval
+        self.allow_labels_for_unavailable = allow_labels_for_unavailable
+        self.force_allow_labels_for_unavailable = force_allow_labels_for_unavailable
         self._session_config = tf.compat.v1.ConfigProto(
             intra_op_parallelism_threads=session_threads,
             inter_op_parallelism_threads=session_threads,
             allow_soft_placement=True,
         )
-        self._lock = threading.Lock()  # guards self._models snapshots
-        self._sync_lock = threading.Lock()  # one load/unload pass at a time
+        self._lock = threading.Lock()  # guards what requests read: models, harness states, labels, states
+        self._manager = threading.RLock()  # one config change, load or unload at a time, as TF Serving's manager
         self._models: dict[str, _Model] = {}
-        self._config_text: str | None = None
+        self._labels: dict[str, dict[str, int]] = {}
+        self._states: dict[str, dict[int, VersionStatus]] = {}
+        self._config: ServingConfig | None = None
+        self._said: dict[str, str] = {}
+        #: Why the newest config file is not in force (None: it is); the previous config keeps serving.
+        self.config_refusal: str | None = None
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         try:
-            self.apply_config(self._read_config(), strict=True)
+            self._start(load_model_config(self.config_path, models_root=models_root))
         except BaseException:
             self.close()
             raise
@@ -196,70 +353,151 @@ class ModelRuntime:
             self._poller = threading.Thread(target=self._poll_loop, name="model-poller", daemon=True)
             self._poller.start()
 
-    # -- configuration and polling ---------------------------------------------------------------
+    # -- configuration (ServerCore::ReloadConfig) --------------------------------------------------
 
-    def _read_config(self) -> ServingConfig:
-        config = load_model_config(self.config_path, models_root=self.models_root)
-        self._config_text = self.config_path.read_text(encoding="utf-8")
-        return config
+    @property
+    def config(self) -> ServingConfig | None:
+        """The config in force."""
+        return self._config
 
-    def apply_config(self, config: ServingConfig, *, strict: bool = False) -> None:
-        """Serve exactly the models of ``config``: load, unload and relabel.
+    def _start(self, config: ServingConfig) -> None:
+        new = self._apply(config)
+        unavailable = self._unavailable(new)
+        if unavailable:  # load_servables_fast.cc: the server does not start
+            raise ServingStatus(grpc.StatusCode.UNKNOWN, _not_available("servable(s)", unavailable))
 
-        A label that names a version that is not available is refused, as TF Serving does:
-        with ``strict`` the whole call fails (start-up, an explicit reload); otherwise the
-        model keeps its previous labels and the problem is logged.
+    def apply_config(self, config: ServingConfig) -> None:
+        """Serve ``config`` as TF Serving's ReloadConfig does.
+
+        Raises ConfigRefused when it is refused (relative base path, a label on a version that is not
+        available, a new model whose base path does not exist): nothing of it applies. Raises
+        ServingStatus (UNKNOWN) when it applied but a model it adds did not become available.
         """
-        with self._sync_lock:
+        new = self._apply(config)
+        unavailable = self._unavailable(new)
+        if unavailable:  # server_core.cc WaitUntilModelsAvailable
+            raise ServingStatus(grpc.StatusCode.UNKNOWN, _not_available("model(s)", unavailable))
+
+    def reload_config(self) -> None:
+        """Read the config file again and apply it; raises as ``apply_config`` or ModelConfigError (unreadable)."""
+        try:
+            config = load_model_config(self.config_path, models_root=self.models_root, check_paths=False)
+            self.apply_config(config)
+        except ConfigRefused as exc:
+            self.config_refusal = f"{self.config_path}: {exc.status.name}: {exc.message}"
+            raise
+        except ValueError as exc:  # ModelConfigError: TF Serving logs "Failed to read ModelServerConfig file"
+            self.config_refusal = str(exc)
+            raise
+        self.config_refusal = None
+
+    def _apply(self, config: ServingConfig) -> list[str]:
+        with self._manager:
+            self._validate(config)
+            labels = self._label_map(config)
             with self._lock:
-                current = dict(self._models)
-            models = {}
-            for servable in config.servables:
-                model = current.get(servable.name) or _Model(config=servable)
-                if model.config != servable:
-                    model = replace(model, config=servable, states=dict(model.states))
-                    model.failed.clear()
-                models[servable.name] = model
-            # Load first, swap, then unload: availability is preserved across the change.
-            label_errors = []
-            for model in models.values():
-                self._sync_versions(model)
-                try:
-                    self._apply_labels(model, model.config.labels)
-                except ServingStatus as exc:
-                    label_errors.append(exc)
-            removed = [m for name, m in current.items() if name not in models]
-            with self._lock:
-                self._models = models
-            for model in removed:
-                self._unload(model, list(model.versions.values()))
-        if strict and label_errors:
-            raise label_errors[0]
-        for exc in label_errors:
-            log.error("version labels not changed: %s", exc.message)
+                self._labels = labels  # before any model changes, as UpdateModelVersionLabelMap runs first
+                self._config = config
+            added = self._reconfigure(config)
+            self._sync()
+            return added
+
+    def _validate(self, config: ServingConfig) -> None:
+        for servable in config.servables:
+            if not _is_absolute(servable.configured_base_path):
+                raise ConfigRefused(
+                    _INVALID,
+                    f"Expected model {servable.name} to have an absolute path or URI; "
+                    f"got base_path()={servable.configured_base_path}",
+                )
+        for servable in config.servables:
+            # TF Serving would wait for such a model for ever, the config thread blocked; refusing says why.
+            if servable.name not in self._models and not servable.base_path.exists():
+                raise ConfigRefused(
+                    _INVALID,
+                    f"Could not find base path {servable.base_path} for servable {servable.name}",
+                )
+
+    def _label_map(self, config: ServingConfig) -> dict[str, dict[str, int]]:
+        """ServerCore::UpdateModelVersionLabelMap: the new labels, each checked against the versions AVAILABLE now."""
+        labels: dict[str, dict[str, int]] = {}
+        with self._lock:
+            states = {name: dict(versions) for name, versions in self._states.items()}
+            current = {name: dict(found) for name, found in self._labels.items()}
+        for servable in config.servables:
+            for label in sorted(servable.labels):
+                version = servable.labels[label]
+                allowed = self.force_allow_labels_for_unavailable
+                if not allowed and self.allow_labels_for_unavailable:
+                    existing = current.get(servable.name, {}).get(label)
+                    allowed = existing is None or existing == version  # a new label, or one that does not move
+                state = states.get(servable.name, {}).get(version)
+                if not allowed and (state is None or state.state != "AVAILABLE"):
+                    raise ConfigRefused(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"Request to assign label to version {version} of model {servable.name}, "
+                        "which is not currently available for inference",
+                    )
+                labels.setdefault(servable.name, {})[label] = version
+        return labels
+
+    def _reconfigure(self, config: ServingConfig) -> list[str]:
+        """Models added, changed and removed; a removed model's versions are unloaded. Returns the added names."""
+        current = dict(self._models)
+        models: dict[str, _Model] = {}
+        added = []
+        for servable in config.servables:
+            model = current.get(servable.name)
+            if model is None:
+                model = _Model(servable)
+                added.append(servable.name)
+            else:
+                with self._lock:
+                    model.config = servable
+            models[servable.name] = model
+        removed = [model for name, model in current.items() if name not in models]
+        with self._lock:
+            self._models = models | {model.config.name: model for model in removed}  # serving until unloaded
+        for model in removed:
+            self._set_aspired(model, {})
+            self._manage(model)
+        with self._lock:
+            self._models = models
+        return added
+
+    def _unavailable(self, names: list[str]) -> list[tuple[str, VersionStatus]]:
+        """The models among ``names`` with no version AVAILABLE and one that ended in an error."""
+        failed = []
+        with self._lock:
+            for name in names:
+                states = self._states.get(name, {})
+                if any(state.state == "AVAILABLE" for state in states.values()):
+                    continue
+                ended = [states[v] for v in sorted(states, reverse=True) if states[v].error_code != "OK"]
+                if ended:
+                    failed.append((name, ended[0]))
+                else:  # TF Serving would wait for a first version; this runtime serves on and reports NOT_FOUND
+                    log.warning("no version of servable %s is available yet", name)
+        return sorted(failed, key=lambda item: (item[0], item[1].version))  # std::map<ServableId> order
+
+    # -- polling (FileSystemStoragePathSource) and the manager (AspiredVersionsManager) --------------
 
     def poll_once(self) -> None:
-        """One polling pass: re-read the config file if it changed, then look for new versions."""
+        """One polling pass: re-apply the config file, then look for new and removed versions."""
         try:
-            text = self.config_path.read_text(encoding="utf-8")
-        except OSError as exc:
-            log.error("cannot read %s, keeping the current models: %s", self.config_path, exc)
-            text = self._config_text
-        if text != self._config_text:
-            try:
-                config = self._read_config()
-            except ValueError as exc:
-                log.error("config %s not applied: %s", self.config_path, exc)
-                self._config_text = text  # do not log the same broken file every poll
-            else:
-                log.info("config %s changed, applying it", self.config_path)
-                self.apply_config(config)
-                return
-        with self._sync_lock:
-            with self._lock:
-                models = list(self._models.values())
-            for model in models:
-                self._sync_versions(model)
+            self.reload_config()
+            return  # applying it polled the base paths too
+        except ConfigRefused as exc:
+            self._say(
+                "config", logging.ERROR, "config %s not applied, the previous one stays: %s", self.config_path, exc
+            )
+        except ValueError as exc:
+            self._say("config", logging.ERROR, "Failed to read ModelServerConfig file: %s", exc)
+        except ServingStatus as exc:
+            self._say("config", logging.ERROR, "config %s applied, but: %s", self.config_path, exc.message)
+            return
+        with self._manager:
+            self._sync()
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.poll_interval):
@@ -268,88 +506,186 @@ class ModelRuntime:
             except Exception:  # the poller must outlive any one bad pass
                 log.exception("model polling pass failed")
 
-    def _sync_versions(self, model: _Model) -> None:
-        """Bring the loaded versions of one model to what its policy asks of the disk."""
-        on_disk = list_versions(model.config.base_path)
-        aspired = set(model.config.policy.select(on_disk)) - model.failed
-        loaded = dict(model.versions)
-        for version in sorted(aspired - set(loaded)):
-            servable = self._load(model, version)
-            if servable is not None:
-                loaded[version] = servable
-        dropped = [loaded.pop(v) for v in sorted(set(loaded) - aspired)]
-        if dropped or set(loaded) != set(model.versions):
-            with self._lock:
-                model.versions = loaded
-        self._unload(model, dropped)
+    def _sync(self) -> None:
+        """Poll every base path, then bring each model's versions to what its policy aspires to."""
+        with self._manager:
+            models = list(self._models.values())
+            try:
+                aspired = {model.config.name: self._aspired(model.config) for model in models}
+            except _PollFailed as exc:
+                self._say(
+                    "poll", logging.ERROR, "FileSystemStoragePathSource encountered a filesystem access error: %s", exc
+                )
+                return
+            self._said.pop("poll", None)
+            for model in models:
+                self._set_aspired(model, aspired[model.config.name])
+                self._manage(model)
 
-    def _load(self, model: _Model, version: int) -> LoadedVersion | None:
-        name, path = model.config.name, model.config.base_path / str(version)
-        self._set_state(model, VersionStatus(version, "LOADING"))
-        started = time.monotonic()
+    def _aspired(self, servable: ServableConfig) -> dict[int, Path]:
+        """The versions the source aspires to: numeric children of the base path, picked by the policy."""
+        base = servable.base_path
+        if not base.exists():
+            raise _PollFailed(f"Could not find base path {base} for servable {servable.name}")
         try:
-            servable = LoadedVersion(name, version, path, self._session_config)
+            children = sorted(child.name for child in base.iterdir())
+        except OSError as exc:
+            raise _PollFailed(f"{base}: {exc.strerror or exc}") from exc
+        by_version: dict[int, str] = {}
+        for child in children:
+            version = parse_version(child)
+            if version is None:
+                continue
+            if version in by_version:
+                log.warning(
+                    "Duplicate version directories detected. Version %d will be loaded from %s, %s will be ignored.",
+                    version, child, by_version[version],
+                )  # fmt: skip
+            by_version[version] = child
+        chosen = servable.policy.select(by_version)
+        if not by_version:
+            self._say(
+                f"empty:{servable.name}",
+                logging.WARNING,
+                "No versions of servable %s found under base path %s. Did you forget to name your leaf directory "
+                "as a number (eg. '/1/')?",
+                servable.name, base,
+            )  # fmt: skip
+        else:
+            self._said.pop(f"empty:{servable.name}", None)
+        return {version: base / by_version[version] for version in chosen}
+
+    def _set_aspired(self, model: _Model, aspired: Mapping[int, Path]) -> None:
+        """AspiredVersionsManager::ProcessAspiredVersionsRequest for one model."""
+        name = model.config.name
+        with self._lock:
+            for version, harness in list(model.harnesses.items()):
+                if version in aspired:
+                    harness.aspired = True  # a kept version aspired again serves on
+                    continue
+                harness.aspired = False
+                if harness.state in ("new", "error"):
+                    del model.harnesses[version]  # FlushServables: forgotten, so aspiring it again retries it
+            for version, path in aspired.items():
+                if version not in model.harnesses:
+                    model.harnesses[version] = _Harness(version, path)
+                    self._states.setdefault(name, {})[version] = VersionStatus(version, "START")
+
+    def _manage(self, model: _Model) -> None:
+        """Take the policy's actions, one at a time, until it has none."""
+        while not self._stop.is_set():
+            action = self._next_action(model)
+            if action is None:
+                return
+            kind, harness = action
+            if kind == "unload":
+                self._unload(model, harness)
+            else:
+                self._load(model, harness)
+
+    @staticmethod
+    def _next_action(model: _Model) -> tuple[str, _Harness] | None:
+        """AvailabilityPreservingPolicy::GetNextAction."""
+        harnesses = list(model.harnesses.values())
+        has_aspired = any(h.aspired for h in harnesses)
+        aspired_serving = any(h.aspired and h.state == "ready" for h in harnesses)
+        unaspired_serving = [h for h in harnesses if not h.aspired and h.state == "ready"]
+        if unaspired_serving and (not has_aspired or aspired_serving or len(unaspired_serving) > 1):
+            return "unload", min(unaspired_serving, key=lambda h: h.version)
+        new = [h for h in harnesses if h.aspired and h.state == "new"]
+        if new:
+            return "load", max(new, key=lambda h: h.version)
+        return None
+
+    def _load(self, model: _Model, harness: _Harness) -> None:
+        name, version, path = model.config.name, harness.version, harness.path
+        servable_id = f"{{name: {name} version: {version}}}"
+        with self._lock:
+            harness.state = "loading"
+            self._states.setdefault(name, {})[version] = VersionStatus(version, "LOADING")
+        started = time.monotonic()
+        loaded, failure = None, None
+        if not path.is_dir():
+            # The resource estimate lists the folder first; for a file that fails, and is not retried.
+            failure = ServingStatus(grpc.StatusCode.FAILED_PRECONDITION, f"{path}; Not a directory")
+        else:
+            for attempt in range(self.max_load_retries + 1):
+                if attempt:
+                    if self._stop.wait(max(0.0, self.load_retry_interval)):
+                        failure = ServingStatus(grpc.StatusCode.CANCELLED, "Loading of servable cancelled")
+                        break
+                    log.info("Retrying of Loading servable: %s retry: %d", servable_id, attempt)
+                try:
+                    loaded = self._load_once(name, version, path)
+                    break
+                except ServingStatus as exc:
+                    failure = exc
+                    log.error("Loading servable: %s failed: %s: %s", servable_id, exc.status.name, exc.message)
+        with self._lock:
+            if loaded is not None:
+                harness.state, harness.servable = "ready", loaded
+                self._states[name][version] = VersionStatus(version, "AVAILABLE")
+            else:
+                assert failure is not None
+                harness.state = "error"
+                self._states[name][version] = VersionStatus(version, "END", failure.status.name, failure.message)
+        if loaded is not None:
+            log.info("Successfully loaded servable version %s in %.2fs", servable_id, time.monotonic() - started)
+
+    def _load_once(self, name: str, version: int, path: Path) -> LoadedVersion:
+        servable = LoadedVersion(name, version, path, self._session_config)
+        try:
             if self.warmup:
-                self._run_warmup(servable)
-        except Exception as exc:  # any failure to load marks the version END with the error, like TF Serving
-            model.failed.add(version)
-            self._set_state(model, VersionStatus(version, "END", "UNKNOWN", f"Loading {path} failed: {exc}"))
-            log.error("servable %s version %d failed to load: %s", name, version, exc)
-            return None
-        self._set_state(model, VersionStatus(version, "AVAILABLE"))
-        log.info("servable %s version %d loaded in %.2fs", name, version, time.monotonic() - started)
+                warmups.run_warmup(servable)
+        except ServingStatus:
+            servable.retire()
+            raise
+        except Exception as exc:  # a warmup record the runners choke on is still a failed load
+            servable.retire()
+            raise ServingStatus(grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}") from exc
         return servable
 
-    def _run_warmup(self, servable: LoadedVersion) -> None:
-        warmup_path = servable.path / WARMUP_FILE
-        if not warmup_path.is_file():
-            return
-        for record in tf.data.TFRecordDataset(str(warmup_path)).take(MAX_WARMUP_RECORDS):
-            entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-            if entry.WhichOneof("log_type") != "predict_log":
-                continue  # this runtime serves Predict only; other kinds of warmup are skipped
-            request = entry.predict_log.request
-            inputs = {alias: tensors.from_tensor_proto(proto) for alias, proto in request.inputs.items()}
-            servable.run(request.model_spec.signature_name or "serving_default", inputs)
-
-    def _apply_labels(self, model: _Model, labels: Mapping[str, int]) -> None:
-        for label, version in labels.items():
-            if version not in model.versions:
-                raise ServingStatus(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"Request to assign label {label} to version {version} of model {model.config.name}, "
-                    "which is not currently available for inference",
-                )
+    def _unload(self, model: _Model, harness: _Harness) -> None:
+        name, version = model.config.name, harness.version
         with self._lock:
-            model.labels = dict(labels)
-
-    def _set_state(self, model: _Model, status: VersionStatus) -> None:
-        with self._lock:
-            model.states[status.version] = status
-
-    def _unload(self, model: _Model, servables: list[LoadedVersion]) -> None:
-        for servable in servables:
-            self._set_state(model, VersionStatus(servable.version, "UNLOADING"))
+            harness.state = "unloading"  # out of the serving map: new requests no longer find it
+            self._states.setdefault(name, {})[version] = VersionStatus(version, "UNLOADING")
+            servable, harness.servable = harness.servable, None
+        if servable is not None:
             servable.retire()
-            self._set_state(model, VersionStatus(servable.version, "END"))
-            log.info("servable %s version %d unloaded", model.config.name, servable.version)
+        with self._lock:
+            model.harnesses.pop(version, None)
+            self._states[name][version] = VersionStatus(version, "END")
+        log.info("Done unloading servable version {name: %s version: %d}", name, version)
+
+    def _say(self, key: str, level: int, message: str, *args: object) -> None:
+        """Log a repeated condition once at ``level`` (and at DEBUG while it lasts), not at every poll."""
+        text = message % args
+        if self._said.get(key) != text:
+            self._said[key] = text
+            log.log(level, text)
+        else:
+            log.debug(text)
 
     # -- requests ------------------------------------------------------------------------------------
 
     def _resolve(self, name: str, version: int | None, label: str | None) -> LoadedVersion:
+        """ServerCore::ServableRequestFromModelSpec and the serving map's lookup."""
+        if not name:
+            raise ServingStatus(_INVALID, "ModelSpec has no name specified.")
         with self._lock:
+            if label is not None:
+                labelled = self._labels.get(name, {}).get(label)
+                if labelled is None:
+                    raise ServingStatus(_INVALID, f"Unrecognized servable version label: {label}")
+                version = labelled
             model = self._models.get(name)
-            if version is None and label is not None:
-                if model is None or label not in model.labels:
-                    raise ServingStatus(
-                        grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {label}"
-                    )
-                version = model.labels[label]
+            ready = model.ready() if model is not None else {}
             if version is not None:
-                servable = model.versions.get(version) if model else None
+                servable = ready.get(version)
                 request = f"Specific({name}, {version})"
             else:
-                servable = model.versions[max(model.versions)] if model and model.versions else None
+                servable = ready[max(ready)] if ready else None
                 request = f"Latest({name})"
             if servable is None:
                 raise ServingStatus(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {request}")
@@ -359,24 +695,28 @@ class ModelRuntime:
     def predict(
         self,
         name: str,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, Any],
         *,
         version: int | None = None,
         label: str | None = None,
-        signature: str = "serving_default",
+        signature: str = DEFAULT_SIGNATURE,
         output_filter: Iterable[str] = (),
         timeout: float | None = None,
+        decode: Callable[[Any], np.ndarray] | None = None,
     ) -> tuple[int, dict[str, np.ndarray]]:
-        """Run a signature; returns the version that answered and the outputs by alias."""
+        """Run a signature; returns the version that answered and the outputs by alias.
+
+        ``inputs`` are arrays, or what ``decode`` turns into arrays (the double passes TensorProtos
+        and ``tf.make_ndarray``): they are parsed only after the servable and signature are found.
+        """
         servable = self._resolve(name, version, label)
         try:
-            return servable.version, servable.run(signature or "serving_default", inputs, output_filter, timeout)
+            outputs = servable.predict(signature, inputs, output_filter=output_filter, timeout=timeout, decode=decode)
+            return servable.version, outputs
         finally:
             servable.release()
 
-    def signature_defs(
-        self, name: str, *, version: int | None = None, label: str | None = None
-    ) -> tuple[int, dict[str, meta_graph_pb2.SignatureDef]]:
+    def signature_defs(self, name: str, *, version: int | None = None, label: str | None = None) -> tuple[int, dict]:
         servable = self._resolve(name, version, label)
         try:
             return servable.version, servable.signature_defs
@@ -391,21 +731,21 @@ class ModelRuntime:
             servable.release()
 
     def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        """GetModelStatus: every version the server has known of the model, newest first, END ones included."""
         with self._lock:
-            model = self._models.get(name)
-            states = dict(model.states) if model else {}
-        if not states:
-            raise ServingStatus(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}")
+            states = dict(self._states.get(name, {}))
         if version is not None:
             if version not in states:
                 raise ServingStatus(grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name}")
             return [states[version]]
-        return [states[v] for v in sorted(states)]
+        if not states:
+            raise ServingStatus(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}")
+        return [states[v] for v in sorted(states, reverse=True)]
 
     def labels(self, name: str) -> dict[str, int]:
+        """The version labels in force for a model (those of the config in force)."""
         with self._lock:
-            model = self._models.get(name)
-            return dict(model.labels) if model else {}
+            return dict(self._labels.get(name, {}))
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -416,7 +756,19 @@ class ModelRuntime:
         self._stop.set()
         if self._poller is not None and self._poller is not threading.current_thread():
             self._poller.join(timeout=30)
-        with self._sync_lock, self._lock:
-            models, self._models = list(self._models.values()), {}
-        for model in models:
-            self._unload(model, list(model.versions.values()))
+        with self._manager:
+            with self._lock:
+                models, self._models = list(self._models.values()), {}
+            for model in models:
+                for harness in sorted(model.harnesses.values(), key=lambda h: h.version):
+                    if harness.state == "ready":
+                        self._unload(model, harness)
+
+
+def _not_available(what: str, failed: list[tuple[str, VersionStatus]]) -> str:
+    """The message of load_servables_fast.cc / server_core.cc when models did not become available."""
+    items = "".join(
+        f"{{{{name: {name} version: {state.version}}} due to error: {state.error_code}: {state.error_message}}}, "
+        for name, state in failed
+    )
+    return f"{len(failed)} {what} did not become available: {{{items}}}"
