@@ -94,9 +94,10 @@ def app_with_tensorflow_stubs():
 
 
 def gateway_venv(cache: Path = CACHE, requirements: Path = GATEWAY_REQUIREMENTS) -> Path:
-    """The python of a virtualenv with ``requirements`` alone: built with this interpreter once per content of the
-    file (and Python version), kept in ``cache``, and rebuilt whole if an earlier build did not finish."""
-    digest = hashlib.sha256(requirements.read_bytes() + f"{sys.version}|{sys.base_prefix}".encode()).hexdigest()
+    """The python of a virtualenv with ``requirements`` alone: built with this interpreter once per set of
+    requirements (comments aside) and Python version, kept in ``cache``, rebuilt whole if a build did not finish."""
+    pinned = "\n".join(_requirements(requirements))
+    digest = hashlib.sha256(f"{pinned}|{sys.version}|{sys.base_prefix}".encode()).hexdigest()
     venv = cache / f"venv-gateway-{digest[:16]}"
     python = venv / "bin" / "python"
     done = venv / ".complete"
