@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "GATEWAY_"
@@ -17,6 +18,11 @@ ENV_PREFIX = "GATEWAY_"
 # ordinary script sends; a 16-client loopback soak on 2 CPU cores measured about 25 a second. All
 # loopback clients are one client, so a load test that goes faster sets GATEWAY_RATE_LIMIT="" (none).
 DEFAULT_RATE_LIMIT = "100/second;3000/minute"
+# Seconds the rate limit waits for Redis to connect or answer, unless its URI's socket_timeout and
+# socket_connect_timeout say otherwise (docs/production.md): a Redis on the same network answers in
+# well under a millisecond, and a request never waits longer than this for one that hangs.
+RATE_LIMIT_STORAGE_TIMEOUT = 0.25
+REDIS_TIMEOUT_PARAMETERS = ("socket_timeout", "socket_connect_timeout")
 MIN_API_KEY_LENGTH = 16
 PIPELINE_SERVABLES = (
     "face_detection",
@@ -56,7 +62,9 @@ class Settings:
     upload_timeout: float = 60.0  # seconds a request body may take to arrive (under gunicorn), then 408; 0 = no limit
     # Abuse resistance (app/security.py).
     rate_limit: str = DEFAULT_RATE_LIMIT  # per client, shared by the pipeline endpoints; "" = no limit
-    rate_limit_storage: str = "memory://"  # flask-limiter storage URI: memory:// counts per process
+    # flask-limiter storage URI: memory:// counts per worker process; one count for every worker and pod:
+    # redis://host:6379/0?socket_timeout=0.25&socket_connect_timeout=0.25 (docs/production.md)
+    rate_limit_storage: str = "memory://"
     trusted_proxies: int = 0  # proxy hops whose X-Forwarded-For/-Proto are believed; 0 = the peer address
     api_keys: tuple[str, ...] = ()  # keys that open /api/ (Bearer or X-API-Key); none here or in the file = open
     api_keys_file: Path | None = None  # one key per line ("#" comments), e.g. a mounted secret
@@ -96,12 +104,17 @@ class Settings:
                     f"{ENV_PREFIX}RATE_LIMIT={self.rate_limit!r} is not a rate limit such as '20/second;600/minute' "
                     "(empty for none)"
                 ) from None
-        scheme = urlsplit(self.rate_limit_storage).scheme
-        if scheme not in SCHEMES or scheme.startswith("async+"):
+        storage = urlsplit(self.rate_limit_storage)
+        shown = redacted_storage_uri(self.rate_limit_storage)
+        if storage.scheme not in SCHEMES or storage.scheme.startswith("async+"):
             known = ", ".join(sorted(s for s in SCHEMES if not s.startswith("async+")))
-            raise ValueError(
-                f"{ENV_PREFIX}RATE_LIMIT_STORAGE={self.rate_limit_storage!r} is not a storage URI; schemes: {known}"
-            )
+            raise ValueError(f"{ENV_PREFIX}RATE_LIMIT_STORAGE={shown!r} is not a storage URI; schemes: {known}")
+        for name, value in parse_qsl(storage.query):
+            if name in REDIS_TIMEOUT_PARAMETERS and not 0 < _float_or_nan(value) <= 60:
+                raise ValueError(
+                    f"{ENV_PREFIX}RATE_LIMIT_STORAGE={shown!r}: {name}={value!r} must be seconds above 0 and at most "
+                    f"60, e.g. {name}={RATE_LIMIT_STORAGE_TIMEOUT}"
+                )
         if not 0 <= self.trusted_proxies <= 10:
             raise ValueError(f"{ENV_PREFIX}TRUSTED_PROXIES must be between 0 and 10 proxy hops")
         if self.hsts < 0:
@@ -132,6 +145,23 @@ class Settings:
                 raise ValueError(f"unknown gateway setting {key!r}; known: {', '.join(sorted(fields))}")
             values[name] = _coerce(name, fields[name].type, value) if isinstance(value, str) else value
         return cls(**values)
+
+
+def redacted_storage_uri(uri: str) -> str:
+    """A storage URI fit for a log line or an error message: its password, if any, replaced by ``***``."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
+def _float_or_nan(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def check_api_key(key: str, where: str) -> None:

@@ -6,6 +6,10 @@
   counted per client: the API key when a valid one was presented, else the client address
   (``GATEWAY_TRUSTED_PROXIES`` hops of X-Forwarded-For are believed, never more). Over it: 429
   ``rate_limited`` with Retry-After, as JSON or as the error page.
+- The count lives in ``GATEWAY_RATE_LIMIT_STORAGE``: memory:// (per worker) or Redis (shared by
+  every worker and pod). A Redis that stops answering costs one request its socket timeout, then
+  each worker counts on its own (one warning) and flask-limiter re-checks the store with back-off
+  (1 to 32 s); when it answers again, the shared count resumes (one more line in the log).
 - With ``GATEWAY_API_KEYS``/``GATEWAY_API_KEYS_FILE`` set, /api/ answers 401 without a valid key
   (``Authorization: Bearer <key>`` or ``X-API-Key``), except the gallery thumbnails, which the
   open browser page shows, and the OpenAPI document, which says how to authenticate.
@@ -21,9 +25,11 @@ import hmac
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 from flask import Flask, Request, Response, g, request
@@ -33,7 +39,7 @@ from flask_limiter import Limiter, RateLimitExceeded, RequestLimit
 from limits.errors import StorageError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from app.config import ENV_PREFIX, Settings
+from app.config import ENV_PREFIX, RATE_LIMIT_STORAGE_TIMEOUT, Settings, redacted_storage_uri
 from app.errors import RateLimited, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -186,29 +192,72 @@ def client_identity() -> str:
     return g.get("client_identity") or f"addr:{request.remote_addr or 'unknown'}"
 
 
+def storage_options(storage_uri: str) -> dict[str, Any]:
+    """What the limit's storage is built with: errors as StorageError; for Redis, timeouts the URI does not set.
+
+    Without a socket timeout redis-py waits for ever on a Redis that accepts and never answers,
+    and every limited request would wait with it. Values in the URI's query win (redis-py's
+    ``from_url`` lets them override these keyword arguments).
+    """
+    options: dict[str, Any] = {"wrap_exceptions": True}
+    if urlsplit(storage_uri).scheme.split("+")[0] in ("redis", "rediss", "valkey", "valkeys"):
+        options["socket_timeout"] = RATE_LIMIT_STORAGE_TIMEOUT
+        options["socket_connect_timeout"] = RATE_LIMIT_STORAGE_TIMEOUT
+    return options
+
+
 class ClientRateLimit:
     """One limit per client, shared by the pipeline endpoints; X-RateLimit-* headers on their responses."""
 
     def __init__(self, limit: str, storage_uri: str) -> None:
+        self.storage_uri = storage_uri
         self.limiter = Limiter(
             key_func=client_identity,
             # An application limit: one count for all the endpoints it applies to, which the filter narrows.
             application_limits=[limit],
             storage_uri=storage_uri,
-            # wrap_exceptions: a storage failure is a StorageError, whatever the storage's client raises.
-            storage_options={"wrap_exceptions": True},
+            storage_options=storage_options(storage_uri),
             strategy="fixed-window",
             headers_enabled=False,  # set below: its Retry-After can round down to 0
-            swallow_errors=True,  # a storage outage lets requests through (logged) rather than failing them
+            # The store fails open: when it errs or times out, this worker counts the same limit in its own
+            # memory and flask-limiter asks the store again with back-off, going back to it once it answers.
+            in_memory_fallback_enabled=True,
+            swallow_errors=True,  # and should even that fail, the request goes through (logged), never a 500
             key_prefix="portrait-gateway",
         )
         self.limiter.request_filter(lambda: request.endpoint not in PIPELINE_ENDPOINTS)
+        self._store_lost = False
+        self._store_lock = threading.Lock()
 
     def init_app(self, app: Flask) -> None:
         app.extensions["rate_limit"] = self
         self.limiter.init_app(app)
+        app.after_request(self.note_storage_state)
         app.after_request(self.add_headers)
         app.register_error_handler(RateLimitExceeded, self.render_exceeded)
+
+    @property
+    def counting_locally(self) -> bool:
+        """Whether this worker counts in its own memory because the configured store failed."""
+        return self.limiter.limiter.storage is not self.limiter.storage
+
+    def note_storage_state(self, response: Response) -> Response:
+        """One warning when this worker loses the store, one when it has it back (flask-limiter's own log is silent)."""
+        lost = self.counting_locally
+        if lost != self._store_lost:
+            with self._store_lock:
+                if lost != self._store_lost:
+                    self._store_lost = lost
+                    where = redacted_storage_uri(self.storage_uri)
+                    if lost:
+                        log.warning(
+                            "rate limit storage %s failed or timed out: this worker counts on its own until it "
+                            "answers again (re-checked with back-off, 1 to 32 s)",
+                            where,
+                        )
+                    else:
+                        log.warning("rate limit storage %s answers again: the shared count resumes", where)
+        return response
 
     def _tightest(self) -> RequestLimit | None:
         """The limit of this request with the fewest requests left (the breached one, when one was)."""
