@@ -45,6 +45,21 @@ from tests.tf_serving_double import TFServingDouble
 SPEC = model_pb2.ModelSpec(name="ugatit_selfie2anime", signature_name="serving_default")
 
 
+def half_or_arrays(row: tensors.DtypeRow, shape=SHAPES, *, byteorder: str = "=") -> st.SearchStrategy:
+    """Arrays of ``row``'s dtype; float16 ones drawn as 16-bit patterns viewed as halves.
+
+    Every half comes out (NaN payloads, infinities, subnormals, -0.0) and no draw is thrown away:
+    hypothesis' own float16 elements discard so many draws that its filter health check failed the
+    DT_HALF cases about one run in four.
+    """
+    if row.datatype != types_pb2.DT_HALF:
+        if byteorder == "=":
+            return arrays(row, shape)
+        return hnp.arrays(row.dtype.newbyteorder(byteorder), shape)
+    bits = np.dtype("u2").newbyteorder(byteorder)
+    return hnp.arrays(bits, shape).map(lambda drawn: drawn.view(np.dtype("f2").newbyteorder(byteorder)))
+
+
 def protobuf_request(spec: model_pb2.ModelSpec, inputs: dict) -> predict_pb2.PredictRequest:
     """The request the protobuf route builds (what GrpcBackend sent before the wire codec)."""
     request = predict_pb2.PredictRequest(model_spec=spec)
@@ -106,7 +121,7 @@ def assert_same_outcome(data: bytes) -> None:
 @SETTINGS
 @given(data=st.data())
 def test_request_bytes_are_the_protobuf_routes(row: tensors.DtypeRow, data: st.DataObject) -> None:
-    x = data.draw(arrays(row))
+    x = data.draw(half_or_arrays(row))
     reference = protobuf_request(SPEC, {"input_images": x})
     ours = wire.encode_predict_request(SPEC, {"input_images": x})
     assert type(ours) is bytes  # what gRPC's identity serializer must be handed
@@ -118,7 +133,7 @@ def test_request_bytes_are_the_protobuf_routes(row: tensors.DtypeRow, data: st.D
 @SETTINGS
 @given(data=st.data())
 def test_request_of_views_and_big_endian_arrays(row: tensors.DtypeRow, data: st.DataObject) -> None:
-    big = data.draw(hnp.arrays(row.dtype.newbyteorder(">"), SHAPES))
+    big = data.draw(half_or_arrays(row, byteorder=">"))
     view = big.T[..., ::-1] if big.ndim else big
     inputs = {"big": big, "view": view, "scalar": big.ravel()[:1].reshape(())} if big.size else {"big": big}
     ours = predict_pb2.PredictRequest.FromString(wire.encode_predict_request(SPEC, inputs))
@@ -194,8 +209,8 @@ def test_request_copies_a_big_array_once() -> None:
 @SETTINGS
 @given(data=st.data())
 def test_response_content_form_matches_from_tensor_proto(row: tensors.DtypeRow, data: st.DataObject, tf) -> None:
-    x = data.draw(arrays(row))
-    y = data.draw(arrays(row, (2, 3)))
+    x = data.draw(half_or_arrays(row))
+    y = data.draw(half_or_arrays(row, (2, 3)))
     encoded = response_bytes(ours=to_tensor_proto(x), tfs=tf.make_tensor_proto(y))
     assert_same_outputs(fast_decode(encoded), reference_decode(encoded))
     assert_same_outputs(wire.decode_predict_response(encoded), reference_decode(encoded))
@@ -227,7 +242,7 @@ def test_response_content_is_an_aligned_read_only_view() -> None:
 def test_response_val_forms_match_from_tensor_proto(row: tensors.DtypeRow, data: st.DataObject) -> None:
     shape = data.draw(SHAPES)
     count = data.draw(st.integers(0, math.prod(shape)))  # fewer values than elements: TF's padding rule
-    values = data.draw(arrays(row, count))
+    values = data.draw(half_or_arrays(row, count))
     proto = make_proto(row.datatype, shape)
     put_values(proto, row, values)
     encoded = response_bytes(out=proto)
