@@ -117,6 +117,23 @@ def test_a_good_version_after_a_broken_one_replaces_the_serving_one(kind, server
     ]
 
 
+def test_a_failed_version_is_not_tried_again_under_its_number_but_a_newer_one_is(kind, servers, config_path):  # noqa: F811
+    """UnaspireThenImmediatelyReaspire: version 2 serves on unaspired beside the failed 3; removing 3 asks for 2
+    again, a request TF Serving holds back, so 3 stays failed even when a good 3 is put back. A 4 is taken."""
+    server = servers(kind, config_path, max_load_retries=0)
+    base = _half_plus(config_path)
+    publish(base, 3, broken_copy_of(base / "2"))
+    wait_for(lambda: states(server.backend, "half_plus_latest")[0] == (3, "END", "DATA_LOSS"), 5, "version 3 failed")
+    shutil.rmtree(base / "3")
+    time.sleep(3 * POLL)
+    publish(base, 3, copy_of(base / "1"))
+    time.sleep(5 * POLL)
+    assert states(server.backend, "half_plus_latest") == [(3, "END", "DATA_LOSS"), (2, "AVAILABLE", "OK")]
+    assert _answer(server.backend) == 3.0
+    publish(base, 4, copy_of(base / "1"))
+    wait_for(lambda: _answer(server.backend) == 2.0, 5, "version 4 served")
+
+
 def test_a_load_retried_until_its_files_arrive_succeeds(kind, servers, config_path):  # noqa: F811
     """RetryOnLoadErrorFinallySucceeds: the version folder appears empty, its files land during the retries."""
     server = servers(kind, config_path, max_load_retries=20, load_retry_interval=0.1)

@@ -559,9 +559,14 @@ class ModelRuntime:
         """AspiredVersionsManager::ProcessAspiredVersionsRequest for one model."""
         name = model.config.name
         with self._lock:
+            if any(v in aspired and not h.aspired for v, h in model.harnesses.items()):
+                # ContainsAnyReaspiredVersions: a version kept serving though no longer aspired (availability
+                # preserved through a failed load) is asked for again. TF Serving holds the whole request back
+                # until that version is gone, which it never is while the failed one stays aspired: the failed
+                # version is not tried again under its number until a newer version comes.
+                return
             for version, harness in list(model.harnesses.items()):
                 if version in aspired:
-                    harness.aspired = True  # a kept version aspired again serves on
                     continue
                 harness.aspired = False
                 if harness.state in ("new", "error"):
