@@ -4,8 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# GATEWAY_BIND wins over HOST and PORT when it is set.
+GATEWAY_BIND ?= $(HOST):$(PORT)
+FLASK := $(BIN)/flask --app app
 
-.PHONY: venv run test lint format clean
+.PHONY: venv run test lint format clean export index check-models
 
 venv: $(VENV)/.installed
 
@@ -29,6 +32,20 @@ format: venv
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis test-artifacts
 
+# The gateway on the embedded backend, in the foreground; Ctrl-C stops it.
 run: venv
-	$(BIN)/flask --app app export-models --if-missing
-	GATEWAY_BIND=$(HOST):$(PORT) $(BIN)/gunicorn --config gunicorn.conf.py 'app:create_app()'
+	$(FLASK) export-models --if-missing
+	GATEWAY_BIND=$(GATEWAY_BIND) $(BIN)/gunicorn --config gunicorn.conf.py 'app:create_app()'
+
+# Write the demo servables into serving_models/ (those already there are kept).
+export: venv
+	$(FLASK) export-models --if-missing
+
+# Index a folder of photos as a new gallery version: make index DIR=path/to/photos [INDEX_ARGS=--all-faces]
+index: venv
+	@test -n "$(DIR)" || { echo "usage: make index DIR=path/to/photos [INDEX_ARGS=--all-faces]"; exit 2; }
+	$(FLASK) build-index $(INDEX_ARGS) "$(DIR)"
+
+# Check every servable against pipeline.toml; exits 1 on a misfit (CHECK_ARGS=--json for CI).
+check-models: venv
+	$(FLASK) check-models $(CHECK_ARGS)

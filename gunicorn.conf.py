@@ -21,6 +21,14 @@ accesslog = "-"
 errorlog = "-"
 
 
+def post_worker_init(worker):
+    """Open the backend as the worker boots and check the servables against the pipeline file: a misfit
+    stops the gateway here, with the reason in the log, instead of failing every request later."""
+    serving = getattr(worker.wsgi, "extensions", {}).get("serving")
+    if serving is not None:
+        serving.start()
+
+
 def child_exit(server, worker):
     """In multi-process metrics mode, drop a dead worker's live gauges."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -24,12 +24,6 @@ DEFAULT_RATE_LIMIT = "100/second;3000/minute"
 RATE_LIMIT_STORAGE_TIMEOUT = 0.25
 REDIS_TIMEOUT_PARAMETERS = ("socket_timeout", "socket_connect_timeout")
 MIN_API_KEY_LENGTH = 16
-PIPELINE_SERVABLES = (
-    "face_detection",
-    "twingan_latent_encoder",
-    "latent_search_model",
-    "ugatit_selfie2anime",
-)
 
 
 @dataclass(frozen=True)
@@ -54,8 +48,9 @@ class Settings:
     # a version not loaded yet; moving a label still waits for its version (docs/versions-and-labels.md).
     allow_labels_for_unavailable: bool = True
     async_workers: int = 8  # threads that run independent model calls concurrently
-    pipeline_servables: tuple[str, ...] = PIPELINE_SERVABLES  # what /readyz waits for
-    face_threshold: float = 0.7  # a face counts when its detector score is at least this
+    # The pipeline file (stages, servables, tensors); default: pipeline.toml beside model_config, else built-in.
+    pipeline_config: Path | None = None
+    face_threshold: float | None = None  # overrides the pipeline file's [detect] threshold when set
     max_pixels: int = 50_000_000  # larger photos are refused with 413
     max_upload_bytes: int = 20 * 1024 * 1024  # larger request bodies are refused with 413
     default_k: int = 5  # gallery matches when the request does not say
@@ -80,7 +75,7 @@ class Settings:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must not be negative")
         if self.timeout == 0:
             raise ValueError(f"{ENV_PREFIX}TIMEOUT must be positive")
-        if not 0 <= self.face_threshold <= 1:
+        if self.face_threshold is not None and not 0 <= self.face_threshold <= 1:
             raise ValueError(f"{ENV_PREFIX}FACE_THRESHOLD must be between 0 and 1")
         if self.max_pixels < 1 or self.max_upload_bytes < 1 or not 1 <= self.default_k <= 100:
             raise ValueError(
@@ -123,6 +118,10 @@ class Settings:
             check_api_key(key, f"{ENV_PREFIX}API_KEYS")
         if self.api_keys_file is not None:
             read_api_keys_file(self.api_keys_file)
+
+    def pipeline_path(self) -> Path:
+        """Where the pipeline file is read from: GATEWAY_PIPELINE_CONFIG, else pipeline.toml beside model_config."""
+        return self.pipeline_config or Path(self.model_config).parent / "pipeline.toml"
 
     def all_api_keys(self) -> tuple[str, ...]:
         """The keys that open /api/: ``api_keys`` and those in ``api_keys_file``. Empty: the API is open."""
@@ -191,6 +190,8 @@ def read_api_keys_file(path: Path) -> tuple[str, ...]:
 def _coerce(name: str, annotation: Any, raw: str) -> Any:
     kind = str(annotation)
     raw = raw.strip()
+    if not raw and kind.endswith("| None"):
+        return None
     try:
         if kind.startswith("bool"):
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):

@@ -26,11 +26,14 @@ that turns either into a ``GatewayError``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
+
+log = logging.getLogger(__name__)
 
 
 class GatewayError(Exception):
@@ -151,9 +154,61 @@ _STATUS_TABLE: tuple[tuple[grpc.StatusCode, re.Pattern[str] | None, type[Gateway
 )
 
 
+# Statuses a graph raises about what it was fed: the client gets TensorFlow's sentence, not its op trace.
+_MODEL_SENTENCE_CODES = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE,
+)
+_NODE_SUFFIX = re.compile(r"^\[\[\{\{node [^}]*\}\}(?: = [^\]]*)?\]\]$|^\[\[.*\]\]$")
+_TRACE_HEAD = re.compile(r"^(Detected at node .* defined at \(most recent call last\):|Graph execution error:)$")
+_ROOT_ERROR = re.compile(r"^\(\d+\) (?:[A-Z_]+: )?")
+_ASSERTION = re.compile(r"^assertion failed: (.*)$")
+
+
+def model_sentence(message: str) -> str:
+    """The sentence TensorFlow wrote about a failed op, without the op-location preamble and node suffix.
+
+    A graph run through TensorFlow's Python session prefixes "Graph execution error:" and a
+    "Detected at node ... defined at (most recent call last):" trace; both it and TF Serving's C++
+    session end with "[[{{node TopKV2}}]]". What is left is, e.g., "input must have at least k
+    columns. Had 50, needed 60". ``tf.debugging.assert_*`` messages lose their brackets.
+    """
+    kept: list[str] = []
+    in_trace = False
+    lines = [line.strip() for line in message.splitlines()]
+    for line in lines:
+        if not line or _NODE_SUFFIX.match(line) or line.startswith(("Additional GRPC error information", "[Op:")):
+            continue
+        if _TRACE_HEAD.match(line):
+            in_trace = line != "Graph execution error:"
+            continue
+        if in_trace:
+            in_trace = not line.startswith("Node: ")  # the trace ends with the node's name
+            continue
+        if line.startswith(("Node: ", "Errors may have originated from an input operation", "0 successful operations")):
+            continue
+        if line[0].isdigit() and "root error(s) found" in line:
+            continue
+        kept.append(_ROOT_ERROR.sub("", line))
+    if not kept:  # an unexpected layout: the last line that is not a node suffix
+        kept = [line for line in lines if line and not _NODE_SUFFIX.match(line)][-1:] or [message.strip()]
+    sentence = kept[0]
+    assertion = _ASSERTION.match(sentence)
+    if assertion:
+        parts = [part.strip() for part in re.findall(r"\[([^\[\]]*)\]", assertion.group(1))]
+        sentence = " ".join(part for part in parts if part) or sentence
+    return sentence
+
+
 def from_serving_status(code: grpc.StatusCode, message: str, *, servable: str = "") -> GatewayError:
     """Translate a TF Serving status (code + message) into the matching GatewayError."""
     prefix = f"{servable}: " if servable else ""
+    if code in _MODEL_SENTENCE_CODES:
+        sentence = model_sentence(message)
+        if sentence != message.strip():
+            log.info("%s%s: %s", prefix, code.name, message)  # the whole text stays in the log
+        message = sentence
     for status, pattern, error_class in _STATUS_TABLE:
         if status == code and (pattern is None or pattern.search(message)):
             return error_class(f"{prefix}{message}")

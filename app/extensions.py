@@ -1,8 +1,9 @@
-"""Long-lived resources wired to the Flask app: the serving backend, created on first use in each process."""
+"""Long-lived resources wired to the Flask app: the pipeline file, and the serving backend created in each process."""
 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 
@@ -12,7 +13,11 @@ from app.config import Settings
 from app.errors import GatewayError, ServingUnavailable
 from app.metrics import GatewayMetrics, InstrumentedBackend
 from app.pipeline import Pipeline
+from app.pipeline_check import PipelineMisfit, check_pipeline, misfits_of
+from app.pipeline_config import PipelineConfig, load_pipeline_config
 from app.serving.base import Backend
+
+log = logging.getLogger(__name__)
 
 
 def create_backend(settings: Settings) -> Backend:
@@ -44,11 +49,20 @@ def create_backend(settings: Settings) -> Backend:
 
 
 class Serving:
-    """Owns one Backend per process. It is opened lazily, so a gunicorn worker opens its own after the fork."""
+    """Owns the pipeline file and one Backend per process.
+
+    The pipeline file is read when the app is made (a bad file stops it there). The backend
+    is opened lazily, so a gunicorn worker opens its own after the fork; ``start()`` opens it
+    at once and checks the servables against the pipeline file (gunicorn.conf.py calls it
+    when a worker boots).
+    """
 
     def __init__(self, settings: Settings, metrics: GatewayMetrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.pipeline_config: PipelineConfig = load_pipeline_config(
+            settings.pipeline_path(), required=settings.pipeline_config is not None
+        )
         self._backend: Backend | None = None
         self._pid: int | None = None
         self._failure: str | None = None  # why this process's backend did not start
@@ -85,11 +99,30 @@ class Serving:
             if self._pipeline is None or self._pipeline.backend is not backend:
                 self._pipeline = Pipeline(
                     backend,
+                    self.pipeline_config,
                     threshold=self.settings.face_threshold,
                     max_pixels=self.settings.max_pixels,
                     timeout=self.settings.timeout,
                 )
             return self._pipeline
+
+    def start(self) -> None:
+        """Open the backend now and check every stage's servable; a misfit raises PipelineMisfit.
+
+        Servables that cannot be asked yet (TF Serving still starting) are logged and checked
+        later, when a request first reaches them.
+        """
+        reports = check_pipeline(self.backend, self.pipeline_config)
+        misfits = misfits_of(reports)
+        if misfits:
+            raise PipelineMisfit(self.pipeline_config.source, misfits)
+        waiting = {name: report.unreachable for name, report in reports.items() if report.unreachable}
+        for name, reason in waiting.items():
+            log.warning("stage %s not checked yet (its servable cannot be asked: %s)", name, reason)
+        log.info(
+            "pipeline %s: %s", self.pipeline_config.source,
+            ", ".join(f"{name}={stage.servable}" for name, stage in self.pipeline_config.items()),
+        )  # fmt: skip
 
     def close(self) -> None:
         with self._lock:

@@ -161,27 +161,57 @@ def encode_png(image: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def image_size_of(spec: TensorSpec) -> tuple[int, int]:
-    """(height, width) a [batch, height, width, channels] image input wants; a clear error when not fixed."""
-    if spec.shape is None or len(spec.shape) != 4 or spec.shape[1] is None or spec.shape[2] is None:
-        raise ValueError(f"input {spec.name!r} must have a known [batch, height, width, channels] shape")
-    return int(spec.shape[1]), int(spec.shape[2])
+def image_size_of(spec: TensorSpec, size: Sequence[int] | None = None) -> tuple[int, int]:
+    """(height, width) an image input wants: the spec's fixed size, else ``size`` (from the pipeline file)."""
+    shape = spec.shape
+    if shape is not None and len(shape) == 4 and shape[1] is not None and shape[2] is not None:
+        return int(shape[1]), int(shape[2])
+    if size is not None:
+        return int(size[0]), int(size[1])
+    raise ValueError(f"input {spec.name!r} must have a known [batch, height, width, channels] shape")
 
 
-def model_input(images: Sequence[np.ndarray], spec: TensorSpec, value_range: tuple[float, float]) -> np.ndarray:
-    """A batch for an image input: resized to the spec's height and width, in its dtype and value range."""
-    batch = np.stack([resize(image, image_size_of(spec)) for image in images])
+def model_input(
+    images: Sequence[np.ndarray],
+    spec: TensorSpec,
+    value_range: tuple[float, float] = (0.0, 255.0),
+    *,
+    channels: str = "RGB",
+    size: Sequence[int] | None = None,
+    keep_size: bool = False,
+) -> np.ndarray:
+    """A batch for an image input [N, H, W, 3]: resized, in its channel order, dtype and value range.
+
+    The size is the spec's own when it fixes one, else ``size``; with ``keep_size`` (a detector
+    that takes any size) a single image goes as it is when neither fixes one. uint8 inputs get
+    the pixels; float inputs get 0..255 mapped onto ``value_range``.
+    """
+    if keep_size and len(images) == 1 and not _fixed(spec) and size is None:
+        batch = np.asarray(images[0])[np.newaxis]
+    else:
+        batch = np.stack([resize(image, image_size_of(spec, size)) for image in images])
+    if channels == "BGR":
+        batch = batch[..., ::-1]
     if spec.dtype == np.uint8:
-        return batch
+        return np.ascontiguousarray(batch)
     low, high = value_range
     return (batch.astype(np.float32) * ((high - low) / 255.0) + low).astype(spec.dtype)
 
 
-def model_output_image(values: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+def _fixed(spec: TensorSpec) -> bool:
+    shape = spec.shape
+    return shape is not None and len(shape) == 4 and shape[1] is not None and shape[2] is not None
+
+
+def model_output_image(
+    values: np.ndarray, value_range: tuple[float, float] = (0.0, 255.0), *, channels: str = "RGB"
+) -> np.ndarray:
     """An image output [H, W, 3] (float in value_range, or uint8) as RGB uint8 pixels."""
     values = np.asarray(values)
+    if channels == "BGR":
+        values = values[..., ::-1]
     if values.dtype == np.uint8:
-        return values
+        return np.ascontiguousarray(values)
     low, high = value_range
     pixels = (values.astype(np.float32) - low) * (255.0 / (high - low))
     return np.clip(pixels + 0.5, 0, 255).astype(np.uint8)

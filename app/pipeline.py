@@ -1,33 +1,37 @@
 """The portrait pipeline over any backend: decode -> detect -> crop -> {encode -> search} || {translate}.
 
 No Flask here: views turn requests into calls of :class:`Pipeline` and its results
-into pages or JSON. Sizes, dtypes and value ranges come from each servable's
-metadata (read once per resolved version and cached by the backend) and from the
-stage table in ``app.stages``, not from constants in this file.
+into pages or JSON. What each stage calls, and how it is fed, comes from the
+pipeline file (``app.pipeline_config``); sizes, dtypes and shapes come from each
+servable's metadata (read once per resolved version and cached by the backend),
+and each newly seen version is checked against its stage (``app.pipeline_check``)
+before it is used. The pipeline tolerates what real exports look like: outputs with
+or without a leading batch dimension, a count that is a scalar, ``[1]`` or absent,
+fixed batch 1, float or uint8 images, latents of any rank, strings as bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from app import images
-from app.errors import BadInput, NoFaceFound
-from app.serving.base import Backend, ModelRef, Served
-from app.stages import DEFAULT_STAGES, Stage
+from app.errors import BadInput, ModelFailure, NoFaceFound
+from app.pipeline_check import Misfit, PipelineMisfit, check_signature, fit_latent
+from app.pipeline_config import DEFAULT_PIPELINE, STAGE_NAMES, PipelineConfig, StageConfig
+from app.serving.base import Backend, ModelRef, Served, SignatureMetadata
 
 MAX_K = 100
-# Long side of the image the detector is sent: the detector letterboxes to 128 px
-# itself, so more pixels only cost transfer and resizing.
-DETECT_MAX_SIDE = 640
 # A JPEG is first decoded at a reduced scale with at least this long side (Pillow draft).
 DRAFT_MIN_SIDE = 800
+# Faces encoded per call when the encoder takes any batch (build-index).
+ENCODE_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -39,57 +43,49 @@ class Pin:
 
 
 Pins = Mapping[str, Pin]
-_PIN_PARAM = re.compile(r"^(?:(?P<stage>[a-z]+)_)?(?P<kind>version|label)$")
 
 
-def parse_pins(params: Mapping[str, str], stages: Mapping[str, Stage] = DEFAULT_STAGES) -> dict[str, Pin]:
-    """Pins from request parameters: ``version``/``label`` for every stage, ``<stage>_version``/``<stage>_label``
-    for one (e.g. ``?label=canary`` or ``?translate_version=3``). Unknown stages and bad values are a 400."""
-    every: dict[str, str] = {}
-    own: dict[str, dict[str, str]] = {}
-    for key, value in params.items():
-        match = _PIN_PARAM.match(key)
-        if match is None:
-            continue
-        stage = match["stage"]
-        if stage is None:
-            every[match["kind"]] = value
-        elif stage in stages:
-            own.setdefault(stage, {})[match["kind"]] = value
-        else:
-            raise BadInput(f"unknown stage {stage!r} in {key!r}; stages are {', '.join(stages)}")
-    # A stage's own parameters replace the all-stages ones for that stage.
-    chosen = {name: own.get(name, every) for name in stages if own.get(name, every)}
+def pins_from(values: Mapping[str, Any], stages: Sequence[str] = STAGE_NAMES) -> dict[str, Pin]:
+    """Pins from validated request parameters: ``version``/``label`` for every stage, ``<stage>_version`` /
+    ``<stage>_label`` for one (e.g. ``label=canary`` or ``translate_version=3``); a stage's own win."""
+    every = {kind: values.get(kind) for kind in ("version", "label")}
     pins = {}
-    for name, kinds in chosen.items():
-        if "version" in kinds and "label" in kinds:
-            raise BadInput(f"{name}: give a version or a label, not both")
-        version = kinds.get("version")
-        if version is not None and (
-            not (version.isascii() and version.isdigit()) or len(version) > 18 or not int(version)
-        ):
-            raise BadInput(f"{name}: version must be a positive integer, got {version[:40]!r}")
-        pin = Pin(version=int(version) if version is not None else None, label=kinds.get("label"))
-        stages[name].ref(version=pin.version, label=pin.label)  # validates the label's form
-        pins[name] = pin
+    for stage in stages:
+        own = {kind: values.get(f"{stage}_{kind}") for kind in ("version", "label")}
+        chosen = own if any(v is not None for v in own.values()) else every
+        if chosen["version"] is not None and chosen["label"] is not None:
+            raise BadInput(f"{stage}: give a version or a label, not both")
+        if any(v is not None for v in chosen.values()):
+            pins[stage] = Pin(version=chosen["version"], label=chosen["label"])
     return pins
 
 
 @dataclass(frozen=True)
 class Face:
-    """A detected face: box (ymin, xmin, ymax, xmax) normalised to the photo, and its score."""
+    """A detected face: box (ymin, xmin, ymax, xmax) normalised to the photo, its score, and landmarks if given.
+
+    ``keypoints`` are (y, x) normalised to the photo, in the detector's own order (the demo
+    detector's: right eye, left eye, nose tip, mouth, right ear, left ear).
+    """
 
     box: tuple[float, float, float, float]
     score: float
+    keypoints: tuple[tuple[float, float], ...] | None = None
 
     def to_dict(self) -> dict:
-        return {"box": {"ymin": self.box[0], "xmin": self.box[1], "ymax": self.box[2], "xmax": self.box[3]},
-                "score": self.score}  # fmt: skip
+        body: dict[str, Any] = {
+            "box": {"ymin": self.box[0], "xmin": self.box[1], "ymax": self.box[2], "xmax": self.box[3]},
+            "score": self.score,
+        }
+        if self.keypoints is not None:
+            body["keypoints"] = [{"y": y, "x": x} for y, x in self.keypoints]
+        return body
 
 
 @dataclass(frozen=True)
 class Match:
-    """A gallery face near the query: its position in the gallery, its file name, its squared L2 distance."""
+    """A gallery face near the query: its position in the gallery, its file name, and its distance as the
+    search servable reports it (the demo's: squared L2)."""
 
     index: int
     filename: str
@@ -106,6 +102,20 @@ class Photo:
     pixels: np.ndarray
     original_size: tuple[int, int]  # (width, height)
     timings: dict[str, float] = field(default_factory=dict)
+    data: bytes | None = None  # the upload, to decode again at full resolution when a crop needs it
+    _full: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def reduced(self) -> bool:
+        return self.pixels.shape[1] < self.original_size[0]
+
+    def full_pixels(self, max_pixels: int) -> np.ndarray:
+        """The photo at full resolution (decoded again, once, if ``pixels`` is a reduced decode)."""
+        if not self.reduced or self.data is None:
+            return self.pixels
+        if self._full is None:
+            self._full = images.decode_image(self.data, max_pixels=max_pixels)
+        return self._full
 
 
 @dataclass
@@ -115,7 +125,8 @@ class PortraitResult:
     photo: Photo
     face: Face
     faces: list[Face]
-    crop: np.ndarray
+    crop: np.ndarray  # the face as shown: the translator's crop, else the encoder's
+    crops: dict[str, np.ndarray] = field(default_factory=dict)  # what each stage was fed, by stage
     matches: list[Match] | None = None
     anime: np.ndarray | None = None
     versions: dict[str, int] = field(default_factory=dict)
@@ -135,26 +146,47 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
 
 
+def _rows(stage: StageConfig, role: str, out: Mapping[str, np.ndarray], rank: int) -> np.ndarray:
+    """Output ``role`` of one call as ``rank`` dimensions: a leading batch dimension of one is dropped if present."""
+    alias = stage.outputs[role]
+    value = np.asarray(out[alias])
+    if value.ndim == rank + 1 and value.shape[0] == 1:
+        return value[0]
+    if value.ndim == rank:
+        return value
+    wanted = "[" + ", ".join("n" for _ in range(rank)) + "]"
+    raise ModelFailure(
+        f"{stage.servable}: output {alias!r} ({role}) came back with shape {list(value.shape)}; "
+        f"the pipeline reads {wanted} or [1, ...{wanted[1:]}"
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 class Pipeline:
     """Runs the portrait stages over one backend. Thread-safe; one instance serves every request."""
 
     def __init__(
         self,
         backend: Backend,
-        stages: Mapping[str, Stage] = DEFAULT_STAGES,
+        config: PipelineConfig = DEFAULT_PIPELINE,
         *,
-        threshold: float = 0.7,
-        crop_scale: float = images.FACE_CROP_SCALE,
+        threshold: float | None = None,
         max_pixels: int = images.DEFAULT_MAX_PIXELS,
         timeout: float | None = None,
     ) -> None:
         self.backend = backend
-        self.stages = stages
-        self.threshold = threshold
-        self.crop_scale = crop_scale
+        self.config = config
+        self.stages = config  # reads like a mapping of stage name -> StageConfig
+        self.threshold = config.detect.threshold if threshold is None else threshold
         self.max_pixels = max_pixels
         self.timeout = timeout
         self._gallery_sizes: dict[tuple[str, int], int] = {}
+        # (servable, version, signature) -> misfits found when that version was first seen.
+        self._checked: dict[tuple[str, int, str], list[Misfit]] = {}
+        self._check_lock = threading.Lock()
 
     def _predict(
         self, stage: str, ref: ModelRef, inputs: Mapping[str, np.ndarray], model_timings: dict[str, float] | None
@@ -165,69 +197,114 @@ class Pipeline:
 
     def _ref(self, stage: str, pins: Pins | None, signature: str | None = None) -> ModelRef:
         pin = (pins or {}).get(stage, Pin())
-        return self.stages[stage].ref(version=pin.version, label=pin.label, signature=signature)
+        return self.config[stage].ref(version=pin.version, label=pin.label, signature=signature)
+
+    def _metadata(self, stage: str, pins: Pins | None) -> tuple[ModelRef, SignatureMetadata]:
+        """The ref of a stage's call and its signature, checked against the stage the first time a version is seen."""
+        ref = self._ref(stage, pins)
+        meta = self.backend.metadata(ref)
+        key = (ref.name, meta.version, ref.signature)
+        misfits = self._checked.get(key)
+        if misfits is None:
+            misfits = check_signature(stage, self.config[stage], meta)
+            with self._check_lock:
+                self._checked[key] = misfits
+        if misfits:
+            raise PipelineMisfit(self.config.source, [(stage, misfit) for misfit in misfits])
+        return ref, meta
+
+    def _feed(self, stage: StageConfig, spec: Any, pictures: Sequence[np.ndarray], **options: Any) -> np.ndarray:
+        feed = stage.image
+        return images.model_input(pictures, spec, feed.range, channels=feed.channels, size=feed.size, **options)
 
     # -- stages ------------------------------------------------------------------------------------
 
     def decode(self, data: bytes) -> Photo:
-        """Decode an upload; a large JPEG at a reduced scale (the crop is re-read at full size if it needs it)."""
+        """Decode an upload; a large JPEG at a reduced scale (a crop is re-read at full size if it needs it)."""
         started = time.perf_counter()
         pixels, original = images.decode_photo(
             data, max_pixels=self.max_pixels, draft_size=(DRAFT_MIN_SIDE, DRAFT_MIN_SIDE)
         )
-        return Photo(pixels, original, {"decode": time.perf_counter() - started})
+        return Photo(pixels, original, {"decode": time.perf_counter() - started}, data=data)
 
     def detect_faces(
         self, photo: Photo, pins: Pins | None = None, model_timings: dict[str, float] | None = None
     ) -> tuple[list[Face], int]:
         """Every face above the threshold, best first, and the detector version that answered."""
-        stage = self.stages["detect"]
-        ref = self._ref("detect", pins)
-        meta = self.backend.metadata(ref)
+        stage = self.config.detect
+        ref, meta = self._metadata("detect", pins)
         spec = meta.inputs[stage.inputs["image"]]
         pixels = photo.pixels
         long_side = max(pixels.shape[:2])
-        if long_side > DETECT_MAX_SIDE:
-            scale = DETECT_MAX_SIDE / long_side
-            size = (max(1, round(pixels.shape[0] * scale)), max(1, round(pixels.shape[1] * scale)))
-            pixels = images.resize(pixels, size)
-        if spec.shape is not None and spec.shape[1] is not None:  # a detector with a fixed input size
-            batch = images.model_input([pixels], spec, stage.value_range)
-        else:
-            batch = pixels[np.newaxis]
+        if long_side > stage.max_side:
+            scale = stage.max_side / long_side
+            pixels = images.resize(
+                pixels, (max(1, round(pixels.shape[0] * scale)), max(1, round(pixels.shape[1] * scale)))
+            )
+        batch = self._feed(stage, spec, [pixels], keep_size=True)
         out, served = self._predict("detect", ref, {stage.inputs["image"]: batch}, model_timings)
-        count = int(np.asarray(out[stage.outputs["count"]]).reshape(-1)[0])
-        boxes = np.asarray(out[stage.outputs["boxes"]])[0, :count]
-        scores = np.asarray(out[stage.outputs["scores"]])[0, :count]
-        faces = [
-            Face(tuple(float(v) for v in box), float(score))
-            for box, score in zip(boxes, scores, strict=True)
-            if score >= self.threshold
-        ]
+        boxes = _rows(stage, "boxes", out, 2).astype(np.float64, copy=False)
+        scores = _rows(stage, "scores", out, 1).astype(np.float64, copy=False)
+        count = len(scores)
+        if stage.outputs.get("count") is not None:
+            count = min(count, int(np.asarray(out[stage.outputs["count"]]).reshape(-1)[0]))
+        points = _rows(stage, "keypoints", out, 3) if stage.outputs.get("keypoints") is not None else None
+        if boxes.ndim != 2 or boxes.shape[-1] != 4 or len(boxes) < count:
+            raise ModelFailure(f"{stage.servable}: boxes came back as {list(boxes.shape)}, not [N, 4] for N scores")
+        boxes, scores = boxes[:count], scores[:count]
+        if stage.boxes.order == "xyxy":
+            boxes = boxes[:, [1, 0, 3, 2]]
+        if stage.boxes.units == "pixels":
+            height, width = batch.shape[1:3]
+            boxes = boxes / np.array([height, width, height, width], np.float64)
+            if points is not None:
+                points = points / np.array([height, width], np.float64)
+        faces = []
+        for i in range(count):
+            if scores[i] < self.threshold:
+                continue
+            landmarks = None
+            if points is not None and i < len(points):
+                landmarks = tuple((float(y), float(x)) for y, x in np.asarray(points[i]).reshape(-1, 2))
+            faces.append(Face(tuple(float(v) for v in boxes[i]), float(scores[i]), landmarks))
         faces.sort(key=lambda face: face.score, reverse=True)
         return faces, meta.version if served is None else served
 
-    def crop(self, photo: Photo, face: Face, data: bytes, needed_side: int) -> np.ndarray:
-        """The square face crop, from pixels fine enough for the stages after it.
+    def face_crop(self, stage_name: str, photo: Photo, face: Face, side: int) -> np.ndarray:
+        """What stage ``stage_name`` is fed of the face: the square box crop or the aligned chip.
 
-        When the photo was decoded at a reduced scale and the crop would hold fewer
-        pixels than ``needed_side``, the photo is decoded again at full resolution.
+        When the photo was decoded at a reduced scale and the face there holds fewer than
+        ``side`` pixels across, the crop is taken from the photo at full resolution.
         """
-        crop = images.crop_face(photo.pixels, face.box, self.crop_scale)
-        reduced = photo.pixels.shape[1] < photo.original_size[0]
-        if reduced and crop.shape[0] < needed_side:
-            full = images.decode_image(data, max_pixels=self.max_pixels)
-            crop = images.crop_face(full, face.box, self.crop_scale)
-        return crop
+        stage = self.config[stage_name]
+        aligned = getattr(stage, "crop", "box") == "aligned"
+        scale = getattr(stage, "crop_scale", images.FACE_CROP_SCALE)
+        pixels = photo.pixels
+        top, _, bottom, _ = images.face_square(face.box, *pixels.shape[:2], scale)
+        if photo.reduced and bottom - top < side:
+            pixels = photo.full_pixels(self.max_pixels)
+        if aligned:
+            if face.keypoints is None:
+                raise PipelineMisfit(
+                    self.config.source,
+                    [("encode", Misfit("detect.outputs", "the detector gave no keypoints for the aligned crop",
+                                       "set [detect.outputs] keypoints, or set [encode] crop = \"box\""))],
+                )  # fmt: skip
+            from app.alignment import aligned_face_chip  # OpenCV warp; only stages that ask for it pay
 
-    def _image_side(self, stage: str, pins: Pins | None) -> int:
-        spec = self.backend.metadata(self._ref(stage, pins)).inputs[self.stages[stage].inputs["image"]]
-        return max(images.image_size_of(spec))
+            return aligned_face_chip(pixels, np.asarray(face.keypoints, np.float64), size=side)
+        return images.crop_face(pixels, face.box, scale)
+
+    def _input_side(self, stage: str, pins: Pins | None) -> int:
+        """The long side of the image a stage's servable takes."""
+        config = self.config[stage]
+        _, meta = self._metadata(stage, pins)
+        return max(images.image_size_of(meta.inputs[config.inputs["image"]], config.image.size))
 
     def gallery_size(self, pins: Pins | None = None) -> int | None:
-        """How many faces the search servable holds (None if it has no size signature)."""
-        stage = self.stages["search"]
-        signature = stage.extra_signatures.get("size")
+        """How many faces the search servable holds (None if the pipeline file names no size signature)."""
+        stage = self.config.search
+        signature = stage.signatures.get("size")
         if signature is None:
             return None
         ref = self._ref("search", pins)
@@ -247,6 +324,65 @@ class Pipeline:
         if size is not None and k > size:
             raise BadInput(f"k={k} is larger than the gallery ({size} faces)")
 
+    def encode(
+        self, crops: Sequence[np.ndarray], pins: Pins | None = None, model_timings: dict[str, float] | None = None
+    ) -> np.ndarray:
+        """The latents of face crops, [N, *latent_shape] float32, in as few calls as the encoder's batch allows."""
+        stage = self.config.encode
+        ref, meta = self._metadata("encode", pins)
+        spec = meta.inputs[stage.inputs["image"]]
+        batch_size = ENCODE_BATCH if spec.shape is None or spec.shape[0] is None else int(spec.shape[0])
+        latents = []
+        for start in range(0, len(crops), batch_size):
+            chunk = crops[start : start + batch_size]
+            out = self._predict("encode", ref, {stage.inputs["image"]: self._feed(stage, spec, chunk)}, model_timings)
+            value = np.asarray(out.outputs[stage.outputs["latent"]], dtype=np.float32)
+            if len(chunk) == 1:
+                # One face: a leading batch dimension of one, if there is one, is not part of the latent.
+                latents.append(value[0] if value.ndim >= 2 and value.shape[0] == 1 else value)
+            elif value.ndim >= 2 and value.shape[0] == len(chunk):
+                latents.extend(value)
+            else:
+                raise ModelFailure(
+                    f"{stage.servable}: {len(chunk)} faces gave a latent of shape {list(value.shape)}; "
+                    "a batch of faces must give one latent each"
+                )
+        return np.stack(latents)
+
+    def search(
+        self, latent: np.ndarray, k: int, pins: Pins | None = None, model_timings: dict[str, float] | None = None
+    ) -> tuple[list[Match], int]:
+        """The k nearest gallery faces to one face's latent, and the search servable version that answered."""
+        stage = self.config.search
+        ref, meta = self._metadata("search", pins)
+        latent_spec, k_spec = meta.inputs[stage.inputs["latent"]], meta.inputs[stage.inputs["k"]]
+        try:
+            query = fit_latent(latent, latent_spec).astype(latent_spec.dtype, copy=False)
+        except ValueError as exc:
+            raise PipelineMisfit(
+                self.config.source,
+                [("search", Misfit("search.inputs", str(exc), "index the gallery with the encoder the pipeline uses"))],
+            ) from exc
+        k_value = np.asarray(k, dtype=k_spec.dtype)
+        if k_spec.shape is not None and len(k_spec.shape) == 1:
+            k_value = k_value.reshape(1)
+        out, version = self._predict(
+            "search", ref, {stage.inputs["latent"]: query, stage.inputs["k"]: k_value}, model_timings
+        )
+        if version is None:  # a backend that does not say which version answered
+            version = self.backend.metadata(ref).version
+        distances = _rows(stage, "distances", out, 1)
+        indices = _rows(stage, "indices", out, 1)
+        filenames = _rows(stage, "filenames", out, 1)
+        if not len(distances) == len(indices) == len(filenames):
+            raise ModelFailure(
+                f"{stage.servable}: {len(distances)} distances, {len(indices)} indices and {len(filenames)} file names"
+            )
+        matches = [
+            Match(int(i), _text(name), float(d)) for i, name, d in zip(indices, filenames, distances, strict=True)
+        ]
+        return matches, version
+
     def encode_and_search(
         self,
         crop: np.ndarray,
@@ -256,37 +392,22 @@ class Pipeline:
         model_timings: dict[str, float] | None = None,
     ) -> tuple[list[Match], int]:
         """The k nearest gallery faces to the crop, and the search servable version that answered."""
-        encode, search = self.stages["encode"], self.stages["search"]
         with _timed(timings, "encode"):
-            ref = self._ref("encode", pins)
-            spec = self.backend.metadata(ref).inputs[encode.inputs["image"]]
-            batch = images.model_input([crop], spec, encode.value_range)
-            latent = self._predict("encode", ref, {encode.inputs["image"]: batch}, model_timings).outputs
-            latent = np.asarray(latent[encode.outputs["latent"]], dtype=np.float32)
+            latent = self.encode([crop], pins, model_timings)[0]
         with _timed(timings, "search"):
-            ref = self._ref("search", pins)
-            query = {search.inputs["latent"]: latent[:1], search.inputs["k"]: np.int32(k)}
-            out, version = self._predict("search", ref, query, model_timings)
-            if version is None:  # a backend that does not say which version answered
-                version = self.backend.metadata(ref).version
-        distances = np.asarray(out[search.outputs["distances"]])[0]
-        indices = np.asarray(out[search.outputs["indices"]])[0]
-        filenames = np.asarray(out[search.outputs["filenames"]])[0]
-        matches = [
-            Match(int(i), name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name), float(d))
-            for i, name, d in zip(indices, filenames, distances, strict=True)
-        ]
-        return matches, version
+            return self.search(latent, k, pins, model_timings)
 
     def translate(
         self, crop: np.ndarray, pins: Pins | None = None, model_timings: dict[str, float] | None = None
     ) -> np.ndarray:
-        stage = self.stages["translate"]
-        ref = self._ref("translate", pins)
-        spec = self.backend.metadata(ref).inputs[stage.inputs["image"]]
-        batch = images.model_input([crop], spec, stage.value_range)
-        out = self._predict("translate", ref, {stage.inputs["image"]: batch}, model_timings).outputs
-        return images.model_output_image(np.asarray(out[stage.outputs["image"]])[0], stage.value_range)
+        stage = self.config.translate
+        ref, meta = self._metadata("translate", pins)
+        spec = meta.inputs[stage.inputs["image"]]
+        out = self._predict("translate", ref, {stage.inputs["image"]: self._feed(stage, spec, [crop])}, model_timings)
+        image = _rows(stage, "image", out.outputs, 3)
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ModelFailure(f"{stage.servable}: the image came back as {list(image.shape)}, not [H, W, 3]")
+        return images.model_output_image(image, stage.image.range, channels=stage.image.channels)
 
     # -- whole runs --------------------------------------------------------------------------------
 
@@ -326,13 +447,15 @@ class Pipeline:
             raise NoFaceFound(f"no face found with a score of at least {self.threshold:g}")
         face = faces[0]
         with _timed(timings, "crop"):
-            needed = max(
-                [self._image_side(s, pins) for s, wanted in (("encode", search), ("translate", translate)) if wanted],
-                default=0,
-            )
-            crop = self.crop(photo, face, data, needed)
+            wanted = [name for name, on in (("encode", search), ("translate", translate)) if on]
+            crops = {name: self.face_crop(name, photo, face, self._input_side(name, pins)) for name in wanted}
+            shown = crops.get("translate")
+            if shown is None:  # the page shows the box crop; an aligned chip is the encoder's view only
+                shown = (
+                    crops["encode"] if self._crop_kind("encode") == "box" else images.crop_face(photo.pixels, face.box)
+                )
         result = PortraitResult(
-            photo=photo, face=face, faces=faces, crop=crop, timings=timings, model_timings=model_timings
+            photo=photo, face=face, faces=faces, crop=shown, crops=crops, timings=timings, model_timings=model_timings
         )
         beside = search or meanwhile is not None
         if translate and beside:
@@ -340,15 +463,18 @@ class Pipeline:
             # thread; the search branch waits for a thread of the backend's pool.
             branch = self.backend.submit(self._beside_translation, result, k, pins, search, meanwhile)
             try:
-                result.anime = self._timed_translate(crop, pins, timings, model_timings)
+                result.anime = self._timed_translate(crops["translate"], pins, timings, model_timings)
             finally:
                 branch.result()
         elif translate:
-            result.anime = self._timed_translate(crop, pins, timings, model_timings)
+            result.anime = self._timed_translate(crops["translate"], pins, timings, model_timings)
         elif beside:
             self._beside_translation(result, k, pins, search, meanwhile)
         timings["total"] = time.perf_counter() - started
         return result
+
+    def _crop_kind(self, stage: str) -> str:
+        return getattr(self.config[stage], "crop", "box")
 
     def _beside_translation(
         self,
@@ -360,7 +486,7 @@ class Pipeline:
     ) -> None:
         if search:
             result.matches, result.versions["search"] = self.encode_and_search(
-                result.crop, k, pins, result.timings, result.model_timings
+                result.crops["encode"], k, pins, result.timings, result.model_timings
             )
         if meanwhile is not None:
             result.meanwhile = meanwhile(result)

@@ -174,7 +174,7 @@ def presented_key(req: Request) -> str | None:
 
 
 def _render_unauthorized(error: Unauthorized) -> ResponseReturnValue:
-    from app import render_error
+    from app.views.errors import render_error
 
     body, status, headers = render_error(error)  # type: ignore[misc]
     challenge = f'Bearer realm="{REALM}"'
@@ -278,7 +278,7 @@ class ClientRateLimit:
         return response
 
     def render_exceeded(self, exc: RateLimitExceeded) -> ResponseReturnValue:
-        from app import render_error
+        from app.views.errors import render_error
 
         limit = self.limiter.current_limit
         wait = max(1, math.ceil(limit.reset_at - time.time())) if limit is not None else 1

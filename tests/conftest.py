@@ -80,6 +80,7 @@ def shared_backend(request: pytest.FixtureRequest, tmp_path_factory, exported_mo
 # -- the demo servables (exported once per session) and apps over them ------------------------------
 
 PIPELINE_CONFIG = Path(__file__).resolve().parent.parent / "serving_models.config"
+PIPELINE_FILE = PIPELINE_CONFIG.parent / "pipeline.toml"
 
 
 @pytest.fixture(scope="session")
@@ -95,10 +96,12 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def demo_serving_dir(root: Path, demo_root: Path) -> Path:
-    """The shipped serving_models.config beside a private copy of the demo servables; returns the config."""
+    """The shipped serving_models.config and pipeline.toml beside a private copy of the demo servables;
+    returns the config."""
     shutil.copytree(demo_root, root / "serving_models")
     config = root / "serving_models.config"
     shutil.copy(PIPELINE_CONFIG, config)
+    shutil.copy(PIPELINE_FILE, root / "pipeline.toml")
     return config
 
 

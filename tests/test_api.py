@@ -231,14 +231,21 @@ def test_models_show_labels_and_a_label_pin_serves(make_app, tmp_path, demo_root
     assert response.json["gallery_version"] == 1
 
 
-def test_models_name_an_unknown_servable_without_failing(make_app):
-    client = make_app(pipeline_servables=("face_detection", "no_such_model")).test_client()
+def test_models_name_an_unknown_servable_without_failing(make_app, tmp_path):
+    pipeline_file = tmp_path / "pipeline.toml"
+    pipeline_file.write_text('[translate]\nservable = "no_such_model"\n', encoding="utf-8")
+    client = make_app(pipeline_config=pipeline_file).test_client()
     response = client.get("/api/v1/models")
     assert response.status_code == 200
     servables = {entry["name"]: entry for entry in response.json["servables"]}
     assert servables["face_detection"]["versions"][0]["state"] == "AVAILABLE"
     assert servables["no_such_model"]["error"]["code"] == "unknown_model"
     assert "versions" not in servables["no_such_model"]
+    stages = response.json["pipeline"]["stages"]
+    assert stages["detect"]["fits"] is True
+    assert stages["translate"]["fits"] is False
+    assert stages["translate"]["misfits"][0]["key"] == "translate"
+    assert "no_such_model" in stages["translate"]["misfits"][0]["problem"]
 
 
 def test_models_while_serving_is_down_name_the_error(client, double):

@@ -8,20 +8,23 @@ import pytest
 
 from app import create_app
 from app.config import PROJECT_ROOT, Settings
+from app.pipeline_config import load_pipeline_config
 from app.serving.model_config import load_model_config
 
 
 def test_settings_defaults_env_and_overrides():
     settings = Settings.load(
         {"timeout": 2.5, "GATEWAY_BACKEND": "grpc"},
-        environ={"GATEWAY_MAX_ATTEMPTS": "5", "GATEWAY_WARMUP": "off", "GATEWAY_PIPELINE_SERVABLES": "a, b"},
+        environ={"GATEWAY_MAX_ATTEMPTS": "5", "GATEWAY_WARMUP": "off", "GATEWAY_PIPELINE_CONFIG": "/etc/p.toml"},
     )
     assert settings.timeout == 2.5
     assert settings.backend == "grpc"
     assert settings.max_attempts == 5
     assert settings.warmup is False
-    assert settings.pipeline_servables == ("a", "b")
-    assert Settings.load(environ={}).backend == "local"
+    assert settings.pipeline_path() == Path("/etc/p.toml")
+    defaults = Settings.load(environ={})
+    assert defaults.backend == "local"
+    assert defaults.pipeline_path() == defaults.model_config.parent / "pipeline.toml"
 
 
 @pytest.mark.parametrize(
@@ -46,7 +49,8 @@ def test_unknown_override_is_refused():
 
 def test_shipped_model_config_parses_and_names_the_pipeline():
     config = load_model_config(PROJECT_ROOT / "serving_models.config", check_paths=False)
-    assert set(config.names) == set(Settings().pipeline_servables)
+    pipeline = load_pipeline_config(Settings().pipeline_path(), required=True)
+    assert set(config.names) == set(pipeline.servables)
     assert all(s.configured_base_path.startswith("/models/") for s in config.servables)
 
 
@@ -82,18 +86,31 @@ def test_healthz(app_over):
     assert response.json == {"status": "ok"}
 
 
-def test_readyz_when_every_servable_is_available(app_over):
-    client = app_over(pipeline_servables=("half_plus", "words")).test_client()
+def _pipeline_file(tmp_path: Path, **servables: str) -> Path:
+    path = tmp_path / "pipeline.toml"
+    path.write_text("".join(f'[{stage}]\nservable = "{name}"\n' for stage, name in servables.items()), "utf-8")
+    return path
+
+
+def test_readyz_when_every_servable_is_available_but_does_not_fit(app_over, tmp_path):
+    """Available is not enough: the test servables are up, but none has the tensors its stage needs."""
+    pipeline = _pipeline_file(tmp_path, detect="half_plus", encode="words", search="words", translate="half_plus")
+    client = app_over(pipeline_config=pipeline).test_client()
     response = client.get("/readyz")
-    assert response.status_code == 200
-    assert response.json["servables"]["half_plus"] == {"available": True, "versions": [1, 2]}
+    assert response.status_code == 503
+    assert response.json["servables"]["half_plus"] == {"available": True, "versions": [2, 1]}  # newest first
+    assert response.json["servables"]["words"]["available"] is True
+    assert any(line.startswith("detect: [detect.inputs] image = 'input_images'") for line in response.json["misfits"])
 
 
-def test_readyz_names_what_is_missing(app_over):
-    client = app_over(pipeline_servables=("half_plus", "face_detection")).test_client()
+def test_readyz_names_what_is_missing(app_over, tmp_path):
+    # No servable of the test config is called face_detection, the detect stage's default.
+    pipeline = _pipeline_file(tmp_path, encode="half_plus", search="half_plus", translate="half_plus")
+    client = app_over(pipeline_config=pipeline).test_client()
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.headers["Retry-After"]
+    assert set(response.json["servables"]) == {"face_detection", "half_plus"}
     assert response.json["servables"]["face_detection"]["available"] is False
     assert "face_detection" in response.json["servables"]["face_detection"]["error"]
     assert response.json["servables"]["half_plus"]["available"] is True

@@ -67,15 +67,19 @@ def test_photo_operations_document_inputs_and_errors(document):
         body = _resolve(document, operation["requestBody"])
         assert body["required"] is True
         assert set(body["content"]) == {"multipart/form-data", "image/jpeg", "image/png", "image/webp", "image/bmp"}
-        assert body["content"]["multipart/form-data"]["schema"]["required"] == ["image_file"]
+        form = body["content"]["multipart/form-data"]["schema"]
+        assert form["required"] == ["image_file"]
         names = {_resolve(document, p)["name"] for p in operation["parameters"]}
         assert {"version", "label", "detect_version", "detect_label"} <= names
+        # The same parameters may come as form fields beside the photo.
+        assert set(form["properties"]) == names | {"image_file"}
         assert {"400", "404", "413", "415", "503", "504"} <= set(operation["responses"])
         assert "Server-Timing" in operation["responses"]["200"]["headers"]
     assert "422" in document["paths"]["/api/v1/search"]["post"]["responses"]
     assert "422" not in document["paths"]["/api/v1/detect"]["post"]["responses"]
-    k = _resolve(document, {"$ref": "#/components/parameters/k"})["schema"]
-    assert (k["minimum"], k["maximum"]) == (1, 100)
+    search = document["paths"]["/api/v1/search"]["post"]
+    k = next(p for p in search["parameters"] if p["name"] == "k")["schema"]
+    assert (k["minimum"], k["maximum"], k["default"]) == (1, 100, 5)
     error = document["components"]["schemas"]["Error"]
     assert error["properties"]["error"]["required"] == ["code", "message"]
     unavailable = document["components"]["responses"]["ServingUnavailable"]

@@ -11,28 +11,28 @@ import base64
 import logging
 from collections.abc import Mapping
 
-from flask import Blueprint, Response, current_app, jsonify, request, send_file, url_for
+from flask import Blueprint, Response, current_app, jsonify, request, send_file
 from flask.typing import ResponseReturnValue
 
 from app import images
-from app.errors import BadInput, GatewayError, ServingUnavailable
+from app.errors import GatewayError, ServingUnavailable
 from app.extensions import serving
 from app.modelzoo.cli import servable_root
-from app.serving.base import VersionStatus
+from app.pipeline_check import check_pipeline
+from app.serving.base import Backend, VersionStatus
 from app.serving.model_config import ModelConfigError, load_model_config
-from app.stages import DEFAULT_STAGES
 from app.thumbnails import GalleryThumbnails
 from app.views import openapi
 from app.views.common import (
+    k_of,
     pipeline,
-    read_k,
-    read_pins,
-    read_upload,
+    read_photo_request,
     result_json,
     server_timing,
     settings,
     timings_ms,
 )
+from app.views.params import DetectParams, GalleryParams, NoParams, SearchParams, TranslateParams, read_params
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +48,17 @@ _LATEST_CACHE = "public, max-age=60"
 @bp.post("/search")
 def search() -> ResponseReturnValue:
     """The k gallery faces nearest to the best face of the photo, each with a thumbnail URL."""
-    # The query first: a bad parameter is refused before the photo is read.
-    k, pins, with_images = read_k(request.args), read_pins(request.args), _flag("images")
-    result = pipeline().run(read_upload(request, allow_raw_body=True), k=k, pins=pins, translate=False)
-    body = result_json(result, with_images=with_images)
-    version = result.versions["search"]
-    for match in body["matches"]:
-        match["thumbnail_url"] = url_for(".gallery_thumbnail", name=match["filename"], version=version)
-    return _timed(jsonify(body), result.timings)
+    data, params = read_photo_request(SearchParams, request, allow_raw_body=True)
+    result = pipeline().run(data, k=k_of(params), pins=params.pins(), translate=False)
+    return _timed(jsonify(result_json(result, with_images=params.images)), result.timings)
 
 
 @bp.post("/translate")
 def translate() -> ResponseReturnValue:
     """The anime version of the best face: a PNG, or JSON with it in base64 when the client asks for JSON."""
-    pins, as_json = read_pins(request.args), _translation_as_json()
-    result = pipeline().run(read_upload(request, allow_raw_body=True), pins=pins, search=False)
+    data, params = read_photo_request(TranslateParams, request, allow_raw_body=True)
+    as_json = _translation_as_json(params.format)
+    result = pipeline().run(data, pins=params.pins(), search=False)
     png = images.encode_png(result.anime)
     if as_json:
         body = result_json(result, with_images=False)
@@ -78,8 +74,8 @@ def translate() -> ResponseReturnValue:
 @bp.post("/detect")
 def detect() -> ResponseReturnValue:
     """Every face above the threshold, best first; a photo with no face is an empty list, not an error."""
-    pins = read_pins(request.args)
-    photo, faces = pipeline().find_faces(read_upload(request, allow_raw_body=True), pins)
+    data, params = read_photo_request(DetectParams, request, allow_raw_body=True)
+    photo, faces = pipeline().find_faces(data, params.pins())
     body = {
         "faces": [face.to_dict() for face in faces],
         "image": {"width": photo.original_size[0], "height": photo.original_size[1]},
@@ -90,14 +86,21 @@ def detect() -> ResponseReturnValue:
 
 @bp.get("/models")
 def models() -> ResponseReturnValue:
-    """Each pipeline servable with its versions, their states and the version labels; a failing one names its error."""
+    """Each pipeline servable with its versions, their states and the version labels; a failing one names its error.
+
+    Also the pipeline file's wiring, stage by stage, and whether each stage's servable fits it.
+    """
+    read_params(NoParams, request)
     try:
         backend = serving().backend
     except (ValueError, OSError) as exc:  # e.g. a broken serving_models.config for the local backend
         raise ServingUnavailable(f"the serving backend cannot start: {exc}", retry_after=5) from exc
-    labels = _configured_labels()
+    # The labels in force and a refused config, when the server can tell (the embedded one can; TF Serving only logs).
+    state = backend.config_state()
+    labels = state.labels if state is not None else _configured_labels()
+    config = serving().pipeline_config
     servables = []
-    for name in settings().pipeline_servables:
+    for name in config.servables:
         entry = {"name": name, "labels": dict(labels.get(name, {}))}
         try:
             statuses = backend.model_status(name)
@@ -106,14 +109,17 @@ def models() -> ResponseReturnValue:
         else:
             entry["versions"] = [_version_dict(status, entry["labels"]) for status in statuses]
         servables.append(entry)
-    return jsonify(servables=servables)
+    body = {"servables": servables, "pipeline": _pipeline_report(backend)}
+    if state is not None:  # refused: why the newest serving_models.config is not in force (the previous one serves)
+        body["model_config"] = {"refused": state.refused}
+    return jsonify(body)
 
 
 # merge_slashes=False: "//etc/passwd" is a 404 here, not a redirect to a name that looks relative.
 @bp.get("/gallery/<path:name>", merge_slashes=False)
 def gallery_thumbnail(name: str) -> ResponseReturnValue:
     """The thumbnail JPEG of a gallery face, found by the name the index lists (never a path built from it)."""
-    version = _positive_int("version")
+    version = read_params(GalleryParams, request).version
     response = send_file(thumbnails().path(name, version), mimetype="image/jpeg", conditional=True)
     response.headers["Cache-Control"] = _LATEST_CACHE if version is None else _PINNED_CACHE
     response.headers["X-Content-Type-Options"] = "nosniff"
@@ -122,6 +128,7 @@ def gallery_thumbnail(name: str) -> ResponseReturnValue:
 
 @bp.get("/openapi.json")
 def openapi_document() -> ResponseReturnValue:
+    read_params(NoParams, request)
     return jsonify(openapi.document(settings()))
 
 
@@ -129,7 +136,7 @@ def thumbnails() -> GalleryThumbnails:
     """This app's gallery thumbnails, opened on first use (their index files are cached per version)."""
     found = current_app.extensions.get(_THUMBNAILS)
     if found is None:
-        base = servable_root(settings()) / DEFAULT_STAGES["search"].servable
+        base = servable_root(settings()) / serving().pipeline_config.search.servable
         # setdefault: two first requests at once still share one instance.
         found = current_app.extensions.setdefault(_THUMBNAILS, GalleryThumbnails(base))
     return found
@@ -143,31 +150,9 @@ def _timed(response: Response, timings: Mapping[str, float]) -> Response:
     return response
 
 
-def _flag(name: str) -> bool:
-    raw = request.args.get(name, "0").strip().lower()
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise BadInput(f"{name} must be 1 or 0 (true or false), got {raw[:20]!r}")
-
-
-def _positive_int(name: str) -> int | None:
-    raw = request.args.get(name)
-    if raw is None:
-        return None
-    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < 1:
-        raise BadInput(f"{name} must be a positive integer, got {raw[:40]!r}")
-    return int(raw)
-
-
-def _translation_as_json() -> bool:
-    """``?format=json|png`` wins; otherwise the Accept header, with PNG for clients that accept anything."""
-    chosen = request.args.get("format")
+def _translation_as_json(chosen: str | None) -> bool:
+    """``format=json|png`` wins; otherwise the Accept header, with PNG for clients that accept anything."""
     if chosen is not None:
-        if chosen not in ("json", "png"):
-            raise BadInput(f"format must be 'json' or 'png', got {chosen[:20]!r}")
         return chosen == "json"
     best = request.accept_mimetypes.best_match(["image/png", "application/json"], default="image/png")
     return best == "application/json"
@@ -193,3 +178,19 @@ def _version_dict(status: VersionStatus, labels: Mapping[str, int]) -> dict:
     if status.error_code != "OK":
         entry["error"] = {"code": status.error_code, "message": status.error_message}
     return entry
+
+
+def _pipeline_report(backend: Backend) -> dict:
+    """The pipeline file's wiring and, per stage, whether the servable's current version fits it."""
+    config = serving().pipeline_config
+    reports = check_pipeline(backend, config)
+    stages = {}
+    for name, stage in config.model_dump(mode="json").items():
+        report = reports[name]
+        stages[name] = {
+            **stage,
+            "fits": report.fits,
+            "misfits": [misfit.to_dict() for misfit in report.misfits],
+            **({"unchecked": report.unreachable} if report.unreachable else {}),
+        }
+    return {"source": config.source, "stages": stages}

@@ -1,4 +1,4 @@
-"""What the page and API views share: reading the upload, pinning servables, turning results into JSON."""
+"""What the page and API views share: reading the upload and its parameters, turning results into JSON."""
 
 from __future__ import annotations
 
@@ -7,17 +7,20 @@ import contextlib
 import socket
 import threading
 from collections.abc import Iterator, Mapping
+from typing import TypeVar
 
-from flask import Request, current_app
+from flask import Request, current_app, url_for
 from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
 
 from app import images
 from app.config import Settings
 from app.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
 from app.extensions import serving
-from app.pipeline import MAX_K, Pins, Pipeline, PortraitResult, parse_pins
+from app.pipeline import Match, Pipeline, PortraitResult
+from app.views.params import Params, read_params
 
 UPLOAD_FIELD = "image_file"
+P = TypeVar("P", bound=Params)
 
 
 def settings() -> Settings:
@@ -26,6 +29,22 @@ def settings() -> Settings:
 
 def pipeline() -> Pipeline:
     return serving().pipeline
+
+
+def read_photo_request(model: type[P], request: Request, *, allow_raw_body: bool = False) -> tuple[bytes, P]:
+    """The photo and the endpoint's parameters, from the query string and the multipart form fields alike.
+
+    The query string is checked first, so a bad parameter there is refused before the body is read.
+    """
+    read_params(model, request, form=False)
+    data = read_upload(request, allow_raw_body=allow_raw_body)
+    return data, read_params(model, request, ignore=(UPLOAD_FIELD,))
+
+
+def k_of(params: Params) -> int:
+    """The k a request asks for, or the configured default."""
+    k = getattr(params, "k", None)
+    return settings().default_k if k is None else k
 
 
 def read_upload(request: Request, *, allow_raw_body: bool = False) -> bytes:
@@ -115,21 +134,6 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def read_k(args: Mapping[str, str]) -> int:
-    raw = args.get("k")
-    if raw is None:
-        return settings().default_k
-    raw = raw.strip()
-    # isascii: "²".isdigit() is true but int("²") fails
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 4 or not 1 <= int(raw) <= MAX_K:
-        raise BadInput(f"k must be an integer between 1 and {MAX_K}, got {raw[:20]!r}")
-    return int(raw)
-
-
-def read_pins(args: Mapping[str, str]) -> Pins:
-    return parse_pins(args)
-
-
 def server_timing(timings: Mapping[str, float]) -> str:
     """A Server-Timing header value: each stage's duration in milliseconds."""
     return ", ".join(f"{stage};dur={seconds * 1000:.1f}" for stage, seconds in timings.items())
@@ -153,10 +157,21 @@ def result_json(result: PortraitResult, *, with_images: bool) -> dict:
         "timings_ms": timings_ms(result.timings),
     }
     if result.matches is not None:
-        body["matches"] = [match.to_dict() for match in result.matches]
-        body["gallery_version"] = result.versions.get("search")
+        version = result.versions.get("search")
+        body["matches"] = matches_json(result.matches, version)
+        body["gallery_version"] = version
     if with_images:
         body["crop_jpeg_base64"] = base64.b64encode(images.encode_jpeg(result.crop)).decode("ascii")
         if result.anime is not None:
             body["anime_png_base64"] = base64.b64encode(images.encode_png(result.anime)).decode("ascii")
     return body
+
+
+def thumbnail_url(match: Match, gallery_version: int | None) -> str:
+    """Where a match's thumbnail is served: by the name the gallery index lists, in the version that answered."""
+    return url_for("api.gallery_thumbnail", name=match.filename, version=gallery_version)
+
+
+def matches_json(matches: list[Match], gallery_version: int | None) -> list[dict]:
+    """Matches for a JSON body, each with the URL of its thumbnail."""
+    return [{**match.to_dict(), "thumbnail_url": thumbnail_url(match, gallery_version)} for match in matches]

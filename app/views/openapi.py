@@ -10,21 +10,20 @@ from typing import Any
 
 from app.config import Settings
 from app.images import ACCEPTED_FORMATS
-from app.pipeline import MAX_K
 from app.security import API_KEY_HEADER, REALM
-from app.stages import DEFAULT_STAGES
+from app.views.params import (
+    DetectParams,
+    GalleryParams,
+    Params,
+    SearchParams,
+    TranslateParams,
+    openapi_form_fields,
+    openapi_parameters,
+)
 
 OPENAPI_VERSION = "3.0.3"
 API_VERSION = "1.0.0"
-LABEL_PATTERN = "^[A-Za-z0-9_.-]{1,64}$"
-MAX_VERSION = 10**18 - 1  # versions are parsed from at most 18 digits
 IMAGE_TYPES = tuple(ACCEPTED_FORMATS.values())
-# The stages each photo endpoint calls, and so the ones its pins may name.
-STAGES_OF = {
-    "search": ("detect", "encode", "search"),
-    "translate": ("detect", "translate"),
-    "detect": ("detect",),
-}
 
 
 def document(settings: Settings) -> dict[str, Any]:
@@ -47,12 +46,10 @@ def document(settings: Settings) -> dict[str, Any]:
             {"name": "models", "description": "The servables behind the pipeline and the gallery"},
             {"name": "operations", "description": "Health and readiness"},
         ],
-        "paths": _paths(keyed=keyed, limited=bool(settings.rate_limit)),
+        "paths": _paths(settings, keyed=keyed, limited=bool(settings.rate_limit)),
         "components": {
             "securitySchemes": _security_schemes(),
             "schemas": _schemas(),
-            "parameters": _parameters(settings),
-            "requestBodies": {"Photo": _photo_body()},
             "responses": _error_responses(),
             "headers": {
                 "ServerTiming": {
@@ -79,11 +76,12 @@ def document(settings: Settings) -> dict[str, Any]:
 # -- paths -----------------------------------------------------------------------------------------
 
 
-def _paths(*, keyed: bool, limited: bool) -> dict[str, Any]:
+def _paths(settings: Settings, *, keyed: bool, limited: bool) -> dict[str, Any]:
     timing = {"Server-Timing": _ref("headers", "ServerTiming")}
     # What a key and the rate limit add: 401 on the API's guarded operations, 429 on the photo ones.
     guarded = _errors(401) if keyed else {}
     photo = guarded | (_errors(429) if limited else {})
+    k = {"k": settings.default_k}
     return {
         "/api/v1/search": {
             "post": {
@@ -94,12 +92,8 @@ def _paths(*, keyed: bool, limited: bool) -> dict[str, Any]:
                     "Detects the best face, encodes it and returns the k nearest gallery faces, nearest first, "
                     "each with the URL of its thumbnail."
                 ),
-                "parameters": [
-                    _ref("parameters", "k"),
-                    _ref("parameters", "images"),
-                    *_pin_refs("search"),
-                ],
-                "requestBody": _ref("requestBodies", "Photo"),
+                "parameters": openapi_parameters(SearchParams, defaults=k),
+                "requestBody": _photo_body(SearchParams),
                 "responses": {
                     "200": _json_response("The face and its matches", "SearchResult", headers=timing),
                     **_errors(400, 404, 408, 413, 415, 422, 502, 503, 504),
@@ -116,8 +110,8 @@ def _paths(*, keyed: bool, limited: bool) -> dict[str, Any]:
                     "A PNG by default; JSON with the PNG in base64 and the face box with `?format=json` or "
                     "`Accept: application/json`."
                 ),
-                "parameters": [_ref("parameters", "format"), *_pin_refs("translate")],
-                "requestBody": _ref("requestBodies", "Photo"),
+                "parameters": openapi_parameters(TranslateParams),
+                "requestBody": _photo_body(TranslateParams),
                 "responses": {
                     "200": {
                         "description": "The translated face",
@@ -138,8 +132,8 @@ def _paths(*, keyed: bool, limited: bool) -> dict[str, Any]:
                 "operationId": "detect",
                 "summary": "Every face in a photo",
                 "description": "Faces above the detector threshold, best first; none is an empty list, not an error.",
-                "parameters": _pin_refs("detect"),
-                "requestBody": _ref("requestBodies", "Photo"),
+                "parameters": openapi_parameters(DetectParams),
+                "requestBody": _photo_body(DetectParams),
                 "responses": {
                     "200": _json_response("The faces found", "DetectResult", headers=timing),
                     **_errors(400, 404, 408, 413, 415, 502, 503, 504),
@@ -155,7 +149,7 @@ def _paths(*, keyed: bool, limited: bool) -> dict[str, Any]:
                 "description": "A servable the server does not know or cannot answer for carries its error.",
                 "responses": {
                     "200": _json_response("One entry per servable", "ModelsResult"),
-                    **_errors(503),
+                    **_errors(400, 503),
                     **guarded,
                 },
             }
@@ -174,7 +168,7 @@ def _paths(*, keyed: bool, limited: bool) -> dict[str, Any]:
                         "description": "The face's name in the gallery index, e.g. `lfw/face_000.png`",
                         "schema": {"type": "string", "minLength": 1},
                     },
-                    _ref("parameters", "galleryVersion"),
+                    *openapi_parameters(GalleryParams),
                 ],
                 "responses": {
                     "200": {
@@ -224,55 +218,16 @@ def _paths(*, keyed: bool, limited: bool) -> dict[str, Any]:
     }
 
 
-def _pin_refs(operation: str) -> list[dict[str, str]]:
-    refs = [_ref("parameters", "version"), _ref("parameters", "label")]
-    for stage in STAGES_OF[operation]:
-        refs += [_ref("parameters", f"{stage}_version"), _ref("parameters", f"{stage}_label")]
-    return refs
-
-
-# -- components ------------------------------------------------------------------------------------
-
-
-def _parameters(settings: Settings) -> dict[str, Any]:
-    parameters: dict[str, Any] = {
-        "k": _query("k", "How many gallery faces to return", _integer(1, MAX_K, default=settings.default_k)),
-        "images": _query(
-            "images",
-            "true (or 1) to include the face crop as base64 JPEG (`crop_jpeg_base64`)",
-            {"type": "boolean", "default": False},
-        ),
-        "format": _query(
-            "format",
-            "The representation of the result; overrides the Accept header",
-            {"type": "string", "enum": ["png", "json"]},
-        ),
-        "galleryVersion": _query(
-            "version", "The gallery version (a match's `gallery_version`); default the latest", _integer(1)
-        ),
-        "version": _query("version", "Pin every stage's servable to this version", _integer(0, MAX_VERSION)),
-        "label": _query("label", "Pin every stage's servable to this version label", _label()),
-    }
-    for stage, spec in DEFAULT_STAGES.items():
-        parameters[f"{stage}_version"] = _query(
-            f"{stage}_version",
-            f"Pin {spec.servable} to this version (overrides `version`/`label` for this stage)",
-            _integer(0, MAX_VERSION),
-        )
-        parameters[f"{stage}_label"] = _query(
-            f"{stage}_label",
-            f"Pin {spec.servable} to this version label (overrides `version`/`label` for this stage)",
-            _label(),
-        )
-    return parameters
-
-
-def _photo_body() -> dict[str, Any]:
+def _photo_body(params: type[Params]) -> dict[str, Any]:
+    """The photo, as a multipart field (with the endpoint's parameters as form fields if wanted) or as the body."""
     content: dict[str, Any] = {
         "multipart/form-data": {
             "schema": {
                 "type": "object",
-                "properties": {"image_file": {**_binary(), "description": "The photo: exactly one file"}},
+                "properties": {
+                    "image_file": {**_binary(), "description": "The photo: exactly one file"},
+                    **openapi_form_fields(params),
+                },
                 "required": ["image_file"],
             },
             "encoding": {"image_file": {"contentType": ", ".join(IMAGE_TYPES)}},
@@ -282,7 +237,10 @@ def _photo_body() -> dict[str, Any]:
         content[media_type] = {"schema": _binary()}
     return {
         "required": True,
-        "description": "A photo: a multipart field `image_file`, or the image itself as the body",
+        "description": (
+            "A photo: a multipart field `image_file` (the parameters may come as form fields beside it), "
+            "or the image itself as the body"
+        ),
         "content": content,
     }
 
@@ -456,23 +414,6 @@ def _object(description: str | None = None, optional: dict[str, Any] | None = No
 
 def _binary() -> dict[str, str]:
     return {"type": "string", "format": "binary"}
-
-
-def _integer(minimum: int, maximum: int | None = None, *, default: int | None = None) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "integer", "minimum": minimum}
-    if maximum is not None:
-        schema["maximum"] = maximum
-    if default is not None:
-        schema["default"] = default
-    return schema
-
-
-def _label() -> dict[str, str]:
-    return {"type": "string", "pattern": LABEL_PATTERN}
-
-
-def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
 
 
 def _json_response(description: str, schema: str, *, headers: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from flask.typing import ResponseReturnValue
 
 from app.errors import GatewayError
 from app.extensions import serving
+from app.pipeline_check import check_pipeline, misfits_of
 
 bp = Blueprint("ops", __name__)
 
@@ -19,14 +20,17 @@ def healthz() -> ResponseReturnValue:
 
 @bp.get("/readyz")
 def readyz() -> ResponseReturnValue:
-    """Ready: every servable the pipeline calls has an AVAILABLE version; else 503 naming those that do not."""
+    """Ready: every servable the pipeline calls has an AVAILABLE version; else 503 naming those that do not.
+
+    A model config the server refused leaves it serving the previous one, so it stays ready; the body says why.
+    """
     ext = serving()
     report, ready = {}, True
     try:
         backend = ext.backend
     except (GatewayError, ValueError, OSError) as exc:
         return jsonify(status="unavailable", error=str(exc)), 503, {"Retry-After": "5"}
-    for name in ext.settings.pipeline_servables:
+    for name in ext.pipeline_config.servables:
         try:
             statuses = backend.model_status(name)
         except GatewayError as exc:
@@ -35,9 +39,18 @@ def readyz() -> ResponseReturnValue:
         available = [s.version for s in statuses if s.state == "AVAILABLE"]
         report[name] = {"available": bool(available), "versions": available}
         ready = ready and bool(available)
+    body = {"servables": report}
+    state = backend.config_state()
+    if state is not None and state.refused:  # still ready (the previous config serves): this says why
+        body["model_config"] = {"refused": state.refused}
+    if ready:  # every servable answers: do they fit the pipeline file?
+        misfits = misfits_of(check_pipeline(backend, ext.pipeline_config))
+        if misfits:
+            ready = False
+            body["misfits"] = [f"{stage}: {misfit}" for stage, misfit in misfits]
     status = 200 if ready else 503
     headers = {} if ready else {"Retry-After": "5"}
-    return jsonify(status="ready" if ready else "unavailable", servables=report), status, headers
+    return jsonify(status="ready" if ready else "unavailable", **body), status, headers
 
 
 @bp.get("/metrics")

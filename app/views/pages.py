@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from flask import Blueprint, jsonify, render_template, request, url_for
+from flask import Blueprint, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
 
-from app import images, wants_json
+from app import images
 from app.pipeline import MAX_K, Face, PortraitResult
 from app.views import common
+from app.views.errors import wants_json
+from app.views.params import PageParams
 
 bp = Blueprint("pages", __name__)
 
@@ -49,12 +51,12 @@ def index() -> str:
 @bp.post("/detect_face/image")
 def detect_face() -> ResponseReturnValue:
     """Run the pipeline on one uploaded photo: the result page, or JSON for ``Accept: application/json``."""
-    data = common.read_upload(request)
-    k = common.read_k(request.values)
+    data, params = common.read_photo_request(PageParams, request)
+    k = common.k_of(params)
     as_json = wants_json()
     # The page's photo and face images are encoded while the translation runs (shown_images needs no request).
     meanwhile = None if as_json else shown_images
-    result = common.pipeline().run(data, k=k, pins=common.read_pins(request.values), meanwhile=meanwhile)
+    result = common.pipeline().run(data, k=k, pins=params.pins(), meanwhile=meanwhile)
     headers = {"Server-Timing": common.server_timing(page_timings(result))}
     if as_json:
         return jsonify(common.result_json(result, with_images=True)), 200, headers
@@ -100,10 +102,7 @@ def result_context(result: PortraitResult) -> dict:
         "other_faces": [FaceBox.of(face) for face in result.faces[1:]],
         "anime_url": None if result.anime is None else common.data_url("image/png", images.encode_png(result.anime)),
         "anime_size": None if result.anime is None else (result.anime.shape[1], result.anime.shape[0]),
-        "matches": [
-            (match, url_for("api.gallery_thumbnail", name=match.filename, version=version))
-            for match in result.matches or []
-        ],
+        "matches": [(match, common.thumbnail_url(match, version)) for match in result.matches or []],
         "gallery_version": version,
         "timings": [
             (stage, seconds * 1000, seconds / total) for stage, seconds in result.timings.items() if stage != "total"

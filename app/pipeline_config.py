@@ -1,0 +1,377 @@
+"""The pipeline file (``pipeline.toml``): which servable, signature and tensors each stage uses, and how it is fed.
+
+Wiring is data, not code: a user whose trained models use other names, ranges or
+conventions describes them here and never edits the gateway. The file sits beside
+``serving_models.config`` (``GATEWAY_PIPELINE_CONFIG`` names another); when it is
+absent, the defaults below (the demo servables' names) apply. It is read with
+``tomllib`` and validated by the pydantic models below, so a bad file gets one
+message that names the file, the key and the fix (:class:`PipelineConfigError`).
+Whether the servables themselves fit is checked against their metadata by
+``app.pipeline_check``.
+
+    [detect]                          # the face detector: gets the photo
+    servable = "face_detection"
+    inputs = { image = "input_images" }
+    outputs = { boxes = "boxes", scores = "scores", count = "num_detections" }
+    [encode]                          # face crop -> latent
+    [search]                          # latent + k -> the k nearest gallery faces
+    [translate]                       # face crop -> anime image
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from app.serving.base import DEFAULT_SIGNATURE, ModelRef
+
+__all__ = [
+    "DEFAULT_PIPELINE",
+    "PIPELINE_FILENAME",
+    "STAGE_NAMES",
+    "DetectStage",
+    "EncodeStage",
+    "ImageFeed",
+    "PipelineConfig",
+    "PipelineConfigError",
+    "SearchStage",
+    "StageConfig",
+    "TranslateStage",
+    "load_pipeline_config",
+    "parse_pipeline_config",
+]
+
+PIPELINE_FILENAME = "pipeline.toml"
+STAGE_NAMES = ("detect", "encode", "search", "translate")
+FACE_CROP_SCALE = 1.75
+TensorAlias = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class PipelineConfigError(ValueError):
+    """A pipeline file that cannot be used: the file, the key, and what to change."""
+
+    def __init__(self, path: str | Path, key: str, reason: str) -> None:
+        super().__init__(str(path), key, reason)
+        self.path = str(path)
+        self.key = key
+        self.reason = reason
+
+    def __str__(self) -> str:
+        where = f"{self.path}: [{self.key}]" if self.key else self.path
+        return f"{where}: {self.reason}"
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Roles(_Strict):
+    """Tensor aliases by role; read like a mapping (``stage.inputs["image"]``) as well as by attribute."""
+
+    def __getitem__(self, role: str) -> str:
+        value = getattr(self, role, None)
+        if value is None:
+            raise KeyError(role)
+        return value
+
+    def get(self, role: str, default: str | None = None) -> str | None:
+        value = getattr(self, role, None)
+        return default if value is None else value
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        return ((role, alias) for role, alias in self if alias is not None)
+
+    def values(self) -> list[str]:
+        return [alias for _, alias in self.items()]
+
+    def __contains__(self, role: object) -> bool:
+        return getattr(self, str(role), None) is not None
+
+
+class ImageFeed(_Strict):
+    """How an image goes into an input, or comes out of an output.
+
+    The dtype is the servable's own (from its metadata): uint8 inputs get the pixels as
+    they are; float inputs get them mapped from 0..255 onto ``range`` (a float output is
+    mapped back from it). ``channels`` is the order the model expects. ``size`` is the
+    [height, width] to resize to when the input's metadata does not fix one.
+    """
+
+    range: tuple[float, float] = (0.0, 255.0)
+    channels: Literal["RGB", "BGR"] = "RGB"
+    size: tuple[Annotated[int, Field(ge=1, le=8192)], Annotated[int, Field(ge=1, le=8192)]] | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ImageFeed:
+        low, high = self.range
+        if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+            raise ValueError(f"range must be [low, high] with low < high, got [{low:g}, {high:g}]")
+        return self
+
+
+class StageConfig(_Strict):
+    """What every stage has: a servable, a signature, and the tensor aliases it reads and writes by role."""
+
+    servable: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.-]+$")]
+    signature: TensorAlias = DEFAULT_SIGNATURE
+    inputs: Roles
+    outputs: Roles
+    image: ImageFeed = ImageFeed()
+
+    role: ClassVar[str] = ""
+    image_roles: ClassVar[tuple[str, ...]] = ()  # inputs (and outputs) that carry images
+
+    def ref(self, *, version: int | None = None, label: str | None = None, signature: str | None = None) -> ModelRef:
+        return ModelRef(self.servable, version=version, label=label, signature=signature or self.signature)
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        return self.image.range
+
+
+class Cropped(StageConfig):
+    """A stage fed the face: the square box crop (``crop_scale`` times the box) or the eye-levelled aligned chip."""
+
+    crop: Literal["box", "aligned"] = "box"
+    crop_scale: Annotated[float, Field(ge=1.0, le=4.0)] = FACE_CROP_SCALE
+
+
+class DetectInputs(Roles):
+    image: TensorAlias = "input_images"
+
+
+class DetectOutputs(Roles):
+    boxes: TensorAlias = "boxes"
+    scores: TensorAlias = "scores"
+    # How many of the boxes are detections; without it every box is read (and its score decides).
+    count: TensorAlias | None = None
+    # Face landmarks (y, x) per box, [N, points, 2]: needed by an encoder fed the aligned crop.
+    keypoints: TensorAlias | None = None
+
+
+class Boxes(_Strict):
+    """How the detector writes a box: corner order and units."""
+
+    order: Literal["yxyx", "xyxy"] = "yxyx"
+    units: Literal["normalized", "pixels"] = "normalized"
+
+
+class DetectStage(StageConfig):
+    role: ClassVar[str] = "detect"
+    image_roles: ClassVar[tuple[str, ...]] = ("image",)
+
+    servable: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.-]+$")] = "face_detection"
+    inputs: DetectInputs = DetectInputs()
+    outputs: DetectOutputs = DetectOutputs()
+    boxes: Boxes = Boxes()
+    # A face counts when its score is at least this (GATEWAY_FACE_THRESHOLD overrides it).
+    threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.7
+    # The photo is scaled down to this long side before it is sent (the detector resizes it again anyway).
+    max_side: Annotated[int, Field(ge=32, le=8192)] = 640
+
+
+class EncodeInputs(Roles):
+    image: TensorAlias = "input_images"
+
+
+class EncodeOutputs(Roles):
+    latent: TensorAlias = "output"
+
+
+class EncodeStage(Cropped):
+    role: ClassVar[str] = "encode"
+    image_roles: ClassVar[tuple[str, ...]] = ("image",)
+
+    servable: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.-]+$")] = (
+        "twingan_latent_encoder"
+    )
+    inputs: EncodeInputs = EncodeInputs()
+    outputs: EncodeOutputs = EncodeOutputs()
+
+
+class SearchInputs(Roles):
+    latent: TensorAlias = "target_latent"
+    k: TensorAlias = "k_num"
+
+
+class SearchOutputs(Roles):
+    distances: TensorAlias = "xvals"
+    indices: TensorAlias = "indices"
+    filenames: TensorAlias = "filenames"
+
+
+class SearchSignatures(Roles):
+    # A signature with no inputs that answers the gallery's size; without one, k is checked by the model itself.
+    size: TensorAlias | None = None
+
+
+class SearchStage(StageConfig):
+    role: ClassVar[str] = "search"
+
+    servable: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.-]+$")] = "latent_search_model"
+    inputs: SearchInputs = SearchInputs()
+    outputs: SearchOutputs = SearchOutputs()
+    signatures: SearchSignatures = SearchSignatures()
+
+    @property
+    def extra_signatures(self) -> dict[str, str]:
+        return dict(self.signatures.items())
+
+
+class TranslateInputs(Roles):
+    image: TensorAlias = "input_images"
+
+
+class TranslateOutputs(Roles):
+    image: TensorAlias = "output_images"
+
+
+class TranslateStage(Cropped):
+    role: ClassVar[str] = "translate"
+    image_roles: ClassVar[tuple[str, ...]] = ("image",)
+
+    servable: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.-]+$")] = "ugatit_selfie2anime"
+    inputs: TranslateInputs = TranslateInputs()
+    outputs: TranslateOutputs = TranslateOutputs()
+    image: ImageFeed = ImageFeed(range=(-1.0, 1.0))
+
+
+class PipelineConfig(_Strict):
+    """The four stages. Each table of the file is one stage; a table left out keeps its defaults."""
+
+    detect: DetectStage = DetectStage()
+    encode: EncodeStage = EncodeStage()
+    search: SearchStage = SearchStage()
+    translate: TranslateStage = TranslateStage()
+
+    source: str = Field(default="(defaults)", exclude=True)
+
+    @property
+    def stages(self) -> dict[str, StageConfig]:
+        """The stages by name, in the order the pipeline runs them."""
+        return {name: getattr(self, name) for name in STAGE_NAMES}
+
+    def __getitem__(self, name: str) -> StageConfig:
+        if name not in STAGE_NAMES:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def __iter__(self) -> Iterator[str]:  # type: ignore[override]  # iterate like a mapping of stages
+        return iter(STAGE_NAMES)
+
+    def items(self) -> Iterator[tuple[str, StageConfig]]:
+        return iter(self.stages.items())
+
+    def values(self) -> list[StageConfig]:
+        return list(self.stages.values())
+
+    def __len__(self) -> int:
+        return len(STAGE_NAMES)
+
+    @property
+    def servables(self) -> tuple[str, ...]:
+        """Each servable the pipeline calls, once, in stage order: what readiness waits for."""
+        return tuple(dict.fromkeys(stage.servable for stage in self.stages.values()))
+
+    def describe(self) -> dict[str, Any]:
+        """The wiring as JSON, for /api/v1/models and check-models."""
+        return {"source": self.source, "stages": self.model_dump(mode="json")}
+
+
+DEFAULT_PIPELINE = PipelineConfig()
+
+
+def default_pipeline_path(model_config: Path) -> Path:
+    """Where the pipeline file is looked for when no path is configured: beside serving_models.config."""
+    return Path(model_config).parent / PIPELINE_FILENAME
+
+
+def load_pipeline_config(path: str | Path | None, *, required: bool = False) -> PipelineConfig:
+    """Read and validate a pipeline file; a missing file gives the defaults unless ``required``."""
+    if path is None:
+        return DEFAULT_PIPELINE
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        if required:
+            raise PipelineConfigError(path, "", "no such file (GATEWAY_PIPELINE_CONFIG names it)") from None
+        return DEFAULT_PIPELINE.model_copy(update={"source": f"built-in defaults (no {path})"})
+    except OSError as exc:
+        raise PipelineConfigError(path, "", f"cannot be read: {exc.strerror or exc}") from None
+    return parse_pipeline_config(text, source=path)
+
+
+def parse_pipeline_config(text: str | bytes, *, source: str | Path = "pipeline.toml") -> PipelineConfig:
+    """Validate the text of a pipeline file; every problem is a PipelineConfigError naming a key."""
+    try:
+        decoded = text.decode("utf-8") if isinstance(text, bytes) else text
+    except UnicodeDecodeError as exc:
+        raise PipelineConfigError(source, "", f"is not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = tomllib.loads(decoded)
+    except tomllib.TOMLDecodeError as exc:
+        raise PipelineConfigError(source, "", f"is not valid TOML: {exc}") from None
+    unknown = [key for key in data if key not in STAGE_NAMES]
+    if unknown:
+        raise PipelineConfigError(
+            source, unknown[0], f"is not a stage; the stages are {_listing(STAGE_NAMES)}{_did_you_mean(unknown[0])}"
+        )
+    try:
+        config = PipelineConfig.model_validate({**data, "source": str(source)})
+    except ValidationError as exc:
+        raise _first_problem(source, exc) from None
+    return config
+
+
+def _first_problem(source: str | Path, exc: ValidationError) -> PipelineConfigError:
+    """The first of pydantic's errors, said in the file's terms: which table and key, what is wrong, how to fix."""
+    error = exc.errors(include_url=False)[0]
+    location = [str(part) for part in error["loc"]]
+    kind, message, value = error["type"], error["msg"], error.get("input")
+    table, key = _split_location(location)
+    if kind == "value_error" and error.get("ctx", {}).get("error") is not None:
+        # Raised by a validator of a whole table (e.g. [translate.image]): the message is the fix.
+        return PipelineConfigError(source, ".".join(location), str(error["ctx"]["error"]))
+    if kind == "extra_forbidden":
+        known = _known_keys(location[:-1])
+        hint = _did_you_mean(location[-1], known)
+        return PipelineConfigError(
+            source, table, f"unknown key {location[-1]!r}; the keys here are {_listing(known)}{hint}"
+        )
+    shown = "" if isinstance(value, dict) else f", got {value!r}"
+    return PipelineConfigError(source, table, f"{key}: {message[0].lower()}{message[1:]}{shown}")
+
+
+def _split_location(location: list[str]) -> tuple[str, str]:
+    """(the TOML table, the key in it) of a pydantic error location such as ['detect', 'boxes', 'order']."""
+    if len(location) == 1:
+        return location[0], location[0]
+    return ".".join(location[:-1]), location[-1]
+
+
+def _known_keys(location: list[str]) -> list[str]:
+    model: Any = PipelineConfig
+    for part in location:
+        field = model.model_fields.get(part)
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return []
+        model = field.annotation
+    return [name for name in model.model_fields if name != "source"]
+
+
+def _listing(names: Any) -> str:
+    return ", ".join(names) or "none"
+
+
+def _did_you_mean(word: str, choices: Any = STAGE_NAMES) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

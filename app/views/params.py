@@ -1,0 +1,220 @@
+"""Request parameters, declared once: each endpoint's model validates the query string and form fields alike,
+and the OpenAPI document describes the same models.
+
+A parameter may come in the query string (``?k=3``) or as a multipart form field beside
+the photo (``-F k=3``); it is the same parameter either way. The same name twice with
+different values is a 400, and so is a name the endpoint does not take (the message
+lists the ones it does), so a typo such as ``?kk=3`` is never silently ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, TypeVar
+
+from flask import Request
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
+
+from app.errors import BadInput
+from app.pipeline import MAX_K, Pins, pins_from
+from app.pipeline_config import STAGE_NAMES
+
+__all__ = [
+    "DetectParams",
+    "GalleryParams",
+    "NoParams",
+    "PageParams",
+    "Params",
+    "SearchParams",
+    "TranslateParams",
+    "openapi_parameters",
+    "read_params",
+]
+
+LABEL_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+MAX_VERSION = 10**18 - 1  # versions are read from at most 18 digits
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def _digits(value: Any) -> Any:
+    """Only ASCII digits make a number here: int() would also take "²", "+3", " 3" and "1_000"."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and text.isdigit()) or len(text) > 18:
+            raise ValueError("not a whole number")
+        return int(text)
+    return value
+
+
+def _flag(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ValueError("not a flag")
+    return value
+
+
+Version = Annotated[int, Field(ge=1, le=MAX_VERSION), BeforeValidator(_digits)]
+Label = Annotated[str, Field(pattern=LABEL_PATTERN)]
+Flag = Annotated[bool, BeforeValidator(_flag)]
+
+
+class Params(BaseModel):
+    """Parameters of one endpoint; every field is optional and unknown names are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def pins(self) -> Pins:
+        return pins_from(self.model_dump())
+
+
+P = TypeVar("P", bound=Params)
+
+
+class NoParams(Params):
+    """An endpoint that takes no parameters."""
+
+
+class GalleryParams(Params):
+    version: Version | None = Field(None, description="The gallery version (a result's `gallery_version`); "
+                                                      "default the latest")  # fmt: skip
+
+
+def _pin_fields(stages: Sequence[str]) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "version": (Version | None, Field(None, description="Pin every stage's servable to this version")),
+        "label": (Label | None, Field(None, description="Pin every stage's servable to this version label")),
+    }
+    for stage in stages:
+        fields[f"{stage}_version"] = (
+            Version | None,
+            Field(None, description=f"Pin the {stage} stage's servable to this version (wins over `version`/`label`)"),
+        )
+        fields[f"{stage}_label"] = (
+            Label | None,
+            Field(None, description=f"Pin the {stage} stage's servable to this label (wins over `version`/`label`)"),
+        )
+    return fields
+
+
+K = Annotated[int, Field(ge=1, le=MAX_K), BeforeValidator(_digits)]
+_K_FIELD = (K | None, Field(None, description="How many gallery faces to return (default: GATEWAY_DEFAULT_K)"))
+
+SearchParams = create_model(
+    "SearchParams",
+    __base__=Params,
+    k=_K_FIELD,
+    images=(
+        Flag,
+        Field(False, description="true (or 1) to include the face crop as base64 JPEG (`crop_jpeg_base64`)"),
+    ),
+    **_pin_fields(("detect", "encode", "search")),
+)
+TranslateParams = create_model(
+    "TranslateParams",
+    __base__=Params,
+    format=(
+        Literal["png", "json"] | None,
+        Field(None, description="The representation of the result; wins over the Accept header"),
+    ),
+    **_pin_fields(("detect", "translate")),
+)
+DetectParams = create_model("DetectParams", __base__=Params, **_pin_fields(("detect",)))
+PageParams = create_model("PageParams", __base__=Params, k=_K_FIELD, **_pin_fields(STAGE_NAMES))
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def read_params(model: type[P], request: Request, *, form: bool = True, ignore: Sequence[str] = ()) -> P:
+    """The endpoint's parameters from the query string and, with ``form``, the multipart form fields.
+
+    ``ignore`` names fields that are not parameters (the photo's own field).
+    """
+    values: dict[str, str] = {}
+    sources = [request.args]
+    if form and request.mimetype == "multipart/form-data":
+        sources.append(request.form)
+    for source in sources:
+        for name in source:
+            if name in ignore:
+                continue
+            if not isinstance(name, str):  # Werkzeug's key for a part whose name it could not read
+                raise BadInput("a form field has no readable name: send field names as UTF-8")
+            for value in source.getlist(name):
+                if name in values and values[name] != value:
+                    raise BadInput(
+                        f"{_clip(name)} is given twice with different values ({_clip(values[name])!r} and "
+                        f"{_clip(value)!r}); give it once"
+                    )
+                values[name] = value
+    known = list(model.model_fields)
+    unknown = [name for name in values if name not in model.model_fields]
+    if unknown:
+        takes = ", ".join(known) if known else "no parameters"
+        raise BadInput(f"unknown parameter {_clip(unknown[0])!r}; this endpoint takes: {takes}")
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        raise BadInput(f"{_rule(model, name)}, got {_clip(str(values.get(name, '')))!r}") from None
+
+
+def _rule(model: type[Params], name: str) -> str:
+    """What a valid value of parameter ``name`` is, in words, from its declaration."""
+    schema = _schema(model, name)
+    kind = schema.get("type")
+    if kind == "integer":
+        return f"{name} must be a whole number from {schema.get('minimum', 0)} to {schema.get('maximum', MAX_VERSION)}"
+    if kind == "boolean":
+        return f"{name} must be 1 or 0 (true or false)"
+    if "enum" in schema:
+        return f"{name} must be one of {', '.join(schema['enum'])}"
+    if "pattern" in schema:
+        return f"{name} must be 1-64 of the characters A-Z a-z 0-9 _ . -"
+    return f"{name} is not valid"
+
+
+def _clip(text: object, limit: int = 40) -> str:
+    """Client-given text in a message: at most ``limit`` characters."""
+    text = "" if text is None else str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- the document ----------------------------------------------------------------------------------
+
+
+def _schema(model: type[Params], name: str) -> dict[str, Any]:
+    """A field's JSON schema without pydantic's ``null`` branch (OpenAPI 3.0 has no null type)."""
+    schema = dict(model.model_json_schema()["properties"][name])
+    choices = [branch for branch in schema.pop("anyOf", []) if branch.get("type") != "null"]
+    if choices:
+        schema.update(choices[0])
+    schema.pop("title", None)
+    if schema.get("default") is None:
+        schema.pop("default", None)
+    schema.pop("description", None)
+    return schema
+
+
+def openapi_parameters(model: type[Params], *, defaults: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The model's fields as OpenAPI query parameters (the same names are accepted as form fields)."""
+    parameters = []
+    for name, field in model.model_fields.items():
+        schema = _schema(model, name)
+        if defaults and name in defaults:
+            schema["default"] = defaults[name]
+        parameters.append(
+            {"name": name, "in": "query", "required": False, "description": field.description or "", "schema": schema}
+        )
+    return parameters
+
+
+def openapi_form_fields(model: type[Params]) -> dict[str, Any]:
+    """The model's fields as multipart form properties, for the photo's request body."""
+    return {name: {**_schema(model, name), "description": field.description or ""}
+            for name, field in model.model_fields.items()}  # fmt: skip
