@@ -60,9 +60,10 @@ class GatewayFlask(Flask):
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the gateway: settings (GATEWAY_* environment, then ``config``) -> backend -> blueprints."""
-    from app import security  # here, like the imports below: flask-limiter is not for light users
+    from app import logs, security  # here, like the imports below: flask-limiter is not for light users
 
     settings = Settings.load(config)
+    logs.configure(settings.log_level.upper())
     app = GatewayFlask(
         __name__,
         template_folder=str(PROJECT_ROOT / "templates"),

@@ -65,6 +65,7 @@ class Settings:
     api_keys_file: Path | None = None  # one key per line ("#" comments), e.g. a mounted secret
     hsts: int = 0  # Strict-Transport-Security max-age in seconds; 0 = no header (set it only behind HTTPS)
     allow_debug: bool = False  # let `flask run --debug` run; refused under gunicorn all the same
+    log_level: str = "INFO"  # the gateway's own log lines; TensorFlow's start-up notices show only at DEBUG
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "grpc"):
@@ -82,6 +83,8 @@ class Settings:
                 f"{ENV_PREFIX}MAX_PIXELS and {ENV_PREFIX}MAX_UPLOAD_BYTES must be positive, "
                 f"{ENV_PREFIX}DEFAULT_K between 1 and 100"
             )
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(f"{ENV_PREFIX}LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}")
         if self.max_attempts < 1 or self.async_workers < 1:
             raise ValueError(f"{ENV_PREFIX}MAX_ATTEMPTS and {ENV_PREFIX}ASYNC_WORKERS must be at least 1")
         self._check_abuse_settings()

@@ -32,6 +32,9 @@ def create_backend(settings: Settings) -> Backend:
             metadata_ttl=settings.metadata_ttl,
             async_workers=settings.async_workers,
         )
+    from app.logs import import_tensorflow
+
+    import_tensorflow(settings.log_level.upper())  # before the runtime imports it: its start-up noise filtered
     from app.serving.local_backend import LocalBackend
 
     return LocalBackend(
@@ -119,10 +122,17 @@ class Serving:
         waiting = {name: report.unreachable for name, report in reports.items() if report.unreachable}
         for name, reason in waiting.items():
             log.warning("stage %s not checked yet (its servable cannot be asked: %s)", name, reason)
-        log.info(
-            "pipeline %s: %s", self.pipeline_config.source,
-            ", ".join(f"{name}={stage.servable}" for name, stage in self.pipeline_config.items()),
-        )  # fmt: skip
+        settings = self.settings
+        where = (
+            f"TF Serving at {settings.serving_target}"
+            if settings.backend == "grpc"
+            else f"the embedded runtime over {settings.model_config}"
+        )
+        found = ", ".join(
+            f"{name}={stage.servable}" + (f" v{report.signature.version}" if report.signature else " (not yet)")
+            for (name, stage), report in zip(self.pipeline_config.items(), reports.values(), strict=True)
+        )
+        log.info("serving from %s; pipeline %s: %s", where, self.pipeline_config.source, found)
 
     def close(self) -> None:
         with self._lock:

@@ -269,13 +269,13 @@ def test_models_503_when_the_backend_cannot_start(tmp_path):
 
 
 def test_gallery_thumbnail_by_name(client):
-    with client.get("/api/v1/gallery/lfw/face_000.png") as response:
+    with client.get("/api/v1/gallery/lfw/face_000.png.jpg") as response:
         assert response.status_code == 200
         assert response.mimetype == "image/jpeg"
         assert response.data.startswith(JPEG_MAGIC)
         assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert "max-age" in response.headers["Cache-Control"]
-    with client.get("/api/v1/gallery/lfw/face_000.png?version=1") as pinned:
+    with client.get("/api/v1/gallery/lfw/face_000.png.jpg?version=1") as pinned:
         assert pinned.data == response.data
         assert "immutable" in pinned.headers["Cache-Control"]
     # A client that has it already is told so without the bytes.
@@ -286,17 +286,17 @@ def test_gallery_thumbnail_by_name(client):
 @pytest.mark.parametrize(
     "path",
     [
-        "/api/v1/gallery/face_000.png",
-        "/api/v1/gallery/lfw/no_such_face.png",
-        "/api/v1/gallery/../x",
-        "/api/v1/gallery/lfw/../lfw/face_000.png",
-        "/api/v1/gallery/../../../../etc/passwd",
-        "/api/v1/gallery//etc/passwd",
-        "/api/v1/gallery/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
-        "/api/v1/gallery/%2Fetc%2Fpasswd",
-        "/api/v1/gallery/thumbnails/000000.jpg",
-        "/api/v1/gallery/thumbnails/index.json",
-        "/api/v1/gallery/lfw/face_000.png?version=7",
+        "/api/v1/gallery/face_000.png.jpg",
+        "/api/v1/gallery/lfw/no_such_face.png.jpg",
+        "/api/v1/gallery/../x.jpg",
+        "/api/v1/gallery/lfw/../lfw/face_000.png.jpg",
+        "/api/v1/gallery/../../../../etc/passwd.jpg",
+        "/api/v1/gallery//etc/passwd.jpg",
+        "/api/v1/gallery/%2e%2e%2f%2e%2e%2fetc%2fpasswd.jpg",
+        "/api/v1/gallery/%2Fetc%2Fpasswd.jpg",
+        "/api/v1/gallery/thumbnails/000000.jpg.jpg",
+        "/api/v1/gallery/thumbnails/index.json.jpg",
+        "/api/v1/gallery/lfw/face_000.png.jpg?version=7",
     ],
 )
 def test_gallery_unknown_and_traversal_names_are_404(client, path):
@@ -305,7 +305,7 @@ def test_gallery_unknown_and_traversal_names_are_404(client, path):
 
 @pytest.mark.parametrize("version", ["0", "-1", "abc", "1.5", "9" * 40, "%C2%B2"])
 def test_gallery_bad_version_is_400(client, version):
-    _error(client.get(f"/api/v1/gallery/lfw/face_000.png?version={version}"), 400, "bad_input")
+    _error(client.get(f"/api/v1/gallery/lfw/face_000.png.jpg?version={version}"), 400, "bad_input")
 
 
 # -- errors: one test per status -------------------------------------------------------------------

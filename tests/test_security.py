@@ -236,7 +236,7 @@ def test_operations_static_and_reading_endpoints_are_not_limited(limited_app: Fl
         "/static/app.js",
         "/api/v1/models",
         "/api/v1/openapi.json",
-        "/api/v1/gallery/lfw/face_000.png",
+        "/api/v1/gallery/lfw/face_000.png.jpg",
     ):
         response = client.get(path)
         assert response.status_code == 200, path
@@ -342,7 +342,7 @@ def test_with_keys_the_page_operations_thumbnails_and_document_stay_open(make_ap
         assert response.status_code in (200, 503), path  # /readyz: no model server behind this app
         response.close()
     # Not 401: a thumbnail is looked up (here there is no gallery, so 404).
-    _error(client.get("/api/v1/gallery/lfw/face_000.png"), 404, "not_found")
+    _error(client.get("/api/v1/gallery/lfw/face_000.png.jpg"), 404, "not_found")
     assert client.post("/detect_face/image", data=b"x", content_type="text/plain").status_code == 415
     # An unknown API path does not tell a client without a key that it is unknown.
     _error(client.get("/api/v1/no-such-thing"), 401, "unauthorized")
@@ -399,7 +399,7 @@ def test_document_declares_the_key_when_keys_are_set(make_app: AppFactory) -> No
     for path in ("/api/v1/search", "/api/v1/translate", "/api/v1/detect"):
         assert {"401", "429"} <= set(paths[path]["post"]["responses"])
     assert "401" in paths["/api/v1/models"]["get"]["responses"]
-    for path in ("/api/v1/gallery/{name}", "/api/v1/openapi.json", "/healthz", "/readyz"):
+    for path in ("/api/v1/gallery/{name}.jpg", "/api/v1/openapi.json", "/healthz", "/readyz"):
         assert paths[path]["get"]["security"] == []
         assert "401" not in paths[path]["get"]["responses"]
     unauthorized = document["components"]["responses"]["Unauthorized"]
@@ -428,7 +428,7 @@ def test_document_without_keys_or_limit_says_neither(make_app: AppFactory) -> No
         ("GET", "/static/style.css"),
         ("GET", "/api/v1/openapi.json"),
         ("GET", "/no/such/page"),
-        ("GET", "/api/v1/gallery/lfw/face_000.png"),
+        ("GET", "/api/v1/gallery/lfw/face_000.png.jpg"),
         ("DELETE", "/api/v1/search"),
         ("POST", "/detect_face/image"),
         ("POST", "/api/v1/translate"),
@@ -506,7 +506,7 @@ def test_hostile_gallery_names_are_escaped_on_the_result_page(hostile_app: Flask
         path, _, query = src.partition("?")
         assert query == "version=2"
         assert not set(path) & set('<>"` #?\\'), src  # percent-encoded
-        assert unquote(path.removeprefix("/api/v1/gallery/")) in HOSTILE_NAMES
+        assert unquote(path.removeprefix("/api/v1/gallery/").removesuffix(".jpg")) in HOSTILE_NAMES
         with client.get(src) as thumbnail:
             assert thumbnail.status_code == 200, src
             assert thumbnail.mimetype == "image/jpeg"
@@ -564,7 +564,7 @@ def test_hostile_parameters_and_thumbnail_names_in_errors_are_escaped(hostile_ap
     api = client.post(f"/api/v1/search?k={SCRIPT}&label={SCRIPT}", data=astronaut, content_type="image/jpeg")
     _error(api, 400, "bad_input")
     assert "<" not in api.get_data(as_text=True)
-    missing = client.get("/api/v1/gallery/%3Cscript%3Ealert(1)%3C/script%3E.png")
+    missing = client.get("/api/v1/gallery/%3Cscript%3Ealert(1)%3C/script%3E.png.jpg")
     error = _error(missing, 404, "not_found")
     assert SCRIPT in error["message"]  # named, for the client to read...
     assert "<" not in missing.get_data(as_text=True)  # ...but never as markup
@@ -621,7 +621,7 @@ def _raw_get(port: int, path: str) -> tuple[int, str, bytes]:
 @pytest.mark.parametrize("name", TRAVERSALS, ids=lambda name: name[:40])
 @pytest.mark.parametrize("version", ["", "?version=1", "?version=2"])
 def test_thumbnail_names_that_leave_the_gallery_are_refused(hostile_server: int, name: str, version: str) -> None:
-    status, content_type, body = _raw_get(hostile_server, f"/api/v1/gallery/{name}{version}")
+    status, content_type, body = _raw_get(hostile_server, f"/api/v1/gallery/{name}.jpg{version}")
     assert status in (400, 404), (status, body[:200])
     assert content_type == "application/json"
     assert json.loads(body)["error"]["code"] in ("not_found", "bad_input")
@@ -632,7 +632,7 @@ def test_a_listed_name_with_percent_tricks_is_served(hostile_server: int) -> Non
     """The refusals above are about names the index does not list, not about odd characters."""
     name = "%2e%2e%2f%252e%252e%252fetc%2fpasswd.jpg"
     quoted = "".join(c if c.isalnum() or c in "._-" else f"%{ord(c):02X}" for c in name)
-    status, content_type, body = _raw_get(hostile_server, f"/api/v1/gallery/{quoted}?version=2")
+    status, content_type, body = _raw_get(hostile_server, f"/api/v1/gallery/{quoted}.jpg?version=2")
     assert (status, content_type) == (200, "image/jpeg")
     assert body.startswith(b"\xff\xd8\xff")
 

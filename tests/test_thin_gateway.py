@@ -82,9 +82,9 @@ def api_calls() -> list[Call]:
             "detect a file that is no image", "POST", "/api/v1/detect", b"GIF89a, or not", {"Content-Type": "image/gif"}
         ),
         Call("models", "GET", "/api/v1/models"),
-        Call("thumbnail", "GET", "/api/v1/gallery/lfw/face_000.png?version=1"),
-        Call("thumbnail of latest", "GET", "/api/v1/gallery/lfw/face_000.png"),
-        Call("thumbnail nobody has", "GET", "/api/v1/gallery/no-such-face.png"),
+        Call("thumbnail", "GET", "/api/v1/gallery/lfw/face_000.png.jpg?version=1"),
+        Call("thumbnail of latest", "GET", "/api/v1/gallery/lfw/face_000.png.jpg"),
+        Call("thumbnail nobody has", "GET", "/api/v1/gallery/no-such-face.png.jpg"),
         Call("openapi", "GET", "/api/v1/openapi.json"),
         Call("upload page", "GET", "/", headers={"Accept": "text/html"}),
         Call("result page", "POST", *_upload("/detect_face/image", astronaut, accept="text/html", k="3")),

@@ -116,7 +116,7 @@ def models() -> ResponseReturnValue:
 
 
 # merge_slashes=False: "//etc/passwd" is a 404 here, not a redirect to a name that looks relative.
-@bp.get("/gallery/<path:name>", merge_slashes=False)
+@bp.get("/gallery/<path:name>.jpg", merge_slashes=False)
 def gallery_thumbnail(name: str) -> ResponseReturnValue:
     """The thumbnail JPEG of a gallery face, found by the name the index lists (never a path built from it)."""
     version = read_params(GalleryParams, request).version

@@ -154,7 +154,7 @@ def _paths(settings: Settings, *, keyed: bool, limited: bool) -> dict[str, Any]:
                 },
             }
         },
-        "/api/v1/gallery/{name}": {
+        "/api/v1/gallery/{name}.jpg": {
             "get": {
                 "tags": ["models"],
                 "operationId": "galleryThumbnail",
