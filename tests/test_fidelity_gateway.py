@@ -1,0 +1,105 @@
+"""What the gateway does with a model config its server refuses: at start it does not start; on reload it serves on.
+
+At start the embedded runtime refuses as tensorflow_model_server exits ("Failed to start server"):
+the backend is not made, /readyz and /api/v1/models answer 503 with the reason, the runtime is not
+made again for each request, and ``Serving.start()`` (gunicorn's post_worker_init) raises, so the
+worker does not boot. On reload the previous config keeps serving, and /readyz and /api/v1/models
+say why the new one is not in force, with the labels that are. Through the gRPC backend a refusal
+is in TF Serving's log only, which the gateway cannot read: it shows the config file's labels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app import create_app
+from app.errors import ServingUnavailable
+from app.serving import local_backend
+from tests import servables
+from tests.fidelity import POLL, wait_for
+from tests.tf_serving_double import TFServingDouble
+
+REFUSED = "Request to assign label to version 2 of model half_plus, which is not currently available for inference"
+
+
+def _pipeline_file(tmp_path: Path) -> Path:
+    """Stages served by the test servables, so /api/v1/models lists half_plus and its labels."""
+    path = tmp_path / "pipeline.toml"
+    stages = {"detect": "half_plus", "encode": "words", "search": "words", "translate": "half_plus"}
+    path.write_text("".join(f'[{stage}]\nservable = "{name}"\n' for stage, name in stages.items()), "utf-8")
+    return path
+
+
+def test_a_config_refused_at_start_stops_the_gateway_with_the_reason(config_path, tmp_path, monkeypatch):
+    config_path.write_text(servables.labelled_config(), encoding="utf-8")
+    made: list[object] = []
+    runtime = local_backend.ModelRuntime
+
+    def counted(*args, **kwargs):
+        made.append(args)
+        return runtime(*args, **kwargs)
+
+    monkeypatch.setattr(local_backend, "ModelRuntime", counted)
+    settings = {"model_config": config_path, "pipeline_config": _pipeline_file(tmp_path), "rate_limit": ""}
+    app = create_app(settings | {"poll_interval": 0, "allow_labels_for_unavailable": False})
+    client = app.test_client()
+    try:
+        for _ in range(3):
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and REFUSED in ready.json["error"]
+            models = client.get("/api/v1/models")
+            assert models.status_code == 503 and models.headers["Retry-After"] == "5"
+            assert models.json["error"]["code"] == "serving_unavailable" and REFUSED in models.json["error"]["message"]
+        with pytest.raises(ServingUnavailable, match="version 2 of model half_plus"):
+            app.extensions["serving"].start()  # gunicorn's post_worker_init: the worker fails to boot
+        assert len(made) == 1  # tried once, not once per request
+    finally:
+        app.extensions["serving"].close()
+
+
+def test_a_config_refused_on_reload_keeps_serving_and_says_why(config_path, tmp_path):
+    settings = {"model_config": config_path, "pipeline_config": _pipeline_file(tmp_path), "rate_limit": ""}
+    app = create_app(settings | {"poll_interval": POLL})
+    client = app.test_client()
+
+    def half_plus() -> dict:
+        body = client.get("/api/v1/models").json
+        return next(entry for entry in body["servables"] if entry["name"] == "half_plus") | {"_body": body}
+
+    try:
+        assert half_plus()["_body"]["model_config"] == {"refused": None}
+        config_path.write_text(servables.labelled_config({"stable": 1}), encoding="utf-8")
+        wait_for(lambda: half_plus()["labels"] == {"stable": 1}, 5, "stable given")
+        # Moving a label onto a version that is not there: refused even with the flag (the gateway's default).
+        config_path.write_text(servables.labelled_config({"stable": 7}), encoding="utf-8")
+        wait_for(lambda: half_plus()["_body"]["model_config"]["refused"], 5, "the edit refused")
+        entry = half_plus()
+        assert "version 7 of model half_plus" in entry["_body"]["model_config"]["refused"]
+        assert entry["labels"] == {"stable": 1}  # the labels in force, not the file's
+        assert [v["labels"] for v in entry["versions"]] == [[], ["stable"]]  # newest first: 2, then 1
+        ready = client.get("/readyz")
+        assert ready.status_code != 500
+        assert "version 7 of model half_plus" in ready.json["model_config"]["refused"]
+        search = client.get("/api/v1/models")
+        assert search.status_code == 200
+    finally:
+        app.extensions["serving"].close()
+
+
+def test_through_grpc_the_gateway_shows_the_files_labels_and_no_refusal_it_cannot_see(config_path, tmp_path):
+    double = TFServingDouble(config_path, poll_interval=POLL).start()
+    settings = {"model_config": config_path, "pipeline_config": _pipeline_file(tmp_path), "rate_limit": ""}
+    app = create_app(settings | {"backend": "grpc", "serving_target": double.address})
+    client = app.test_client()
+    try:
+        config_path.write_text(servables.labelled_config({"stable": 7}), encoding="utf-8")
+        wait_for(lambda: double.runtime.config_refusal is not None, 5, "TF Serving refused the edit")
+        body = client.get("/api/v1/models").json
+        entry = next(entry for entry in body["servables"] if entry["name"] == "half_plus")
+        assert entry["labels"] == {"stable": 7} and "model_config" not in body
+        assert client.get("/readyz").status_code != 500
+    finally:
+        app.extensions["serving"].close()
+        double.close()
