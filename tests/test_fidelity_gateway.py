@@ -10,15 +10,21 @@ is in TF Serving's log only, which the gateway cannot read: it shows the config 
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from app import create_app
+from app.config import PROJECT_ROOT
 from app.errors import ServingUnavailable
 from app.serving import local_backend
+from bench.harness import free_port
 from tests import servables
-from tests.fidelity import POLL, wait_for
+from tests.fidelity import POLL, broken_copy_of, publish, wait_for
 from tests.tf_serving_double import TFServingDouble
 
 REFUSED = "Request to assign label to version 2 of model half_plus, which is not currently available for inference"
@@ -103,3 +109,50 @@ def test_through_grpc_the_gateway_shows_the_files_labels_and_no_refusal_it_canno
     finally:
         app.extensions["serving"].close()
         double.close()
+
+
+# -- under gunicorn, as `make run` and the image start it ---------------------------------------------
+
+
+def _gunicorn_until_it_exits(env: dict[str, str], timeout: float = 120) -> tuple[int, str]:
+    """Run the gateway under gunicorn with gunicorn.conf.py; its exit status and log once it stops by itself."""
+    command = [sys.executable, "-m", "gunicorn", "--config", str(PROJECT_ROOT / "gunicorn.conf.py"), "app:create_app()"]
+    environ = {**os.environ, "GATEWAY_BIND": f"127.0.0.1:{free_port()}", "GATEWAY_RATE_LIMIT": "", **env}
+    process = subprocess.Popen(
+        command, cwd=PROJECT_ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"gunicorn still running after {timeout} s:\n{output[-3000:]}")
+    return process.returncode, output
+
+
+@pytest.mark.slow
+def test_under_gunicorn_a_refused_config_stops_the_gateway_with_the_reason(config_path):
+    config_path.write_text(servables.labelled_config(), encoding="utf-8")
+    env = {"GATEWAY_MODEL_CONFIG": str(config_path), "GATEWAY_ALLOW_LABELS_FOR_UNAVAILABLE": "0"}
+    status, log = _gunicorn_until_it_exits(env)
+    assert status == 3, log[-3000:]  # gunicorn's "Worker failed to boot"
+    assert REFUSED in log and "Worker failed to boot" in log
+
+
+@pytest.mark.slow
+def test_under_gunicorn_load_retries_longer_than_the_worker_timeout_still_end_with_the_reason(config_path):
+    """Retries 3 x 1 s against a 1 s worker timeout: the worker is still booting (gunicorn times out only workers
+    that have begun to serve), so it is not killed, and the load's failure stops the gateway with its reason."""
+    base = config_path.parent / "serving_models" / "half_plus"
+    broken = publish(base, 3, broken_copy_of(base / "2"))
+    env = {
+        "GATEWAY_MODEL_CONFIG": str(config_path),
+        "GATEWAY_MAX_LOAD_RETRIES": "3",
+        "GATEWAY_LOAD_RETRY_INTERVAL": "1",
+        "GATEWAY_WORKER_TIMEOUT": "1",
+    }
+    status, log = _gunicorn_until_it_exits(env)
+    assert status == 3, log[-3000:]
+    assert "WORKER TIMEOUT" not in log
+    assert f"{{{{name: half_plus_latest version: 3}} due to error: DATA_LOSS: Can't parse {broken}" in log
