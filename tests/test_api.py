@@ -269,13 +269,13 @@ def test_models_503_when_the_backend_cannot_start(tmp_path):
 
 
 def test_gallery_thumbnail_by_name(client):
-    with client.get("/api/v1/gallery/lfw/face_000.png.jpg") as response:
+    with client.get("/api/v1/gallery/samples/sample1.jpg%231.jpg") as response:
         assert response.status_code == 200
         assert response.mimetype == "image/jpeg"
         assert response.data.startswith(JPEG_MAGIC)
         assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert "max-age" in response.headers["Cache-Control"]
-    with client.get("/api/v1/gallery/lfw/face_000.png.jpg?version=1") as pinned:
+    with client.get("/api/v1/gallery/samples/sample1.jpg%231.jpg?version=1") as pinned:
         assert pinned.data == response.data
         assert "immutable" in pinned.headers["Cache-Control"]
     # A client that has it already is told so without the bytes.

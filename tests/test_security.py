@@ -236,7 +236,7 @@ def test_operations_static_and_reading_endpoints_are_not_limited(limited_app: Fl
         "/static/app.js",
         "/api/v1/models",
         "/api/v1/openapi.json",
-        "/api/v1/gallery/lfw/face_000.png.jpg",
+        "/api/v1/gallery/samples/sample1.jpg%231.jpg",  # the demo gallery's first face ("#" escaped)
     ):
         response = client.get(path)
         assert response.status_code == 200, path

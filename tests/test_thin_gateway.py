@@ -82,8 +82,8 @@ def api_calls() -> list[Call]:
             "detect a file that is no image", "POST", "/api/v1/detect", b"GIF89a, or not", {"Content-Type": "image/gif"}
         ),
         Call("models", "GET", "/api/v1/models"),
-        Call("thumbnail", "GET", "/api/v1/gallery/lfw/face_000.png.jpg?version=1"),
-        Call("thumbnail of latest", "GET", "/api/v1/gallery/lfw/face_000.png.jpg"),
+        Call("thumbnail", "GET", "/api/v1/gallery/samples/sample1.jpg%231.jpg?version=1"),
+        Call("thumbnail of latest", "GET", "/api/v1/gallery/samples/sample1.jpg%231.jpg"),
         Call("thumbnail nobody has", "GET", "/api/v1/gallery/no-such-face.png.jpg"),
         Call("openapi", "GET", "/api/v1/openapi.json"),
         Call("upload page", "GET", "/", headers={"Accept": "text/html"}),
