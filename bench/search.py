@@ -14,8 +14,10 @@ loading through /proc/self/clear_refs) is its own; the workers are driven in int
 rounds so that noise from other work on the machine falls on all methods alike. The
 parent never imports TensorFlow or holds the matrix.
 
-    .venv/bin/python bench/search.py                    # N=100k, D=4096, one query per call
-    .venv/bin/python bench/search.py --scaling          # N in {10k, 100k} x {1, 8} queries per call
+    .venv/bin/python bench/search.py                    # N=1M, D=128 (the demo encoder's latent), one query per call
+    .venv/bin/python bench/search.py --queries 8        # ... eight queries per call
+    .venv/bin/python bench/search.py --n 100000 --d 4096   # the first demo encoder's latent size
+    .venv/bin/python bench/search.py --scaling          # N in {100k, 1M} x {1, 8} queries per call
     .venv/bin/python bench/search.py --smoke            # tiny sizes, seconds: checks the script works
     .venv/bin/python bench/search.py --json out.json    # also write the results
 """
@@ -407,7 +409,7 @@ def main_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
           f"{ours['search_extra_mb']:.1f} MiB; loading peaked at "
           f"{ours['load_peak_mb'] - ours['base_mb']:.0f} MiB over start-up")  # fmt: skip
     if args.smoke:
-        print("(smoke sizes: the targets are meant for N=100k, D=4096 and say nothing here)")
+        print("(smoke sizes: the targets are meant for N=1M, D=128 and say nothing here)")
     print(f"same top-{args.k} indices as ours: {agree}")
     return {
         "n": args.n,
@@ -427,7 +429,7 @@ def main_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 def scaling_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     methods = available_methods(["floor", "faiss", "ours"])
-    sizes = [2_000, 10_000] if args.smoke else [10_000, 100_000]
+    sizes = [2_000, 10_000] if args.smoke else [100_000, 1_000_000]
     rows = []
     for n in sizes:
         case_dir = workdir / f"n{n}"
@@ -459,8 +461,8 @@ def scaling_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=100_000, help="gallery faces (default 100,000)")
-    parser.add_argument("--d", type=int, default=4_096, help="latent size (default 4,096)")
+    parser.add_argument("--n", type=int, default=1_000_000, help="gallery faces (default 1,000,000)")
+    parser.add_argument("--d", type=int, default=128, help="latent size (default 128, the demo encoder's)")
     parser.add_argument("--k", type=int, default=5, help="neighbours per query (default 5)")
     parser.add_argument("--queries", type=int, default=1, choices=range(1, MAX_QUERIES + 1), metavar="B",
                         help=f"queries per call, 1..{MAX_QUERIES} (default 1)")  # fmt: skip
@@ -468,7 +470,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds the calls are split into")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
-    parser.add_argument("--scaling", action="store_true", help="N in {10k, 100k} x {1, 8} queries per call")
+    parser.add_argument("--scaling", action="store_true", help="N in {100k, 1M} x {1, 8} queries per call")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds: checks the script runs")
     parser.add_argument("--workdir", type=Path, help="keep the gallery, queries and model here (default: temporary)")
     parser.add_argument("--worker", choices=sorted(LOADERS), help=argparse.SUPPRESS)

@@ -282,3 +282,25 @@ def test_float64_latents_are_cast_and_extra_files_ship(tmp_path: Path) -> None:
     np.testing.assert_array_equal(out["indices"], [[2, 1, 0]])
     np.testing.assert_allclose(out["xvals"], [[0.0, 64.0, 256.0]])
     assert out["filenames"].tolist() == [[b"c", b"b", b"a"]]
+
+
+@pytest.mark.parametrize("count", [1023, 1024, 1025, 3 * 1024 + 7])
+def test_two_step_top_k_is_exact_across_block_edges(tmp_path: Path, count: int) -> None:
+    # The best faces sit at the edges of blocks and in the padded last block; k reaches the whole gallery.
+    from app.modelzoo.search import BLOCK_ROWS
+
+    rng = np.random.default_rng(count)
+    gallery = rng.standard_normal((count, 8)).astype(np.float32)
+    query = rng.standard_normal((2, 8)).astype(np.float32)
+    for row in {0, min(count, BLOCK_ROWS) - 1, count - 1, min(count - 1, BLOCK_ROWS)}:
+        gallery[row] = query[0] + 0.001 * row
+    version = export_search_model(tmp_path / "1", gallery, filenames_for(count))
+    loaded = Servable(version)
+    try:
+        for k in (1, 4, 37, count):
+            out = loaded.search(query, k)
+            want = np.argsort(squared_distances(gallery, query), axis=1, kind="stable")[:, :k]
+            assert out["indices"].tolist() == want.tolist()
+        assert int(loaded.run(SIZE_SIGNATURE)["size"]) == count
+    finally:
+        loaded.session.close()

@@ -18,7 +18,11 @@ than the gallery (400) without calling the search.
 Distances are ``||g||^2 - 2 g.q + ||q||^2`` with ``||g||^2`` precomputed at export:
 one matrix product reads the ``[N, D]`` gallery once per call (for the whole batch),
 which makes a query about as fast as streaming the matrix through memory, and no
-``[N, D]`` temporary (``latents - query``) is ever made.
+``[N, D]`` temporary (``latents - query``) is ever made. The top k is found in two
+steps that read the ``[N, B]`` scores once: the best score of each block of
+``BLOCK_ROWS`` gallery faces, then an exact top k among the k best blocks (the k best
+faces can only lie there). The gallery is stored padded to whole blocks with rows
+that score minus infinity, so they are never chosen.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ SERVABLE_NAME = "latent_search_model"
 SEARCH_SIGNATURE = "serving_default"
 SIZE_SIGNATURE = "gallery_size"
 WARMUP_K = 5
+# Gallery faces per block of the two-step top k: the [N/BLOCK_ROWS, B] block maxima are small, and the
+# k blocks gathered for the exact step hold k * BLOCK_ROWS scores per query.
+BLOCK_ROWS = 1024
 # Rows per block when the squared norms are computed in float64 at export: ~32 MB at D = 4096,
 # so validating a 1.6 GB gallery never doubles it in memory.
 _NORM_BLOCK_ROWS = 1024
@@ -93,9 +100,19 @@ class LatentSearch(tf.Module):
         self.size = int(flat.shape[0])
         self.latent_shape = tuple(int(d) for d in np.shape(latents)[1:])
         self.dim = int(flat.shape[1])
+        self.blocks = -(-self.size // BLOCK_ROWS)
+        padding = self.blocks * BLOCK_ROWS - self.size
+        if padding:  # zero latents with an infinite squared norm: a score of minus infinity for every query
+            flat = np.concatenate([flat, np.zeros((padding, self.dim), np.float32)])
+            norms = np.concatenate([norms, np.full(padding, np.inf, np.float32)])
+        # Each row is the latent followed by minus its squared norm, so that one matrix product with
+        # [2q, 1] gives the score 2 g.q - ||g||^2 directly (no pass over the scores to subtract norms).
+        scored = np.empty((len(flat), self.dim + 1), np.float32)
+        scored[:, : self.dim] = flat
+        scored[:, self.dim] = -norms
+        del flat
         with self.name_scope:
-            self.latents = tf.Variable(flat, trainable=False, name="latents")
-            self.squared_norms = tf.Variable(norms, trainable=False, name="squared_norms")
+            self.latents = tf.Variable(scored, trainable=False, name="latents_and_norms")
             self.filenames = tf.Variable(names, dtype=tf.string, trainable=False, name="filenames")
         # The signatures depend on the gallery's latent shape, so they are built per instance.
         self.search = tf.function(
@@ -149,27 +166,39 @@ class LatentSearch(tf.Module):
     def _search(self, target_latent: tf.Tensor, k_num: tf.Tensor) -> dict[str, tf.Tensor]:
         target_latent, k_num = self._checked(target_latent, k_num)
         queries = tf.reshape(target_latent, [-1, self.dim])  # [B, D]
+        batch = tf.shape(queries)[0]
         # Read each variable once: on CPU the read shares the variable's buffer, it copies nothing.
-        gallery = self.latents.value()  # [N, D]
-        # One pass over the gallery for the whole batch; [N, B] is tiny next to [N, D].
-        dots = tf.matmul(gallery, queries, transpose_b=True)
-        # Rank by 2 g.q - ||g||^2, i.e. by minus the distance without the query's constant ||q||^2,
-        # which is added back to the k winners only.
-        scores = 2.0 * tf.transpose(dots) - self.squared_norms.value()[tf.newaxis, :]  # [B, N]
-        best = tf.math.top_k(scores, k=k_num, sorted=True)
+        gallery = self.latents.value()  # [N', D + 1], N' a whole number of blocks
+        # One pass over the gallery for the whole batch. Faces are ranked by 2 g.q - ||g||^2, i.e. by
+        # minus the distance without the query's constant ||q||^2, which is added back to the k winners;
+        # [g, -||g||^2] . [2q, 1] is that score. [N', B] is tiny next to [N', D] and needs no transpose.
+        extended = tf.concat([2.0 * queries, tf.ones([batch, 1], queries.dtype)], axis=1)
+        scores = tf.matmul(gallery, extended, transpose_b=True)
+        blocks = tf.reshape(scores, [self.blocks, BLOCK_ROWS, batch])
+        # Step 1: each block's best score per query, and the k best blocks (fewer if there are fewer).
+        block_best = tf.transpose(tf.reduce_max(blocks, axis=1))  # [B, blocks]
+        chosen = tf.math.top_k(block_best, k=tf.minimum(k_num, self.blocks), sorted=False).indices  # [B, kb]
+        # Step 2: the exact top k among the chosen blocks' scores. The gather takes every query's column
+        # of each chosen block ([B, kb, BLOCK_ROWS, B], small); the one-hot keeps each query's own.
+        own = tf.one_hot(tf.range(batch), batch, dtype=scores.dtype)[:, tf.newaxis, tf.newaxis, :]
+        candidates = tf.reduce_sum(tf.gather(blocks, chosen) * own, axis=-1)  # [B, kb, BLOCK_ROWS]
+        best = tf.math.top_k(tf.reshape(candidates, [batch, -1]), k=k_num, sorted=True)
+        block_of = tf.gather(chosen, best.indices // BLOCK_ROWS, batch_dims=1)
+        indices = block_of * BLOCK_ROWS + best.indices % BLOCK_ROWS
         query_norms = tf.reduce_sum(tf.square(queries), axis=1, keepdims=True)  # [B, 1]
         # Float32 cancellation can leave a true zero (the query is a gallery face) slightly negative.
         distances = tf.maximum(query_norms - best.values, 0.0)
         return {
             "xvals": distances,
-            "indices": best.indices,
-            "filenames": tf.gather(self.filenames.value(), best.indices),
+            "indices": indices,
+            "filenames": tf.gather(self.filenames.value(), indices),
         }
 
     def _gallery_size(self) -> dict[str, tf.Tensor]:
-        # The variable's shape (no read), so the answer is the gallery that was actually restored.
+        # The filenames variable's shape (no read; the latents are padded to whole blocks, the names are
+        # not), so the answer is the gallery that was actually restored.
         return {
-            "size": tf.shape(self.squared_norms, out_type=tf.int64)[0],
+            "size": tf.shape(self.filenames, out_type=tf.int64)[0],
             "latent_shape": tf.constant(self.latent_shape, dtype=tf.int64, shape=[len(self.latent_shape)]),
         }
 
