@@ -9,6 +9,15 @@ message that names the file, the key and the fix (:class:`PipelineConfigError`).
 Whether the servables themselves fit is checked against their metadata by
 ``app.pipeline_check``.
 
+Any stage may also roll a new version out (``app.rollout``): ``traffic`` splits its
+requests between arms (version labels, or version numbers written as strings), the
+first arm being the stable one, and ``shadow`` names an arm that gets a copy of each
+request once the answer is ready, to be compared and never returned::
+
+    [search]
+    traffic = { stable = 90, canary = 10 }
+    shadow = "canary"
+
     [detect]                          # the face detector: gets the photo
     servable = "face_detection"
     inputs = { image = "input_images" }
@@ -22,12 +31,22 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from app.serving.base import DEFAULT_SIGNATURE, ModelRef
 
@@ -43,6 +62,7 @@ __all__ = [
     "SearchStage",
     "StageConfig",
     "TranslateStage",
+    "arm_pin",
     "load_pipeline_config",
     "parse_pipeline_config",
 ]
@@ -51,6 +71,33 @@ PIPELINE_FILENAME = "pipeline.toml"
 STAGE_NAMES = ("detect", "encode", "search", "translate")
 FACE_CROP_SCALE = 1.75
 TensorAlias = Annotated[str, Field(min_length=1, max_length=256)]
+# An arm of a rollout: a version label as TF Serving takes it, or a version number (digits only).
+_ARM_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_VERSION_DIGITS = 18
+TOTAL_WEIGHT = 100
+
+
+def arm_pin(name: str) -> tuple[int | None, str | None]:
+    """(version, label) an arm name stands for: digits are a version number, anything else a version label.
+
+    Raises ValueError, in the pipeline file's words, for a name that is neither.
+    """
+    if not isinstance(name, str) or not _ARM_PATTERN.match(name):
+        raise ValueError(
+            f"{name!r} is neither a version label (1-64 of the characters A-Z a-z 0-9 _ . -) nor a version number"
+        )
+    if name.isascii() and name.isdigit():
+        if len(name) > MAX_VERSION_DIGITS:
+            raise ValueError(f"version {name} has more than {MAX_VERSION_DIGITS} digits")
+        return int(name), None
+    return None, name
+
+
+def _arm_text(value: Any) -> Any:
+    """``shadow = 2`` is read as the version "2", as a traffic key would be."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
 
 
 class PipelineConfigError(ValueError):
@@ -125,9 +172,55 @@ class StageConfig(_Strict):
     inputs: Roles
     outputs: Roles
     image: ImageFeed = ImageFeed()
+    # A rollout: arm (label or version) -> share of the requests in percent; the first arm is the stable one.
+    traffic: dict[str, Annotated[StrictInt, Field(ge=0, le=TOTAL_WEIGHT)]] | None = None
+    # An arm (of the split, or any other label or version) that gets a copy of each request, compared, never returned.
+    shadow: Annotated[str | None, BeforeValidator(_arm_text)] = None
 
     role: ClassVar[str] = ""
     image_roles: ClassVar[tuple[str, ...]] = ()  # inputs (and outputs) that carry images
+
+    @field_validator("traffic")
+    @classmethod
+    def _split(cls, traffic: dict[str, int] | None) -> dict[str, int] | None:
+        if traffic is None:
+            return None
+        if not traffic:
+            raise ValueError("has no arm: name at least one, e.g. traffic = { stable = 90, canary = 10 }")
+        versions: dict[int, str] = {}
+        for name in traffic:
+            version, _ = arm_pin(name)
+            if version is not None and version in versions:
+                raise ValueError(f"{versions[version]!r} and {name!r} are the same version: keep one of them")
+            if version is not None:
+                versions[version] = name
+        total = sum(traffic.values())
+        if total != TOTAL_WEIGHT:
+            shares = ", ".join(f"{name} = {weight}" for name, weight in traffic.items())
+            raise ValueError(
+                f"the weights ({shares}) add up to {total}, not {TOTAL_WEIGHT}: change them so that they add up "
+                f"to {TOTAL_WEIGHT}, e.g. traffic = {{ stable = 90, canary = 10 }}"
+            )
+        return traffic
+
+    @field_validator("shadow")
+    @classmethod
+    def _shadow_arm(cls, shadow: str | None) -> str | None:
+        if shadow is not None:
+            arm_pin(shadow)
+        return shadow
+
+    @model_validator(mode="after")
+    def _shadow_is_compared_with_something(self) -> StageConfig:
+        if self.shadow is None or not self.traffic:
+            return self
+        weighted = [name for name, weight in self.traffic.items() if weight > 0]
+        if weighted == [self.shadow] or (len(weighted) == 1 and arm_pin(weighted[0]) == arm_pin(self.shadow)):
+            raise ValueError(
+                f"shadow = {self.shadow!r} is the arm that serves every request, so it would be compared with "
+                "itself: name another version label or version"
+            )
+        return self
 
     def ref(self, *, version: int | None = None, label: str | None = None, signature: str | None = None) -> ModelRef:
         return ModelRef(self.servable, version=version, label=label, signature=signature or self.signature)
