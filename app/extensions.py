@@ -6,6 +6,9 @@ import atexit
 import logging
 import os
 import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
 
 from flask import Flask, current_app
 
@@ -14,8 +17,9 @@ from app.errors import GatewayError, ServingUnavailable
 from app.metrics import GatewayMetrics, InstrumentedBackend
 from app.pipeline import Pipeline
 from app.pipeline_check import PipelineMisfit, check_pipeline, misfits_of
-from app.pipeline_config import PipelineConfig, load_pipeline_config
+from app.pipeline_config import PipelineConfig, PipelineConfigError, load_pipeline_config
 from app.serving.base import Backend
+from app.serving.model_config import ModelConfigError, load_model_config
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +55,93 @@ def create_backend(settings: Settings) -> Backend:
     )
 
 
+# A file read within this many seconds of its mtime may have changed again within the same mtime tick
+# (1 ns on ext4, 2 s on FAT): it is read again (and compared) at the next look, whatever its stamp says.
+_RACY_SECONDS = 2.0
+
+
+class PipelineFile:
+    """The pipeline file as last read, looked at again when asked: a newer version of it, if it changed.
+
+    A change is seen by the file's mtime, size and inode; a file read within the same clock
+    tick as it was written is read again at the next look, as git does with such entries. A file
+    that is now unreadable, invalid or gone is *refused*: the last good one stays in force,
+    and ``refused`` says why (logged once per reason).
+    """
+
+    def __init__(self, path: Path, *, required: bool) -> None:
+        self.path = Path(path)
+        self.required = required
+        self._stamp = self._stat()
+        self.config: PipelineConfig = load_pipeline_config(self.path, required=required)  # a bad file stops the app
+        self._text = self._read()
+        self._read_at = time.time()
+        self.refused: str | None = None
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            found = self.path.stat()
+        except OSError:
+            return None
+        return found.st_mtime_ns, found.st_size, found.st_ino
+
+    def _read(self) -> bytes | None:
+        try:
+            return self.path.read_bytes()
+        except OSError:
+            return None
+
+    def look(self) -> PipelineConfig | None:
+        """The file's new configuration if it changed into a valid one since the last look, else None."""
+        stamp = self._stat()
+        racy = self._stamp is not None and self._read_at - self._stamp[0] / 1e9 < _RACY_SECONDS
+        if stamp == self._stamp and not racy:
+            return None
+        self._stamp = stamp
+        text = self._read()
+        self._read_at = time.time()
+        if text == self._text and stamp is not None:
+            return None
+        self._text = text
+        if stamp is None and self.config.source.startswith("built-in defaults") and not self.required:
+            return None  # still no file: the defaults serve, as at start
+        try:
+            if text is None:
+                raise PipelineConfigError(self.path, "", "is gone or cannot be read")
+            config = load_pipeline_config(self.path, required=True)
+        except PipelineConfigError as exc:
+            self.refuse(f"{exc}; the pipeline file read before it stays in force")
+            return None
+        return config
+
+    def accept(self, config: PipelineConfig) -> None:
+        self.config, self.refused = config, None
+
+    def refuse(self, reason: str) -> None:
+        if reason != self.refused:
+            log.error("pipeline file refused: %s", reason)
+        self.refused = reason
+
+
 class Serving:
     """Owns the pipeline file and one Backend per process.
 
-    The pipeline file is read when the app is made (a bad file stops it there). The backend
-    is opened lazily, so a gunicorn worker opens its own after the fork; ``start()`` opens it
-    at once and checks the servables against the pipeline file (gunicorn.conf.py calls it
-    when a worker boots).
+    The pipeline file is read when the app is made (a bad file stops it there), and looked
+    at again every ``GATEWAY_POLL_INTERVAL`` seconds, when a request comes (0: never): a
+    changed file that is valid and fits the servables replaces it for the requests that come
+    next (traffic weights change without a restart); one that does not is refused, logged,
+    and shown in /api/v1/models, and the last good one serves on. The backend is opened
+    lazily, so a gunicorn worker opens its own after the fork; ``start()`` opens it at once
+    and checks the servables against the pipeline file (gunicorn.conf.py calls it when a
+    worker boots).
     """
 
     def __init__(self, settings: Settings, metrics: GatewayMetrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.pipeline_config: PipelineConfig = load_pipeline_config(
-            settings.pipeline_path(), required=settings.pipeline_config is not None
-        )
+        self.pipeline_file = PipelineFile(settings.pipeline_path(), required=settings.pipeline_config is not None)
+        self._looked_at = time.monotonic()
+        self._reload_lock = threading.Lock()
         self._backend: Backend | None = None
         self._pid: int | None = None
         self._failure: str | None = None  # why this process's backend did not start
@@ -96,18 +172,72 @@ class Serving:
             return self._backend
 
     @property
+    def pipeline_config(self) -> PipelineConfig:
+        """The pipeline file in force (the last good one read)."""
+        return self.pipeline_file.config
+
+    @property
     def pipeline(self) -> Pipeline:
         backend = self.backend
+        self._look_at_pipeline_file(backend)
         with self._lock:
-            if self._pipeline is None or self._pipeline.backend is not backend:
+            config = self.pipeline_file.config
+            if self._pipeline is None or self._pipeline.backend is not backend or self._pipeline.config is not config:
                 self._pipeline = Pipeline(
                     backend,
-                    self.pipeline_config,
+                    config,
                     threshold=self.settings.face_threshold,
                     max_pixels=self.settings.max_pixels,
                     timeout=self.settings.timeout,
+                    observer=None if self.metrics is None else self.metrics.rollouts,
+                    labels=self.version_labels,
+                    arm_check_interval=self.settings.poll_interval or 2.0,
+                    shadows_in_flight=max(1, self.settings.async_workers // 2),
                 )
             return self._pipeline
+
+    def _look_at_pipeline_file(self, backend: Backend) -> None:
+        """Every poll interval, one request looks at the pipeline file; a changed one must fit the servables."""
+        interval = self.settings.poll_interval
+        if not interval or time.monotonic() - self._looked_at < interval:
+            return
+        if not self._reload_lock.acquire(blocking=False):
+            return  # another request is looking
+        try:
+            self._looked_at = time.monotonic()
+            config = self.pipeline_file.look()
+            if config is None:
+                return
+            misfits = misfits_of(check_pipeline(backend, config))
+            if misfits:
+                self.pipeline_file.refuse(
+                    f"{PipelineMisfit(config.source, misfits).message}; the pipeline file read before it stays in force"
+                )
+                return
+            self.pipeline_file.accept(config)
+            log.info(
+                "pipeline file %s read again: %s", config.source,
+                ", ".join(f"{name}={stage.servable}" + _rollout_text(stage.traffic, stage.shadow)
+                          for name, stage in config.items()),
+            )  # fmt: skip
+        finally:
+            self._reload_lock.release()
+
+    def version_labels(self) -> Mapping[str, Mapping[str, int]] | None:
+        """The version labels per servable: those in force when the server can tell (the embedded one can), else
+        serving_models.config's (TF Serving's API does not list them); None when neither can be read."""
+        backend = self._backend
+        state = backend.config_state() if backend is not None else None
+        if state is not None:
+            return state.labels
+        try:
+            config = load_model_config(
+                self.settings.model_config, models_root=self.settings.models_root, check_paths=False
+            )
+        except (ModelConfigError, OSError) as exc:
+            log.debug("version labels unavailable: %s", exc)
+            return None
+        return {servable.name: servable.labels for servable in config.servables}
 
     def start(self) -> None:
         """Open the backend now and check every stage's servable; a misfit raises PipelineMisfit.
@@ -145,3 +275,10 @@ class Serving:
 
 def serving(app: Flask | None = None) -> Serving:
     return (app or current_app).extensions["serving"]
+
+
+def _rollout_text(traffic: Mapping[str, int] | None, shadow: str | None) -> str:
+    parts = [f"{arm} {weight}%" for arm, weight in (traffic or {}).items()]
+    if shadow is not None:
+        parts.append(f"shadow {shadow}")
+    return f" ({', '.join(parts)})" if parts else ""

@@ -57,6 +57,7 @@ class GatewayMetrics:
             "gateway_servable_call_errors_total", "Failed calls to a servable, by gateway error code",
             ["servable", "call", "code"], registry=self.registry,
         )  # fmt: skip
+        self.rollouts = RolloutMetrics(self.registry)
 
     def init_app(self, app: Flask) -> None:
         app.extensions["metrics"] = self
@@ -86,6 +87,65 @@ class GatewayMetrics:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+# Shadow agreement: box IoU and top-k overlap in 0..1, latent distances of a few units, pixel differences to 255.
+AGREEMENT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 255.0)
+
+
+class RolloutMetrics:
+    """Per stage and arm of a rollout: calls, their time and errors, fallbacks; per shadow: outcomes and agreement.
+
+    Every stage is counted, a stage with no traffic split under the arm "default" and a pinned
+    one under "pinned", so a canary's figures have a baseline beside them. Implements
+    ``app.rollout.RolloutObserver``.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "gateway_stage_requests_total", "Calls of a pipeline stage, by the arm that was asked",
+            ["stage", "arm"], registry=registry,
+        )  # fmt: skip
+        self.errors = Counter(
+            "gateway_stage_errors_total", "Failed calls of a pipeline stage, by arm and gateway error code",
+            ["stage", "arm", "code"], registry=registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "gateway_stage_duration_seconds", "Time of one call of a pipeline stage on an arm",
+            ["stage", "arm"], buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.fallbacks = Counter(
+            "gateway_stage_fallbacks_total", "Stage calls answered by another arm after an error (arm -> to)",
+            ["stage", "arm", "to"], registry=registry,
+        )  # fmt: skip
+        self.shadows = Counter(
+            "gateway_shadow_requests_total",
+            "Shadow copies by outcome: compared, failed, incomparable, skipped (arm unavailable), dropped (too many)",
+            ["stage", "arm", "shadow", "outcome"], registry=registry,
+        )  # fmt: skip
+        self.agreements = Histogram(
+            "gateway_shadow_agreement",
+            "A shadow's answer against the one returned: box_iou (detect), latent_distance (encode), "
+            "topk_overlap (search), pixel_difference (translate)",
+            ["stage", "arm", "shadow", "measure"], buckets=AGREEMENT_BUCKETS, registry=registry,
+        )  # fmt: skip
+
+    def stage_call(self, stage: str, arm: str, seconds: float | None, error: str | None) -> None:
+        if seconds is not None or error is not None:
+            self.requests.labels(stage, arm).inc()
+        if seconds is not None:
+            self.latency.labels(stage, arm).observe(seconds)
+        if error is not None:
+            self.errors.labels(stage, arm, error).inc()
+
+    def fallback(self, stage: str, arm: str, to: str) -> None:
+        self.fallbacks.labels(stage, arm, to).inc()
+
+    def shadow_call(self, stage: str, arm: str, shadow: str, outcome: str) -> None:
+        self.shadows.labels(stage, arm, shadow, outcome).inc()
+
+    def agreement(self, stage: str, arm: str, shadow: str, measure: str, value: float) -> None:
+        self.agreements.labels(stage, arm, shadow, measure).observe(value)
 
 
 class InstrumentedBackend(Backend):

@@ -8,6 +8,11 @@ and each newly seen version is checked against its stage (``app.pipeline_check``
 before it is used. The pipeline tolerates what real exports look like: outputs with
 or without a leading batch dimension, a count that is a scalar, ``[1]`` or absent,
 fixed batch 1, float or uint8 images, latents of any rank, strings as bytes.
+
+Each stage's call goes through the request's :class:`app.rollout.Routing`: a stage with a
+traffic split in the pipeline file is answered by the client's arm (a pin in the request
+wins), a failing canary by the stable arm, and a stage with a shadow arm sends it a copy
+once the whole answer is ready. The result names the arm that served each stage.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -25,24 +31,16 @@ from app import images
 from app.errors import BadInput, ModelFailure, NoFaceFound
 from app.pipeline_check import Misfit, PipelineMisfit, check_signature, fit_latent
 from app.pipeline_config import DEFAULT_PIPELINE, STAGE_NAMES, PipelineConfig, StageConfig
+from app.rollout import SHADOWS_IN_FLIGHT, LabelSource, Pin, Pins, RolloutObserver, Rollouts, Routing
 from app.serving.base import Backend, ModelRef, Served, SignatureMetadata
+
+__all__ = ["Face", "Match", "Photo", "Pin", "Pins", "Pipeline", "PortraitResult", "pins_from"]
 
 MAX_K = 100
 # A JPEG is first decoded at a reduced scale with at least this long side (Pillow draft).
 DRAFT_MIN_SIDE = 800
 # Faces encoded per call when the encoder takes any batch (build-index).
 ENCODE_BATCH = 16
-
-
-@dataclass(frozen=True)
-class Pin:
-    """A version or a version label one stage's servable is pinned to for one request."""
-
-    version: int | None = None
-    label: str | None = None
-
-
-Pins = Mapping[str, Pin]
 
 
 def pins_from(values: Mapping[str, Any], stages: Sequence[str] = STAGE_NAMES) -> dict[str, Pin]:
@@ -103,6 +101,7 @@ class Photo:
     original_size: tuple[int, int]  # (width, height)
     timings: dict[str, float] = field(default_factory=dict)
     data: bytes | None = None  # the upload, to decode again at full resolution when a crop needs it
+    arms: dict[str, str] = field(default_factory=dict)  # stage -> the rollout arm that served it (find_faces)
     _full: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -130,6 +129,7 @@ class PortraitResult:
     matches: list[Match] | None = None
     anime: np.ndarray | None = None
     versions: dict[str, int] = field(default_factory=dict)
+    arms: dict[str, str] = field(default_factory=dict)  # stage -> the rollout arm that served it
     timings: dict[str, float] = field(default_factory=dict)
     # Seconds inside the backend's predict call of each stage: the model's share of the stage's time.
     model_timings: dict[str, float] = field(default_factory=dict)
@@ -176,6 +176,10 @@ class Pipeline:
         threshold: float | None = None,
         max_pixels: int = images.DEFAULT_MAX_PIXELS,
         timeout: float | None = None,
+        observer: RolloutObserver | None = None,
+        labels: LabelSource | None = None,
+        arm_check_interval: float = 2.0,
+        shadows_in_flight: int = SHADOWS_IN_FLIGHT,
     ) -> None:
         self.backend = backend
         self.config = config
@@ -187,6 +191,15 @@ class Pipeline:
         # (servable, version, signature) -> misfits found when that version was first seen.
         self._checked: dict[tuple[str, int, str], list[Misfit]] = {}
         self._check_lock = threading.Lock()
+        # The pipeline file's traffic splits and shadows (none: every stage asks its servable's default).
+        self.rollouts = Rollouts(
+            config,
+            backend,
+            observer=observer,
+            labels=labels,
+            check_interval=arm_check_interval,
+            shadows_in_flight=shadows_in_flight,
+        )
 
     def _predict(
         self, stage: str, ref: ModelRef, inputs: Mapping[str, np.ndarray], model_timings: dict[str, float] | None
@@ -383,20 +396,6 @@ class Pipeline:
         ]
         return matches, version
 
-    def encode_and_search(
-        self,
-        crop: np.ndarray,
-        k: int,
-        pins: Pins | None,
-        timings: dict[str, float],
-        model_timings: dict[str, float] | None = None,
-    ) -> tuple[list[Match], int]:
-        """The k nearest gallery faces to the crop, and the search servable version that answered."""
-        with _timed(timings, "encode"):
-            latent = self.encode([crop], pins, model_timings)[0]
-        with _timed(timings, "search"):
-            return self.search(latent, k, pins, model_timings)
-
     def translate(
         self, crop: np.ndarray, pins: Pins | None = None, model_timings: dict[str, float] | None = None
     ) -> np.ndarray:
@@ -411,12 +410,18 @@ class Pipeline:
 
     # -- whole runs --------------------------------------------------------------------------------
 
-    def find_faces(self, data: bytes, pins: Pins | None = None) -> tuple[Photo, list[Face]]:
-        """Decode and detect: every face above the threshold (possibly none)."""
+    def find_faces(
+        self, data: bytes, pins: Pins | None = None, *, client: str | None = None
+    ) -> tuple[Photo, list[Face]]:
+        """Decode and detect: every face above the threshold (possibly none). ``photo.arms`` names the arm."""
+        routing = self.rollouts.route(client, pins)
         photo = self.decode(data)
         with _timed(photo.timings, "detect"):
-            faces, _ = self.detect_faces(photo, pins)
-        return photo, faces
+            found = routing.call("detect", lambda pinned: self.detect_faces(photo, pinned))
+        routing.shadow("detect", lambda pinned: self.detect_faces(photo, pinned), found)
+        photo.arms = dict(routing.served)
+        routing.start_shadows()
+        return photo, found[0]
 
     def run(
         self,
@@ -427,8 +432,13 @@ class Pipeline:
         search: bool = True,
         translate: bool = True,
         meanwhile: Callable[[PortraitResult], Any] | None = None,
+        client: str | None = None,
     ) -> PortraitResult:
         """The whole chain; the search and translation branches run concurrently. 422 when no face is found.
+
+        ``client`` is who asks (an API key's digest or an address): it keeps each stage with a traffic
+        split on one arm for that client (None: an arm drawn at random). Shadow copies are sent once
+        the result is complete; ``result.arms`` names the arm that served each stage.
 
         ``meanwhile(result)`` is the caller's own work that needs the photo, the face and the crop
         but no model's answer (e.g. encoding a page's images): it runs beside the translation, after
@@ -436,19 +446,27 @@ class Pipeline:
         of after the models; what it returns is ``result.meanwhile``.
         """
         started = time.perf_counter()
+        routing = self.rollouts.route(client, pins)
         if search:
-            self.check_k(k, pins)
+            routing.call("search", lambda pinned: self.check_k(k, pinned), counted=False)
         photo = self.decode(data)
         timings = dict(photo.timings)
         model_timings: dict[str, float] = {}
         with _timed(timings, "detect"):
-            faces, _ = self.detect_faces(photo, pins, model_timings)
+            found = routing.call("detect", lambda pinned: self.detect_faces(photo, pinned, model_timings))
+        routing.shadow("detect", lambda pinned: self.detect_faces(photo, pinned), found)
+        faces = found[0]
         if not faces:
             raise NoFaceFound(f"no face found with a score of at least {self.threshold:g}")
         face = faces[0]
         with _timed(timings, "crop"):
             wanted = [name for name, on in (("encode", search), ("translate", translate)) if on]
-            crops = {name: self.face_crop(name, photo, face, self._input_side(name, pins)) for name in wanted}
+            crops = {
+                name: self.face_crop(
+                    name, photo, face, routing.call(name, partial(self._input_side, name), counted=False)
+                )
+                for name in wanted
+            }
             shown = crops.get("translate")
             if shown is None:  # the page shows the box crop; an aligned chip is the encoder's view only
                 shown = (
@@ -461,16 +479,18 @@ class Pipeline:
         if translate and beside:
             # The branches are independent. The translation, the longer one, starts at once on this
             # thread; the search branch waits for a thread of the backend's pool.
-            branch = self.backend.submit(self._beside_translation, result, k, pins, search, meanwhile)
+            branch = self.backend.submit(self._beside_translation, result, k, routing, search, meanwhile)
             try:
-                result.anime = self._timed_translate(crops["translate"], pins, timings, model_timings)
+                result.anime = self._timed_translate(crops["translate"], routing, timings, model_timings)
             finally:
                 branch.result()
         elif translate:
-            result.anime = self._timed_translate(crops["translate"], pins, timings, model_timings)
+            result.anime = self._timed_translate(crops["translate"], routing, timings, model_timings)
         elif beside:
-            self._beside_translation(result, k, pins, search, meanwhile)
+            self._beside_translation(result, k, routing, search, meanwhile)
         timings["total"] = time.perf_counter() - started
+        result.arms = {stage: routing.served[stage] for stage in STAGE_NAMES if stage in routing.served}
+        routing.start_shadows()
         return result
 
     def _crop_kind(self, stage: str) -> str:
@@ -480,19 +500,26 @@ class Pipeline:
         self,
         result: PortraitResult,
         k: int,
-        pins: Pins | None,
+        routing: Routing,
         search: bool,
         meanwhile: Callable[[PortraitResult], Any] | None,
     ) -> None:
         if search:
-            result.matches, result.versions["search"] = self.encode_and_search(
-                result.crops["encode"], k, pins, result.timings, result.model_timings
-            )
+            crop, timings, model_timings = result.crops["encode"], result.timings, result.model_timings
+            with _timed(timings, "encode"):
+                latents = routing.call("encode", lambda pinned: self.encode([crop], pinned, model_timings))
+            routing.shadow("encode", lambda pinned: self.encode([crop], pinned), latents)
+            with _timed(timings, "search"):
+                found = routing.call("search", lambda pinned: self.search(latents[0], k, pinned, model_timings))
+            routing.shadow("search", lambda pinned: self.search(latents[0], k, pinned), found)
+            result.matches, result.versions["search"] = found
         if meanwhile is not None:
             result.meanwhile = meanwhile(result)
 
     def _timed_translate(
-        self, crop: np.ndarray, pins: Pins | None, timings: dict[str, float], model_timings: dict[str, float]
+        self, crop: np.ndarray, routing: Routing, timings: dict[str, float], model_timings: dict[str, float]
     ) -> np.ndarray:
         with _timed(timings, "translate"):
-            return self.translate(crop, pins, model_timings)
+            anime = routing.call("translate", lambda pinned: self.translate(crop, pinned, model_timings))
+        routing.shadow("translate", lambda pinned: self.translate(crop, pinned), anime)
+        return anime

@@ -24,6 +24,7 @@ from app.serving.model_config import ModelConfigError, load_model_config
 from app.thumbnails import GalleryThumbnails
 from app.views import openapi
 from app.views.common import (
+    client,
     k_of,
     pipeline,
     read_photo_request,
@@ -49,8 +50,8 @@ _LATEST_CACHE = "public, max-age=60"
 def search() -> ResponseReturnValue:
     """The k gallery faces nearest to the best face of the photo, each with a thumbnail URL."""
     data, params = read_photo_request(SearchParams, request, allow_raw_body=True)
-    result = pipeline().run(data, k=k_of(params), pins=params.pins(), translate=False)
-    return _timed(jsonify(result_json(result, with_images=params.images)), result.timings)
+    result = pipeline().run(data, k=k_of(params), pins=params.pins(), translate=False, client=client())
+    return _timed(jsonify(result_json(result, with_images=params.images)), result.timings, result.arms)
 
 
 @bp.post("/translate")
@@ -58,7 +59,7 @@ def translate() -> ResponseReturnValue:
     """The anime version of the best face: a PNG, or JSON with it in base64 when the client asks for JSON."""
     data, params = read_photo_request(TranslateParams, request, allow_raw_body=True)
     as_json = _translation_as_json(params.format)
-    result = pipeline().run(data, pins=params.pins(), search=False)
+    result = pipeline().run(data, pins=params.pins(), search=False, client=client())
     png = images.encode_png(result.anime)
     if as_json:
         body = result_json(result, with_images=False)
@@ -68,31 +69,34 @@ def translate() -> ResponseReturnValue:
         response = Response(png, mimetype="image/png")
         response.headers["X-Content-Type-Options"] = "nosniff"
     response.vary.add("Accept")  # one URL, two representations
-    return _timed(response, result.timings)
+    return _timed(response, result.timings, result.arms)
 
 
 @bp.post("/detect")
 def detect() -> ResponseReturnValue:
     """Every face above the threshold, best first; a photo with no face is an empty list, not an error."""
     data, params = read_photo_request(DetectParams, request, allow_raw_body=True)
-    photo, faces = pipeline().find_faces(data, params.pins())
+    photo, faces = pipeline().find_faces(data, params.pins(), client=client())
     body = {
         "faces": [face.to_dict() for face in faces],
         "image": {"width": photo.original_size[0], "height": photo.original_size[1]},
         "timings_ms": timings_ms(photo.timings),
+        "arms": dict(photo.arms),
     }
-    return _timed(jsonify(body), photo.timings)
+    return _timed(jsonify(body), photo.timings, photo.arms)
 
 
 @bp.get("/models")
 def models() -> ResponseReturnValue:
     """Each pipeline servable with its versions, their states and the version labels; a failing one names its error.
 
-    Also the pipeline file's wiring, stage by stage, and whether each stage's servable fits it.
+    Also the pipeline file's wiring, stage by stage, whether each stage's servable fits it, why a
+    newer pipeline file was refused (if it was), and each stage's rollout with the state of its arms.
     """
     read_params(NoParams, request)
     try:
         backend = serving().backend
+        rollouts = serving().pipeline.rollouts  # looks at the pipeline file, as a request would
     except (ValueError, OSError) as exc:  # e.g. a broken serving_models.config for the local backend
         raise ServingUnavailable(f"the serving backend cannot start: {exc}", retry_after=5) from exc
     # The labels in force and a refused config, when the server can tell (the embedded one can; TF Serving only logs).
@@ -109,7 +113,9 @@ def models() -> ResponseReturnValue:
         else:
             entry["versions"] = [_version_dict(status, entry["labels"]) for status in statuses]
         servables.append(entry)
-    body = {"servables": servables, "pipeline": _pipeline_report(backend)}
+    body = {"servables": servables, "pipeline": _pipeline_report(backend), "rollouts": rollouts.describe(look=True)}
+    if serving().pipeline_file.refused is not None:  # the last good pipeline file serves
+        body["pipeline"]["refused"] = serving().pipeline_file.refused
     if state is not None:  # refused: why the newest serving_models.config is not in force (the previous one serves)
         body["model_config"] = {"refused": state.refused}
     return jsonify(body)
@@ -145,8 +151,8 @@ def thumbnails() -> GalleryThumbnails:
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def _timed(response: Response, timings: Mapping[str, float]) -> Response:
-    response.headers["Server-Timing"] = server_timing(timings)
+def _timed(response: Response, timings: Mapping[str, float], arms: Mapping[str, str]) -> Response:
+    response.headers["Server-Timing"] = server_timing(timings, arms)
     return response
 
 

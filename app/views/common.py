@@ -17,6 +17,7 @@ from app.config import Settings
 from app.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
 from app.extensions import serving
 from app.pipeline import Match, Pipeline, PortraitResult
+from app.security import client_identity
 from app.views.params import Params, read_params
 
 UPLOAD_FIELD = "image_file"
@@ -134,9 +135,19 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def server_timing(timings: Mapping[str, float]) -> str:
-    """A Server-Timing header value: each stage's duration in milliseconds."""
-    return ", ".join(f"{stage};dur={seconds * 1000:.1f}" for stage, seconds in timings.items())
+def server_timing(timings: Mapping[str, float], arms: Mapping[str, str] | None = None) -> str:
+    """A Server-Timing header value: each stage's duration in milliseconds, and as its description the
+    rollout arm that served it (``search;dur=4.1;desc="canary"``)."""
+    arms = arms or {}
+    return ", ".join(
+        f"{stage};dur={seconds * 1000:.1f}" + (f';desc="{arms[stage]}"' if stage in arms else "")
+        for stage, seconds in timings.items()
+    )
+
+
+def client() -> str:
+    """Who is asking, as the rate limit counts it (a valid API key, else the address): keeps a rollout sticky."""
+    return client_identity()
 
 
 def timings_ms(timings: Mapping[str, float]) -> dict[str, float]:
@@ -155,6 +166,7 @@ def result_json(result: PortraitResult, *, with_images: bool) -> dict:
         "faces": [face.to_dict() for face in result.faces],
         "image": {"width": result.photo.original_size[0], "height": result.photo.original_size[1]},
         "timings_ms": timings_ms(result.timings),
+        "arms": dict(result.arms),
     }
     if result.matches is not None:
         version = result.versions.get("search")

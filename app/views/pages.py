@@ -10,6 +10,7 @@ from flask.typing import ResponseReturnValue
 
 from app import images
 from app.pipeline import MAX_K, Face, PortraitResult
+from app.rollout import DEFAULT_ARM
 from app.views import common
 from app.views.errors import wants_json
 from app.views.params import PageParams
@@ -56,8 +57,8 @@ def detect_face() -> ResponseReturnValue:
     as_json = wants_json()
     # The page's photo and face images are encoded while the translation runs (shown_images needs no request).
     meanwhile = None if as_json else shown_images
-    result = common.pipeline().run(data, k=k, pins=params.pins(), meanwhile=meanwhile)
-    headers = {"Server-Timing": common.server_timing(page_timings(result))}
+    result = common.pipeline().run(data, k=k, pins=params.pins(), meanwhile=meanwhile, client=common.client())
+    headers = {"Server-Timing": common.server_timing(page_timings(result), result.arms)}
     if as_json:
         return jsonify(common.result_json(result, with_images=True)), 200, headers
     page = render_template("result.html", upload_form=upload_form_context(k), **result_context(result))
@@ -104,6 +105,8 @@ def result_context(result: PortraitResult) -> dict:
         "anime_size": None if result.anime is None else (result.anime.shape[1], result.anime.shape[0]),
         "matches": [(match, common.thumbnail_url(match, version)) for match in result.matches or []],
         "gallery_version": version,
+        # Only what did not come from a stage's default: a rollout's arm, or the request's own pin.
+        "arms": [(stage, arm) for stage, arm in result.arms.items() if arm != DEFAULT_ARM],
         "timings": [
             (stage, seconds * 1000, seconds / total) for stage, seconds in result.timings.items() if stage != "total"
         ],
