@@ -41,6 +41,8 @@ class GatewayError(Exception):
 
     status_code: int = 500
     code: str = "internal"
+    # The model server's own status (code and message as it sent them) when the error is a translation of one.
+    serving_status: ServingStatus | None = None
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -202,7 +204,13 @@ def model_sentence(message: str) -> str:
 
 
 def from_serving_status(code: grpc.StatusCode, message: str, *, servable: str = "") -> GatewayError:
-    """Translate a TF Serving status (code + message) into the matching GatewayError."""
+    """Translate a TF Serving status (code + message) into the matching GatewayError, which keeps the status."""
+    error = _translated(code, message, servable)
+    error.serving_status = ServingStatus(code, message)
+    return error
+
+
+def _translated(code: grpc.StatusCode, message: str, servable: str) -> GatewayError:
     prefix = f"{servable}: " if servable else ""
     if code in _MODEL_SENTENCE_CODES:
         sentence = model_sentence(message)

@@ -8,6 +8,7 @@ then keeps the values in files there and ``/metrics`` adds up every worker.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
@@ -27,6 +28,12 @@ from prometheus_client import (
 
 from app.errors import GatewayError
 from app.serving.base import Backend, ModelRef, Served, ServingConfigState, SignatureMetadata, VersionStatus
+from app.serving.protos.tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    input_pb2,
+    regression_pb2,
+)
 
 T = TypeVar("T")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -148,6 +155,34 @@ class RolloutMetrics:
         self.agreements.labels(stage, arm, shadow, measure).observe(value)
 
 
+class ServableLabels:
+    """The servable label of a metric, bounded: a servable's own name once the backend has answered for it, and
+    before that only for the first ``spare`` distinct names, then "other". The model surfaces (/v1, /v2) take any
+    name a client sends; made-up ones must not grow the label set without end."""
+
+    OTHER = "other"
+
+    def __init__(self, spare: int = 32) -> None:
+        self.spare = spare
+        self._answered: set[str] = set()
+        self._unanswered: set[str] = set()
+        self._lock = threading.Lock()
+
+    def answered(self, name: str) -> None:
+        if name not in self._answered:
+            with self._lock:
+                self._answered.add(name)
+
+    def label(self, name: str) -> str:
+        if name in self._answered or name in self._unanswered:
+            return name
+        with self._lock:
+            if len(self._unanswered) < self.spare:
+                self._unanswered.add(name)
+                return name
+        return self.OTHER
+
+
 class InstrumentedBackend(Backend):
     """Wraps a backend: times every call per servable and counts failures by gateway error code."""
 
@@ -155,16 +190,20 @@ class InstrumentedBackend(Backend):
         super().__init__()
         self.inner = inner
         self.metrics = metrics
+        self.servables = ServableLabels()
 
     def _timed(self, servable: str, call: str, fn: Callable[..., T], *args: Any) -> T:
         started = time.perf_counter()
         try:
-            return fn(*args)
+            result = fn(*args)
+            self.servables.answered(servable)
+            return result
         except GatewayError as exc:
-            self.metrics.servable_errors.labels(servable, call, exc.code).inc()
+            self.metrics.servable_errors.labels(self.servables.label(servable), call, exc.code).inc()
             raise
         finally:
-            self.metrics.servable_latency.labels(servable, call).observe(time.perf_counter() - started)
+            label = self.servables.label(servable)
+            self.metrics.servable_latency.labels(label, call).observe(time.perf_counter() - started)
 
     def predict(
         self, ref: ModelRef, inputs: Mapping[str, np.ndarray], timeout: float | None = None
@@ -179,8 +218,21 @@ class InstrumentedBackend(Backend):
     def metadata(self, ref: ModelRef) -> SignatureMetadata:
         return self._timed(ref.name, "metadata", self.inner.metadata, ref)
 
-    def model_status(self, name: str) -> list[VersionStatus]:
-        return self._timed(name, "status", self.inner.model_status, name)
+    def model_status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        return self._timed(name, "status", self.inner.model_status, name, version)
+
+    def get_model_metadata(self, ref: ModelRef) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        return self._timed(ref.name, "metadata", self.inner.get_model_metadata, ref)
+
+    def classify(
+        self, ref: ModelRef, examples: input_pb2.Input, timeout: float | None = None
+    ) -> classification_pb2.ClassificationResponse:
+        return self._timed(ref.name, "classify", self.inner.classify, ref, examples, timeout)
+
+    def regress(
+        self, ref: ModelRef, examples: input_pb2.Input, timeout: float | None = None
+    ) -> regression_pb2.RegressionResponse:
+        return self._timed(ref.name, "regress", self.inner.regress, ref, examples, timeout)
 
     def config_state(self) -> ServingConfigState | None:
         return self.inner.config_state()

@@ -42,16 +42,19 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 from tensorflow_serving.config import model_server_config_pb2
 
 from app.errors import ServingStatus
+from app.serving.base import fill_classification_result, fill_regression_result
 from app.serving.model_config import ModelConfigError, parse_model_config
 from app.serving.runtime import ModelRuntime, wire_message
 from app.serving.tensors import row_of_dtype
@@ -181,6 +184,14 @@ def _version_and_label(spec) -> tuple[int | None, str | None]:
     return None, None
 
 
+def _answered_spec(out, spec, served: int) -> None:
+    """MakeModelSpec (servables/tensorflow/util.cc): the name, the signature (the default when none was named) and
+    the version that answered."""
+    out.name = spec.name
+    out.signature_name = spec.signature_name or "serving_default"
+    out.version.value = served
+
+
 def _as_proto_field(value: np.ndarray, proto: tensor_pb2.TensorProto) -> None:
     """Write ``value`` into ``proto`` like TF Serving's ``Tensor::AsProtoField``: shape always, values in ``*_val``."""
     row = row_of_dtype(value.dtype)  # the DTYPES row: which *_val field carries this dtype
@@ -227,6 +238,44 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 _as_proto_field(value, response.outputs[alias])
             else:
                 response.outputs[alias].CopyFrom(tf.make_tensor_proto(value))
+        return response
+
+    def Classify(self, request, context):
+        """TensorflowClassificationServiceImpl::Classify: the runtime's classifier.cc checks, MakeModelSpec's answer."""
+        self.double._enter_call("Classify", context, request.model_spec.name)
+        if not request.HasField("model_spec"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+        spec = request.model_spec
+        version, label = _version_and_label(spec)
+        try:
+            served, outputs = self.double.runtime.classify(
+                spec.name, request.input, version=version, label=label,
+                signature=spec.signature_name or "serving_default", timeout=context.time_remaining(),
+            )  # fmt: skip
+        except ServingStatus as exc:
+            _abort(context, exc)
+        response = classification_pb2.ClassificationResponse()
+        _answered_spec(response.model_spec, spec, served)
+        fill_classification_result(response.result, outputs)
+        return response
+
+    def Regress(self, request, context):
+        """TensorflowRegressionServiceImpl::Regress, likewise."""
+        self.double._enter_call("Regress", context, request.model_spec.name)
+        if not request.HasField("model_spec"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+        spec = request.model_spec
+        version, label = _version_and_label(spec)
+        try:
+            served, output = self.double.runtime.regress(
+                spec.name, request.input, version=version, label=label,
+                signature=spec.signature_name or "serving_default", timeout=context.time_remaining(),
+            )  # fmt: skip
+        except ServingStatus as exc:
+            _abort(context, exc)
+        response = regression_pb2.RegressionResponse()
+        _answered_spec(response.model_spec, spec, served)
+        fill_regression_result(response.result, output)
         return response
 
     def GetModelMetadata(self, request, context):

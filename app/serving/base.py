@@ -22,6 +22,12 @@ from app.serving import tensors
 
 if TYPE_CHECKING:  # only named in hints: a SignatureDef of either set is read by its fields
     from app.serving.protos.tensorflow.core.protobuf import meta_graph_pb2
+    from app.serving.protos.tensorflow_serving.apis import (
+        classification_pb2,
+        get_model_metadata_pb2,
+        input_pb2,
+        regression_pb2,
+    )
 
 DEFAULT_SIGNATURE = "serving_default"
 T = TypeVar("T")
@@ -157,6 +163,34 @@ class ServingConfigState:
     refused: str | None = None
 
 
+def fill_classification_result(
+    result: classification_pb2.ClassificationResult, outputs: Mapping[str, np.ndarray]
+) -> None:
+    """PostProcessClassificationResult's conversion (classifier.cc), once its checks have passed: per example, one
+    (label, score) per class from the signature's ``classes`` and ``scores`` outputs; a missing one leaves its field
+    at its default. ``result`` may be a message of either set (only fields are touched)."""
+    classes, scores = outputs.get("classes"), outputs.get("scores")
+    shaped = classes if classes is not None else scores
+    if shaped is None:
+        return
+    for example in range(shaped.shape[0]):
+        entry = result.classifications.add()
+        for index in range(shaped.shape[1]):
+            item = entry.classes.add()
+            if classes is not None:
+                label = classes[example, index]
+                # A proto3 string: bytes that are not UTF-8 could not be sent on, so they are replaced.
+                item.label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
+            if scores is not None:
+                item.score = float(scores[example, index])
+
+
+def fill_regression_result(result: regression_pb2.RegressionResult, output: np.ndarray) -> None:
+    """PostProcessRegressionResult's conversion (regressor.cc): one value per example, from the flat output."""
+    for value in np.asarray(output, dtype=np.float32).ravel().tolist():
+        result.regressions.add().value = value
+
+
 class Served(NamedTuple):
     """What a Predict call returned, and which version of the servable answered it (None: not said)."""
 
@@ -196,8 +230,26 @@ class Backend(abc.ABC):
         return self._pool().submit(fn, *args)
 
     @abc.abstractmethod
-    def model_status(self, name: str) -> list[VersionStatus]:
-        """Every version of the model the server knows, newest first (TF Serving's order), END ones included."""
+    def model_status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        """Every version of the model the server knows, newest first (TF Serving's order), END ones included; with
+        ``version``, that version's status alone (NOT_FOUND "Could not find version ..." when it has none)."""
+
+    @abc.abstractmethod
+    def get_model_metadata(self, ref: ModelRef) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        """GetModelMetadata as TF Serving answers it: the version the ref resolves to and all its SignatureDefs
+        (``__saved_model_init_op`` and all), for a surface that hands them on as they are. Asked afresh each time."""
+
+    @abc.abstractmethod
+    def classify(
+        self, ref: ModelRef, examples: input_pb2.Input, timeout: float | None = None
+    ) -> classification_pb2.ClassificationResponse:
+        """Classify: tf.Examples through the ref's classification signature (classes and/or scores per example)."""
+
+    @abc.abstractmethod
+    def regress(
+        self, ref: ModelRef, examples: input_pb2.Input, timeout: float | None = None
+    ) -> regression_pb2.RegressionResponse:
+        """Regress: tf.Examples through the ref's regression signature (one value per example)."""
 
     def config_state(self) -> ServingConfigState | None:
         """The labels in force and why the newest model config was refused, when the server can tell.

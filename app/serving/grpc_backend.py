@@ -34,11 +34,14 @@ from app.serving.base import (
     metadata_from_signature_defs,
 )
 from app.serving.protos.tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    input_pb2,
     model_pb2,
     model_service_pb2_grpc,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
 MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving itself accepts up to 2 GB
@@ -221,12 +224,7 @@ class GrpcBackend(Backend):
         key = (ref.name, ref.version, ref.label)
         cached = self._metadata_cache.get(key)
         if cached is None or cached[0] < time.monotonic():
-            request = get_model_metadata_pb2.GetModelMetadataRequest(
-                model_spec=model_spec(ModelRef(ref.name, ref.version, ref.label)),
-                metadata_field=["signature_def"],
-            )
-            predict_stub, _ = self._stubs()
-            response = self._call(predict_stub.GetModelMetadata, request, None, ref.name)
+            response = self.get_model_metadata(ref)
             signature_map = get_model_metadata_pb2.SignatureDefMap()
             if not response.metadata["signature_def"].Unpack(signature_map):
                 raise BadInput(f"{ref.name}: TF Serving returned metadata without signature_def")
@@ -239,8 +237,33 @@ class GrpcBackend(Backend):
             self._metadata_cache[(ref.name, model.version, None)] = (float("inf"), model)
         return cached[1].signature(ref.signature)
 
-    def model_status(self, name: str) -> list[VersionStatus]:
-        request = get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name=name))
+    def get_model_metadata(self, ref: ModelRef) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=model_spec(ModelRef(ref.name, ref.version, ref.label)),
+            metadata_field=["signature_def"],
+        )
+        predict_stub, _ = self._stubs()
+        return self._call(predict_stub.GetModelMetadata, request, None, ref.name)
+
+    def classify(
+        self, ref: ModelRef, examples: input_pb2.Input, timeout: float | None = None
+    ) -> classification_pb2.ClassificationResponse:
+        request = classification_pb2.ClassificationRequest(model_spec=model_spec(ref), input=examples)
+        predict_stub, _ = self._stubs()
+        return self._call(predict_stub.Classify, request, timeout, ref.name)
+
+    def regress(
+        self, ref: ModelRef, examples: input_pb2.Input, timeout: float | None = None
+    ) -> regression_pb2.RegressionResponse:
+        request = regression_pb2.RegressionRequest(model_spec=model_spec(ref), input=examples)
+        predict_stub, _ = self._stubs()
+        return self._call(predict_stub.Regress, request, timeout, ref.name)
+
+    def model_status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        spec = model_pb2.ModelSpec(name=name)
+        if version is not None:
+            spec.version.value = version
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=spec)
         _, model_stub = self._stubs()
         response = self._call(model_stub.GetModelStatus, request, None, name)
         states = get_model_status_pb2.ModelVersionStatus.State

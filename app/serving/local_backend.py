@@ -9,7 +9,23 @@ from pathlib import Path
 import numpy as np
 
 from app.errors import ServingStatus, ServingUnavailable, from_serving_status
-from app.serving.base import Backend, ModelRef, Served, ServingConfigState, SignatureMetadata, VersionStatus
+from app.serving.base import (
+    Backend,
+    ModelRef,
+    Served,
+    ServingConfigState,
+    SignatureMetadata,
+    VersionStatus,
+    fill_classification_result,
+    fill_regression_result,
+)
+from app.serving.protos.tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    input_pb2,
+    model_pb2,
+    regression_pb2,
+)
 from app.serving.runtime import DEFAULT_LOAD_RETRY_INTERVAL, DEFAULT_MAX_LOAD_RETRIES, ModelRuntime, wire_message
 
 
@@ -83,9 +99,45 @@ class LocalBackend(Backend):
             model = self.runtime.metadata(ref.name, version=ref.version, label=ref.label)
         return model.signature(ref.signature)
 
-    def model_status(self, name: str) -> list[VersionStatus]:
+    def model_status(self, name: str, version: int | None = None) -> list[VersionStatus]:
         with _as_on_the_wire(name):
-            return self.runtime.status(name)
+            return self.runtime.status(name, version)
+
+    def get_model_metadata(self, ref: ModelRef) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        with _as_on_the_wire(ref.name):
+            version, signature_defs = self.runtime.signature_defs(ref.name, version=ref.version, label=ref.label)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, signature in signature_defs.items():  # TensorFlow's messages: handed across as bytes
+            signature_map.signature_def[key].ParseFromString(signature.SerializeToString())
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = ref.name
+        response.model_spec.version.value = version
+        response.metadata["signature_def"].Pack(signature_map)
+        return response
+
+    def classify(
+        self, ref: ModelRef, examples: input_pb2.Input, timeout: float | None = None
+    ) -> classification_pb2.ClassificationResponse:
+        with _as_on_the_wire(ref.name):
+            version, outputs = self.runtime.classify(
+                ref.name, examples, version=ref.version, label=ref.label, signature=ref.signature,
+                timeout=self.timeout if timeout is None else timeout,
+            )  # fmt: skip
+        response = classification_pb2.ClassificationResponse(model_spec=_answered_spec(ref, version))
+        fill_classification_result(response.result, outputs)
+        return response
+
+    def regress(
+        self, ref: ModelRef, examples: input_pb2.Input, timeout: float | None = None
+    ) -> regression_pb2.RegressionResponse:
+        with _as_on_the_wire(ref.name):
+            version, output = self.runtime.regress(
+                ref.name, examples, version=ref.version, label=ref.label, signature=ref.signature,
+                timeout=self.timeout if timeout is None else timeout,
+            )  # fmt: skip
+        response = regression_pb2.RegressionResponse(model_spec=_answered_spec(ref, version))
+        fill_regression_result(response.result, output)
+        return response
 
     def labels(self, name: str) -> dict[str, int]:
         return self.runtime.labels(name)
@@ -100,3 +152,10 @@ class LocalBackend(Backend):
     def close(self) -> None:
         super().close()
         self.runtime.close()
+
+
+def _answered_spec(ref: ModelRef, version: int) -> model_pb2.ModelSpec:
+    """MakeModelSpec: the model spec of an answer, with the version that gave it."""
+    spec = model_pb2.ModelSpec(name=ref.name, signature_name=ref.signature)
+    spec.version.value = version
+    return spec

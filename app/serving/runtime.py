@@ -728,6 +728,54 @@ class ModelRuntime:
         finally:
             servable.release()
 
+    def classify(
+        self,
+        name: str,
+        examples: Any,
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        signature: str = DEFAULT_SIGNATURE,
+        timeout: float | None = None,
+    ) -> tuple[int, dict[str, np.ndarray]]:
+        """Classify (classifier.cc RunClassify): ``examples`` (an ``Input`` of either message set) through a
+        classification signature, checked as TF Serving checks it; the version that answered, and the
+        ``classes`` and/or ``scores`` outputs by key."""
+        servable = self._resolve(name, version, label)
+        try:
+            found = warmups._find_signature(servable, signature)
+            input_name, output_names = warmups.classification_tensors(found)
+            serialized = warmups.serialized_examples(examples)
+            values = servable.run({input_name: serialized}, output_names, timeout)
+            warmups.check_classification(found, len(serialized), output_names, values)
+            keys = [key for key in ("classes", "scores") if key in found.outputs]
+            return servable.version, dict(zip(keys, values, strict=True))
+        finally:
+            servable.release()
+
+    def regress(
+        self,
+        name: str,
+        examples: Any,
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        signature: str = DEFAULT_SIGNATURE,
+        timeout: float | None = None,
+    ) -> tuple[int, np.ndarray]:
+        """Regress (regressor.cc RunRegress): ``examples`` through a regression signature; the version that
+        answered and its ``outputs`` tensor, checked as TF Serving checks it."""
+        servable = self._resolve(name, version, label)
+        try:
+            found = warmups._find_signature(servable, signature)
+            input_name, output_names = warmups.regression_tensors(found)
+            serialized = warmups.serialized_examples(examples)
+            values = servable.run({input_name: serialized}, output_names, timeout)
+            warmups.check_regression(found, len(serialized), output_names, values)
+            return servable.version, values[0]
+        finally:
+            servable.release()
+
     def metadata(self, name: str, *, version: int | None = None, label: str | None = None) -> ModelMetadata:
         servable = self._resolve(name, version, label)
         try:
