@@ -82,7 +82,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from app.extensions import Serving
     from app.metrics import GatewayMetrics
     from app.modelzoo import cli
-    from app.views import api, errors, ops, pages
+    from app.views import api, errors, inference_v2, ops, pages, tfserving_rest
 
     metrics = GatewayMetrics()
     metrics.init_app(app)
@@ -91,6 +91,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(tfserving_rest.bp)  # TF Serving's REST API, /v1/
+    app.register_blueprint(inference_v2.bp)  # the Open Inference Protocol, /v2/
     security.init_app(app, settings)
     errors.init_app(app)
     return app

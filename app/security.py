@@ -2,7 +2,7 @@
 
 :func:`init_app` wires it all to one app; nothing is created at import time.
 
-- One flask-limiter limit (``GATEWAY_RATE_LIMIT``) shared by the four pipeline endpoints and
+- One flask-limiter limit (``GATEWAY_RATE_LIMIT``) shared by the endpoints that run models and
   counted per client: the API key when a valid one was presented, else the client address
   (``GATEWAY_TRUSTED_PROXIES`` hops of X-Forwarded-For are believed, never more). Over it: 429
   ``rate_limited`` with Retry-After, as JSON or as the error page.
@@ -10,9 +10,9 @@
   every worker and pod). A Redis that stops answering costs one request its socket timeout, then
   each worker counts on its own (one warning) and flask-limiter re-checks the store with back-off
   (1 to 32 s); when it answers again, the shared count resumes (one more line in the log).
-- With ``GATEWAY_API_KEYS``/``GATEWAY_API_KEYS_FILE`` set, /api/ answers 401 without a valid key
-  (``Authorization: Bearer <key>`` or ``X-API-Key``), except the gallery thumbnails, which the
-  open browser page shows, and the OpenAPI document, which says how to authenticate.
+- With ``GATEWAY_API_KEYS``/``GATEWAY_API_KEYS_FILE`` set, /api/, /v1/ and /v2/ answer 401 without a valid
+  key (``Authorization: Bearer <key>`` or ``X-API-Key``), except the gallery thumbnails, which the
+  open browser page shows, the OpenAPI document, which says how to authenticate, and /v2/health.
 - Security headers on every response; the pages satisfy the Content-Security-Policy (no inline
   script or style, images from the gateway or data: URLs).
 - JSON escapes ``<``, ``>`` and ``&``, so that no client- or gallery-given string appears raw.
@@ -44,10 +44,17 @@ from app.errors import RateLimited, Unauthorized
 
 log = logging.getLogger(__name__)
 
-# The endpoints that run models: the only ones a client can make expensive.
-PIPELINE_ENDPOINTS = frozenset({"api.search", "api.translate", "api.detect", "pages.detect_face"})
-# Under /api/ but open with keys set: the browser page shows thumbnails; the document says how to authenticate.
-OPEN_API_ENDPOINTS = frozenset({"api.gallery_thumbnail", "api.openapi_document"})
+# The endpoints that run models: the only ones a client can make expensive. The photo endpoints, and the model
+# surfaces' predict/classify/regress (TF Serving's REST API) and infer (the Open Inference Protocol).
+PIPELINE_ENDPOINTS = frozenset(
+    {"api.search", "api.translate", "api.detect", "pages.detect_face", "tfserving_rest.run", "inference_v2.infer"}
+)
+# Where keys are asked for: the JSON API and the model surfaces.
+KEYED_PATHS = ("/api/", "/v1/", "/v2/")
+# Open with keys set: the browser page shows thumbnails; the document says how to authenticate; health is for probes.
+OPEN_API_ENDPOINTS = frozenset(
+    {"api.gallery_thumbnail", "api.openapi_document", "inference_v2.live", "inference_v2.ready"}
+)
 API_KEY_HEADER = "X-API-Key"
 REALM = "portrait gateway"
 CONTENT_SECURITY_POLICY = "; ".join(
@@ -152,7 +159,8 @@ class ApiKeys:
 
     def check_request(self) -> None:
         """Before each request: a valid key for /api/ when keys are set; remembers it as the client's identity."""
-        if not self.required or not request.path.startswith("/api/") or request.endpoint in OPEN_API_ENDPOINTS:
+        keyed = request.path.startswith(KEYED_PATHS) or request.path == "/v2"
+        if not self.required or not keyed or request.endpoint in OPEN_API_ENDPOINTS:
             return
         presented = presented_key(request)
         if presented is None:
@@ -283,7 +291,7 @@ class ClientRateLimit:
         limit = self.limiter.current_limit
         wait = max(1, math.ceil(limit.reset_at - time.time())) if limit is not None else 1
         error = RateLimited(
-            f"too many requests from this client: at most {exc.limit.limit} to the photo endpoints; "
+            f"too many requests from this client: at most {exc.limit.limit} to the photo and model endpoints; "
             f"try again in {wait} s",
             retry_after=wait,
         )

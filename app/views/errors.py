@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
-from flask import Flask, jsonify, render_template, request
+from flask import Blueprint, Flask, current_app, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -20,6 +22,15 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(Exception, _render_unexpected)
 
 
+_BODIES = "error_bodies"
+
+
+def error_body(blueprint: Blueprint, body: Callable[[GatewayError], dict[str, Any]]) -> None:
+    """Give every error of a blueprint's requests its own JSON body, whatever raised it (a rate limit, a key
+    check, a size limit, a view): a wire protocol's error format. Status and headers stay the handler's."""
+    blueprint.record_once(lambda state: state.app.extensions.setdefault(_BODIES, {}).update({blueprint.name: body}))
+
+
 def wants_json() -> bool:
     """JSON for the API and for clients that prefer it; an HTML page for browsers."""
     if request.path.startswith("/api/") or request.path in ("/healthz", "/readyz"):
@@ -33,6 +44,9 @@ def render_error(error: GatewayError) -> ResponseReturnValue:
     headers = {}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    body = current_app.extensions.get(_BODIES, {}).get(request.blueprint)
+    if body is not None:
+        return jsonify(body(error)), error.status_code, headers
     if wants_json():
         return jsonify(error.to_dict()), error.status_code, headers
     page = render_template("error.html", error=error, status=error.status_code)

@@ -1,0 +1,209 @@
+"""The Open Inference Protocol (KServe v2) REST API at the gateway, for every servable, on either backend.
+
+- ``GET /v2``: server metadata; ``GET /v2/health/live``, ``GET /v2/health/ready`` (every servable of
+  serving_models.config has an AVAILABLE version: 200, else 503), open like /healthz.
+- ``GET /v2/models/<name>[/versions/<version>]``: model metadata (the ``serving_default`` signature's
+  tensors, the AVAILABLE versions); ``.../ready``: 200 ``{"name", "ready": true}``, 503 when not ready.
+- ``POST /v2/models/<name>[/versions/<version>]/infer``: typed tensors in and out (``app.serving.v2_tensors``),
+  through Predict on the signature ``serving_default`` or the one ``parameters.signature_name`` names.
+
+A version is a TF Serving version number, or a version label (``/versions/stable``). Errors are
+``{"error": "<message>"}`` with the gateway's status for them (400 bad request, 404 unknown model,
+version, label or signature, 503 serving unavailable, 504 deadline, 502 model failure).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from app.errors import BadInput, GatewayError, UnknownSignature
+from app.extensions import serving
+from app.serving import v2_tensors
+from app.serving.base import DEFAULT_SIGNATURE, Backend, ModelRef
+from app.serving.model_config import ModelConfigError, load_model_config
+from app.serving.protos.tensorflow_serving.apis import get_model_metadata_pb2
+from app.views.common import settings
+from app.views.model_apis import ProtocolError, name_request, protocol_surface, read_body
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("inference_v2", __name__)
+protocol_surface(bp)
+
+SERVER_NAME = "portrait-gateway"
+PLATFORM = "tensorflow_savedmodel"
+_LABEL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+@bp.get("/v2", strict_slashes=False)
+def server_metadata() -> ResponseReturnValue:
+    from app.views.openapi import API_VERSION
+
+    return jsonify(name=SERVER_NAME, version=API_VERSION, extensions=[])
+
+
+@bp.get("/v2/health/live")
+def live() -> ResponseReturnValue:
+    return jsonify(live=True)
+
+
+@bp.get("/v2/health/ready")
+def ready() -> ResponseReturnValue:
+    """Ready when every servable the model server is configured with has an AVAILABLE version."""
+    backend = _backend()
+    missing = [name for name in served_names(backend) if not _available(backend, name)]
+    body: dict[str, Any] = {"live": True, "ready": not missing}
+    if missing:
+        body["not_ready"] = missing
+        return jsonify(body), 503, {"Retry-After": "5"}
+    return jsonify(body)
+
+
+@bp.get("/v2/models/<name>")
+@bp.get("/v2/models/<name>/versions/<version>")
+def model_metadata(name: str, version: str | None = None) -> ResponseReturnValue:
+    name_request(name, "metadata")
+    backend = _backend()
+    ref = _ref(name, version)
+    signature = _signature(backend, ref, DEFAULT_SIGNATURE)
+    available = [str(s.version) for s in backend.model_status(name) if s.state == "AVAILABLE"]
+    return jsonify(
+        name=name,
+        versions=available,
+        platform=PLATFORM,
+        inputs=[v2_tensors.tensor_metadata(alias, signature.inputs[alias]) for alias in sorted(signature.inputs)],
+        outputs=[v2_tensors.tensor_metadata(alias, signature.outputs[alias]) for alias in sorted(signature.outputs)],
+    )
+
+
+@bp.get("/v2/models/<name>/ready")
+@bp.get("/v2/models/<name>/versions/<version>/ready")
+def model_ready(name: str, version: str | None = None) -> ResponseReturnValue:
+    """Ready: the name (and version or label) resolves to an AVAILABLE version. A model the server does not know
+    at all is a 404."""
+    name_request(name, "ready")
+    backend = _backend()
+    backend.model_status(name)  # NOT_FOUND for a model with no version at all: 404
+    try:
+        backend.get_model_metadata(_ref(name, version))
+        is_ready = True
+    except GatewayError as exc:
+        if exc.status_code not in (400, 404):
+            raise
+        is_ready = False
+    return jsonify(name=name, ready=is_ready), 200 if is_ready else 503
+
+
+@bp.post("/v2/models/<name>/infer")
+@bp.post("/v2/models/<name>/versions/<version>/infer")
+def infer(name: str, version: str | None = None) -> ResponseReturnValue:
+    name_request(name, "infer")
+    inference = v2_tensors.read_request(read_body(request))
+    backend = _backend()
+    signature_name = (inference.parameters or {}).get("signature_name", DEFAULT_SIGNATURE)
+    if not isinstance(signature_name, str) or not signature_name:
+        raise BadInput("parameters.signature_name must be a signature's name")
+    ref = _ref(name, version, signature_name)
+    signature = _signature(backend, ref, signature_name)
+    inputs = {}
+    for item in inference.inputs:
+        if item.name not in signature.inputs:
+            known = ", ".join(sorted(signature.inputs)) or "none"
+            raise BadInput(f"{name} has no input {item.name!r} in signature {signature_name!r} (inputs: {known})")
+        if item.name in inputs:
+            raise BadInput(f"input {item.name!r} is given twice")
+        expected = v2_tensors.datatype_of(signature.inputs[item.name].dtype)
+        if item.datatype != expected:
+            raise BadInput(f"input {item.name!r} of {name} is {expected}, not {item.datatype}")
+        inputs[item.name] = v2_tensors.input_array(item)
+    wanted = [output.name for output in inference.outputs or ()]
+    for output_name in wanted:
+        if output_name not in signature.outputs:
+            known = ", ".join(sorted(signature.outputs))
+            raise BadInput(f"{name} has no output {output_name!r} in signature {signature_name!r} (outputs: {known})")
+    if len(set(wanted)) != len(wanted):
+        raise BadInput("an output is asked for twice")
+    served = backend.predict_versioned(ref, inputs)
+    names = wanted or sorted(served.outputs)
+    body: dict[str, Any] = {"model_name": name}
+    if served.version is not None:
+        body["model_version"] = str(served.version)
+    if inference.id is not None:
+        body["id"] = inference.id
+    body["outputs"] = [v2_tensors.output_tensor(output, served.outputs[output]) for output in names]
+    return jsonify(body)
+
+
+@bp.route("/v2/<path:rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], merge_slashes=False)
+def unknown(rest: str) -> ResponseReturnValue:
+    """Anything else under /v2: 405 where another method would be answered, else 404; as the protocol's JSON."""
+    adapter = current_app.url_map.bind_to_environ(request.environ)
+    allowed = []
+    for method in ("GET", "POST"):
+        try:
+            endpoint, _ = adapter.match(request.path, method=method)
+        except (NotFound, MethodNotAllowed):
+            continue
+        if endpoint != "inference_v2.unknown":
+            allowed.append(method)
+    if allowed and request.method not in allowed:
+        raise ProtocolError(405, f"{request.method} {request.path} is not allowed: use {' or '.join(allowed)}")
+    raise ProtocolError(404, f"no such endpoint: {request.method} {request.path}")
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _backend() -> Backend:
+    return serving().backend
+
+
+def _ref(name: str, version: str | None, signature: str = DEFAULT_SIGNATURE) -> ModelRef:
+    """A version is a number, or else a version label."""
+    if version is None:
+        return ModelRef(name, signature=signature)
+    if version.isascii() and version.isdigit() and len(version) <= 18:
+        return ModelRef(name, int(version), signature=signature)
+    if not version or not set(version) <= _LABEL_CHARS or len(version) > 64:
+        raise BadInput(f"version {version[:80]!r} is neither a version number nor a version label")
+    return ModelRef(name, label=version, signature=signature)
+
+
+def _signature(backend: Backend, ref: ModelRef, signature_name: str) -> Any:
+    response = backend.get_model_metadata(ModelRef(ref.name, ref.version, ref.label))
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signature_map)
+    found = signature_map.signature_def.get(signature_name)
+    if found is None or signature_name.startswith("__"):
+        known = ", ".join(sorted(key for key in signature_map.signature_def if not key.startswith("__"))) or "none"
+        raise UnknownSignature(
+            f"{ref.name} version {response.model_spec.version.value} has no signature {signature_name!r} "
+            f"(signatures: {known}); name one in parameters.signature_name"
+        )
+    return found
+
+
+def _available(backend: Backend, name: str) -> bool:
+    try:
+        return any(status.state == "AVAILABLE" for status in backend.model_status(name))
+    except GatewayError:
+        return False
+
+
+def served_names(backend: Backend) -> list[str]:
+    """The servables the model server is configured with: the embedded server says; TF Serving cannot (it has no
+    call that lists models), so serving_models.config is read, or else the pipeline's servables are taken."""
+    state = backend.config_state()
+    if state is not None:
+        return sorted(state.labels)
+    try:
+        config = load_model_config(settings().model_config, models_root=settings().models_root, check_paths=False)
+    except (ModelConfigError, OSError) as exc:
+        log.warning("the configured servables are unknown here (%s): readiness covers the pipeline's", exc)
+        return sorted(serving().pipeline_config.servables)
+    return [servable.name for servable in config.servables]
