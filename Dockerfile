@@ -42,7 +42,7 @@ FROM scratch AS source
 COPY app/ /app/app/
 COPY templates/ /app/templates/
 COPY static/ /app/static/
-COPY serving_models.config gunicorn.conf.py /app/
+COPY serving_models.config pipeline.toml gunicorn.conf.py /app/
 
 
 FROM base AS tools

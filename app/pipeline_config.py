@@ -306,6 +306,22 @@ class SearchSignatures(Roles):
     size: TensorAlias | None = None
 
 
+class DistanceReading(_Strict):
+    """What a distance means for this encoder, as the result page explains it: below ``same_below`` the faces
+    are likely one person, above ``different_above`` likely two. Always a ranking, never a verdict."""
+
+    same_below: Annotated[float, Field(ge=0.0)] | None = None
+    different_above: Annotated[float, Field(ge=0.0)] | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DistanceReading:
+        if self.same_below is not None and self.different_above is not None and self.same_below > self.different_above:
+            raise ValueError(
+                f"same_below ({self.same_below:g}) must not be above different_above ({self.different_above:g})"
+            )
+        return self
+
+
 class SearchStage(StageConfig):
     role: ClassVar[str] = "search"
 
@@ -313,6 +329,7 @@ class SearchStage(StageConfig):
     inputs: SearchInputs = SearchInputs()
     outputs: SearchOutputs = SearchOutputs()
     signatures: SearchSignatures = SearchSignatures()
+    reading: DistanceReading = DistanceReading()
 
     @property
     def extra_signatures(self) -> dict[str, str]:

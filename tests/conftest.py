@@ -87,11 +87,11 @@ PIPELINE_FILE = PIPELINE_CONFIG.parent / "pipeline.toml"
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The four demo servables, exported once per test session; tests copy, never change, them."""
     from app.modelzoo.cli import export_models
-    from app.stages import DEFAULT_STAGES
+    from app.pipeline_config import DEFAULT_PIPELINE
 
     root = tmp_path_factory.mktemp("demo") / "serving_models"
     written = export_models(root, echo=lambda _line: None)
-    assert sorted(written) == sorted(stage.servable for stage in DEFAULT_STAGES.values())
+    assert sorted(written) == sorted(DEFAULT_PIPELINE.servables)
     return root
 
 

@@ -31,13 +31,15 @@ import pytest
 import yaml
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory, text_format, wrappers_pb2
 
-from app.config import PIPELINE_SERVABLES, PROJECT_ROOT
+from app.config import PROJECT_ROOT
+from app.pipeline_config import load_pipeline_config
 from app.serving.grpc_backend import channel_target
 from app.serving.model_config import load_model_config
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yaml"
 CPU_OVERRIDE = PROJECT_ROOT / "docker-compose.cpu.yaml"
 MODEL_CONFIG = PROJECT_ROOT / "serving_models.config"
+PIPELINE_SERVABLES = load_pipeline_config(PROJECT_ROOT / "pipeline.toml", required=True).servables
 DEPLOY = PROJECT_ROOT / "deploy"
 HEALTHCHECK = DEPLOY / "healthcheck.sh"
 PREPARE_MODELS = DEPLOY / "prepare-models.sh"

@@ -105,6 +105,7 @@ def result_context(result: PortraitResult) -> dict:
         "anime_size": None if result.anime is None else (result.anime.shape[1], result.anime.shape[0]),
         "matches": [(match, common.thumbnail_url(match, version)) for match in result.matches or []],
         "gallery_version": version,
+        "reading": common.serving().pipeline_config.search.reading,
         # Only what did not come from a stage's default: a rollout's arm, or the request's own pin.
         "arms": [(stage, arm) for stage, arm in result.arms.items() if arm != DEFAULT_ARM],
         "timings": [
