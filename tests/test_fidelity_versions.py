@@ -289,6 +289,29 @@ def test_with_the_flag_a_new_label_may_wait_for_its_version_but_a_label_is_not_m
     assert _answer(server.backend, ModelRef("half_plus", label="next")) == 4.0
 
 
+def test_force_allowing_labels_lets_a_label_move_onto_a_version_not_there(kind, servers, config_path):  # noqa: F811
+    """AssignExistingLabelToUnavailableVersionAllowed (--force_allow_any_version_labels_for_unavailable_models)."""
+    server = servers(kind, config_path, force_allow_labels_for_unavailable=True)
+    servables.give_labels(server.runtime)
+    config_path.write_text(servables.labelled_config({"stable": 3, "canary": 2}), encoding="utf-8")
+    server.runtime.reload_config()
+    with pytest.raises(UnknownVersion, match=r"Specific\(half_plus, 3\)"):
+        server.backend.predict(ModelRef("half_plus", label="stable"), {"x": X})
+
+
+def test_a_model_removed_and_added_again_serves_again(kind, servers, config_path):  # noqa: F811
+    """ReloadConfigHandlesLoadingAPreviouslyUnloadedModel: its old END states give way to a fresh load."""
+    server = servers(kind, config_path, poll_interval=0)
+    without = parse_model_config(
+        servables.CONFIG.replace('name: "identity"', 'name: "echo"'), path=config_path, check_paths=False
+    )
+    server.runtime.apply_config(without)
+    assert states(server.backend, "identity") == [(1, "END", "OK")]
+    server.runtime.apply_config(parse_model_config(servables.CONFIG, path=config_path, check_paths=False))
+    assert states(server.backend, "identity") == [(1, "AVAILABLE", "OK")]
+    np.testing.assert_array_equal(server.backend.predict(ModelRef("identity"), {"x": X})["y"], X)
+
+
 def test_reload_config_request_is_refused_whole(kind, servers, config_path):  # noqa: F811
     """HandleReloadConfigRequest with a label on a version that is not there: FAILED_PRECONDITION, nothing applied."""
     server = servers(kind, config_path, poll_interval=0)

@@ -54,6 +54,7 @@ class LocalBackend(Backend):
         max_load_retries: int = DEFAULT_MAX_LOAD_RETRIES,
         load_retry_interval: float = DEFAULT_LOAD_RETRY_INTERVAL,
         allow_labels_for_unavailable: bool = False,
+        force_allow_labels_for_unavailable: bool = False,
     ) -> None:
         super().__init__(async_workers=async_workers)
         self.timeout = timeout
@@ -67,6 +68,7 @@ class LocalBackend(Backend):
                 max_load_retries=max_load_retries,
                 load_retry_interval=load_retry_interval,
                 allow_labels_for_unavailable=allow_labels_for_unavailable,
+                force_allow_labels_for_unavailable=force_allow_labels_for_unavailable,
             )
         except ServingStatus as exc:  # tensorflow_model_server would exit: "Failed to start server. Error: ..."
             super().close()
