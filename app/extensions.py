@@ -17,7 +17,7 @@ from app.errors import GatewayError, ServingUnavailable
 from app.metrics import GatewayMetrics, InstrumentedBackend
 from app.pipeline import Pipeline
 from app.pipeline_check import PipelineMisfit, check_pipeline, misfits_of
-from app.pipeline_config import PipelineConfig, PipelineConfigError, load_pipeline_config
+from app.pipeline_config import PipelineConfig, PipelineConfigError, StageConfig, load_pipeline_config
 from app.serving.base import Backend
 from app.serving.model_config import ModelConfigError, load_model_config
 
@@ -128,12 +128,12 @@ class Serving:
 
     The pipeline file is read when the app is made (a bad file stops it there), and looked
     at again every ``GATEWAY_POLL_INTERVAL`` seconds, when a request comes (0: never): a
-    changed file that is valid and fits the servables replaces it for the requests that come
-    next (traffic weights change without a restart); one that does not is refused, logged,
-    and shown in /api/v1/models, and the last good one serves on. The backend is opened
-    lazily, so a gunicorn worker opens its own after the fork; ``start()`` opens it at once
-    and checks the servables against the pipeline file (gunicorn.conf.py calls it when a
-    worker boots).
+    changed file that is valid, and whose rewired stages fit their servables, replaces it for
+    the requests that come next (traffic weights change without a restart); one that does
+    not is refused, logged, and shown in /api/v1/models, and the last good one serves on.
+    The backend is opened lazily, so a gunicorn worker opens its own after the fork;
+    ``start()`` opens it at once and checks the servables against the pipeline file
+    (gunicorn.conf.py calls it when a worker boots).
     """
 
     def __init__(self, settings: Settings, metrics: GatewayMetrics | None = None) -> None:
@@ -208,7 +208,13 @@ class Serving:
             config = self.pipeline_file.look()
             if config is None:
                 return
-            misfits = misfits_of(check_pipeline(backend, config))
+            # Only the stages the edit rewires are held to their servables: a change of weights or shadow alone is
+            # never refused (a rollback must go through even while a canary misfits).
+            before = self.pipeline_file.config
+            rewired = {name for name in config if _wiring(config[name]) != _wiring(before[name])}
+            misfits = [
+                (name, misfit) for name, misfit in misfits_of(check_pipeline(backend, config)) if name in rewired
+            ]
             if misfits:
                 self.pipeline_file.refuse(
                     f"{PipelineMisfit(config.source, misfits).message}; the pipeline file read before it stays in force"
@@ -275,6 +281,11 @@ class Serving:
 
 def serving(app: Flask | None = None) -> Serving:
     return (app or current_app).extensions["serving"]
+
+
+def _wiring(stage: StageConfig) -> dict:
+    """What a stage's table says about the servable's tensors and feeding, without its rollout."""
+    return stage.model_dump(exclude={"traffic", "shadow"})
 
 
 def _rollout_text(traffic: Mapping[str, int] | None, shadow: str | None) -> str:

@@ -47,7 +47,7 @@ class StatusBoard(Backend):
         self.available = available
         self.status_calls = 0
 
-    def model_status(self, name: str) -> list[VersionStatus]:
+    def model_status(self, name: str, version: int | None = None) -> list[VersionStatus]:
         self.status_calls += 1
         if name not in self.available:
             raise UnknownModel(f"Could not find any versions of model {name}")
@@ -58,6 +58,15 @@ class StatusBoard(Backend):
 
     def metadata(self, ref):
         raise AssertionError("routing tests read no metadata")
+
+    def get_model_metadata(self, ref):
+        raise AssertionError("routing tests read no metadata")
+
+    def classify(self, *args, **kwargs):
+        raise AssertionError("routing tests call no model")
+
+    def regress(self, *args, **kwargs):
+        raise AssertionError("routing tests call no model")
 
 
 class RecordingObserver:
