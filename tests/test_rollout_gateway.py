@@ -290,3 +290,28 @@ def test_a_version_removed_mid_run_under_8_clients_fails_no_request(canary_app):
 def _available(app: Flask) -> set[int]:
     statuses = serving(app).backend.model_status("latent_search_model")
     return {status.version for status in statuses if status.state == "AVAILABLE"}
+
+
+def test_a_client_presenting_an_api_key_keeps_its_arm_from_any_address(tmp_path, demo_root):
+    """With API keys, the key is the client: its arm follows it from address to address."""
+    config = demo_serving_dir(tmp_path, demo_root)
+    labels = 'version_labels { key: "stable" value: 1 }\nversion_labels { key: "canary" value: 1 }'
+    config.write_text(model_config_text({"latent_search_model": labels}), encoding="utf-8")
+    (tmp_path / "pipeline.toml").write_text(
+        with_rollout(search="traffic = { stable = 50, canary = 50 }"), encoding="utf-8"
+    )
+    keys = [f"rollout-test-key-{n:02d}-0123456789abcdef" for n in range(8)]
+    with gateway("local", config, api_keys=tuple(keys)) as app:
+        arms = {}
+        for key in keys:
+            seen = set()
+            for n in range(3):
+                response = app.test_client().post(
+                    "/api/v1/search", query_string={"k": "3"}, data=ASTRONAUT, content_type="image/jpeg",
+                    headers={"X-API-Key": key}, **address(100 + n),
+                )  # fmt: skip
+                assert response.status_code == 200, response.get_data(as_text=True)[:300]
+                seen.add(response.json["arms"]["search"])
+            assert len(seen) == 1, (key, seen)
+            arms[key] = seen.pop()
+        assert set(arms.values()) == {"stable", "canary"}
