@@ -215,6 +215,7 @@ _TOKENS = {ord("["): "[", ord("]"): "]", ord("{"): "{", ord("}"): "}", ord(","):
 _ESCAPES = {ord('"'): b'"', ord("\\"): b"\\", ord("/"): b"/", ord("b"): b"\b", ord("f"): b"\f",
             ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t"}  # fmt: skip
 _WHITESPACE = b" \n\r\t"
+_OPEN_RUN = re.compile(rb"\[*")
 _DIGITS = frozenset(b"0123456789")
 
 
@@ -251,21 +252,26 @@ class _Port:
             raise _invalid(f"JSON Parse error: {_PARSE_ERRORS[exc.kind]} at offset: {exc.offset}") from None
 
     def _parse(self) -> Any:
+        data, size = self.data, len(self.data)
         state = _START
-        # Open containers: (state to return to, the list or the object's members, the pending member name).
-        stack: list[tuple[int, list, list]] = []
-        root: Any = None
+        # Open containers: (state to return to, the list or the object's values, the object's member names).
+        stack: list[tuple[int, list, list | None]] = []
         self.skip_whitespace()
-        while self.peek():
-            token = _TOKENS.get(self.peek(), "number")
+        while self.pos < size:
+            char = data[self.pos]
+            token = _TOKENS.get(char, "number")
             action = _PREDICT.get(state, {}).get(token)
             if action is None:
                 raise _ParseError(_STATE_ERROR[state], self.pos)
             if action in ("array", "object"):
                 back = _ELEMENT if state in (_ARR_INIT, _ELEM_DELIM) else _MEMBER if state == _KV_DELIM else state
+                stack.append((back, [], None if action == "array" else []))
                 self.pos += 1
-                stack.append((back, [], []))
                 state = _ARR_INIT if action == "array" else _OBJ_INIT
+                if action == "array":  # a run of "[": each opens an array inside the last (deep nesting, quickly)
+                    run = _OPEN_RUN.match(data, self.pos).end() - self.pos
+                    stack.extend([(_ELEMENT, [], None) for _ in range(run)])
+                    self.pos += run
             elif action == "key":
                 stack[-1][2].append(self.string())
                 state = _KEY
@@ -275,10 +281,9 @@ class _Port:
             elif action in ("member", "element", "value"):
                 value = self.value()
                 if action == "value":
-                    root, state = value, _FINISH
-                else:
-                    self._add(stack[-1], value)
-                    state = _MEMBER if action == "member" else _ELEMENT
+                    return value  # kParseStopWhenDoneFlag: what follows is not read
+                stack[-1][1].append(value)
+                state = _MEMBER if action == "member" else _ELEMENT
             elif action in ("member_comma", "element_comma"):
                 self.pos += 1
                 state = _MEMBER_DELIM if action == "member_comma" else _ELEM_DELIM
@@ -287,22 +292,21 @@ class _Port:
                     raise _ParseError("miss_name", self.pos)  # a trailing comma
                 if action == "end_array" and state == _ELEM_DELIM:
                     raise _ParseError("value", self.pos)
-                back, items, names = stack.pop()
-                value = JsonObject(list(zip(names, items, strict=True))) if action == "end_object" else items
-                self.pos += 1
-                if stack:
-                    self._add(stack[-1], value)
+                while True:  # a run of "]" closes arrays one after another
+                    back, items, names = stack.pop()
+                    value = JsonObject(list(zip(names, items, strict=True))) if action == "end_object" else items
+                    self.pos += 1
+                    if not stack:
+                        return value
+                    stack[-1][1].append(value)
                     state = back
-                else:
-                    root, state = value, _FINISH
-            if state == _FINISH:
-                return root  # kParseStopWhenDoneFlag: what follows is not read
-            self.skip_whitespace()
+                    if state != _ELEMENT or self.pos >= size or data[self.pos] != 0x5D:  # "]"
+                        break
+                    action = "end_array"
+            # Whitespace, skipped here rather than by a call: this loop runs once a token.
+            while self.pos < size and data[self.pos] in _WHITESPACE:
+                self.pos += 1
         raise _ParseError(_STATE_ERROR[state], self.pos)
-
-    @staticmethod
-    def _add(frame: tuple[int, list, list], value: Any) -> None:
-        frame[1].append(value)
 
     def value(self) -> Any:
         char = self.peek()

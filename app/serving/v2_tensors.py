@@ -77,7 +77,7 @@ class _Strict(BaseModel):
 
 
 class RequestInput(_Strict):
-    """$request_input: one input tensor, its whole batch."""
+    """One input tensor, its whole batch ($request_input)."""
 
     name: Annotated[str, Field(min_length=1, description="The input's name: an input alias of the signature")]
     shape: Annotated[list[Annotated[int, Field(ge=0)]], Field(description="The tensor's shape")]
@@ -89,14 +89,14 @@ class RequestInput(_Strict):
 
 
 class RequestOutput(_Strict):
-    """$request_output: an output to return."""
+    """An output to return ($request_output)."""
 
     name: Annotated[str, Field(min_length=1)]
     parameters: Parameters | None = None
 
 
 class InferenceRequest(_Strict):
-    """$inference_request."""
+    """Inputs for one inference, and the outputs wanted ($inference_request)."""
 
     id: str | None = Field(default=None, description="Returned in the response as it is")
     parameters: Parameters | None = Field(

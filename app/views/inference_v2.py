@@ -40,7 +40,8 @@ PLATFORM = "tensorflow_savedmodel"
 _LABEL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
-@bp.get("/v2", strict_slashes=False)
+@bp.get("/v2")
+@bp.get("/v2/")
 def server_metadata() -> ResponseReturnValue:
     from app.views.openapi import API_VERSION
 
@@ -139,7 +140,7 @@ def infer(name: str, version: str | None = None) -> ResponseReturnValue:
     return jsonify(body)
 
 
-@bp.route("/v2/<path:rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], merge_slashes=False)
+@bp.route("/v2/<everything:rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], merge_slashes=False)
 def unknown(rest: str) -> ResponseReturnValue:
     """Anything else under /v2: 405 where another method would be answered, else 404; as the protocol's JSON."""
     adapter = current_app.url_map.bind_to_environ(request.environ)

@@ -14,6 +14,7 @@ import time
 from flask import Blueprint, Flask, Request, Response, current_app, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.routing import PathConverter
 
 from app.errors import GatewayError, PayloadTooLarge
 from app.metrics import LATENCY_BUCKETS, ServableLabels
@@ -22,6 +23,14 @@ from app.views.errors import error_body
 
 _METRICS = "model_api_metrics"
 _KNOWN = "model_api_servables"
+
+
+class AnyPath(PathConverter):
+    """The rest of a path, whatever it holds: Werkzeug's ``path`` stops at a newline (a decoded %0A), and a
+    surface answers for every path under its prefix."""
+
+    regex = "(?s:.+)"
+    part_isolating = False  # it spans slashes (Werkzeug guesses otherwise from a regex without "/")
 
 
 class ProtocolError(GatewayError):
@@ -51,7 +60,9 @@ class ModelApiMetrics:
 
 
 def protocol_surface(blueprint: Blueprint) -> None:
-    """Make ``blueprint`` a model surface: ``{"error": ...}`` bodies, and its requests counted."""
+    """Make ``blueprint`` a model surface: ``{"error": ...}`` bodies, its requests counted, ``<everything:...>`` in its
+    rules. Call it before the blueprint's first rule."""
+    blueprint.record_once(lambda state: state.app.url_map.converters.setdefault("everything", AnyPath))
     error_body(blueprint, lambda error: {"error": error.message})
     blueprint.record_once(_init_app)
     blueprint.after_request(_count)

@@ -38,18 +38,25 @@ def document(settings: Settings) -> dict[str, Any]:
                 "Finds the face in a photo, searches a gallery for the nearest faces and translates the face "
                 "into an anime-style image, over models served by TensorFlow Serving. Every error is "
                 '`{"error": {"code", "message"}}`. Photos: JPEG, PNG, WebP or BMP, at most '
-                f"{settings.max_upload_bytes:,} bytes and {settings.max_pixels:,} pixels."
+                f"{settings.max_upload_bytes:,} bytes and {settings.max_pixels:,} pixels. Every servable can "
+                "also be called directly, through TensorFlow Serving's REST API (`/v1/models/...`) and the Open "
+                'Inference Protocol (`/v2/...`), whose errors are `{"error": "<message>"}`.'
             ),
         },
         "tags": [
             {"name": "portrait", "description": "Runs of the face pipeline"},
             {"name": "models", "description": "The servables behind the pipeline and the gallery"},
             {"name": "operations", "description": "Health and readiness"},
+            *_model_surface_tags(),
         ],
-        "paths": _paths(settings, keyed=keyed, limited=bool(settings.rate_limit)),
+        "paths": {
+            **_paths(settings, keyed=keyed, limited=bool(settings.rate_limit)),
+            **_tfserving_paths(keyed=keyed, limited=bool(settings.rate_limit)),
+            **_v2_paths(keyed=keyed, limited=bool(settings.rate_limit)),
+        },
         "components": {
             "securitySchemes": _security_schemes(),
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **_model_surface_schemas()},
             "responses": _error_responses(),
             "headers": {
                 "ServerTiming": {
@@ -424,3 +431,294 @@ def _json_response(description: str, schema: str, *, headers: dict[str, Any] | N
     if headers:
         response["headers"] = headers
     return response
+
+
+# -- the model surfaces: TF Serving's REST API (/v1) and the Open Inference Protocol (/v2) -----------------------
+
+# What either surface may answer besides 200; TF Serving's REST API maps gRPC codes onto more of them.
+_SURFACE_ERRORS = {
+    400: "The request is malformed, or the model refused its inputs",
+    401: "No API key, or one that is not valid",
+    404: "An unknown model, version, label or signature",
+    405: "Another method is answered at this path",
+    408: "The body did not arrive within the upload deadline (GATEWAY_UPLOAD_TIMEOUT)",
+    413: "The body is over the size limit (GATEWAY_MAX_UPLOAD_BYTES)",
+    429: "This client sent more requests than its rate limit allows (or the model server is overloaded)",
+    500: "The model failed (TF Serving: INTERNAL, UNKNOWN or DATA_LOSS)",
+    501: "Not implemented (TF Serving: UNIMPLEMENTED, e.g. a JSON value for a dtype JSON has no mapping for)",
+    502: "The model failed",
+    503: "The model server cannot be reached, or the gateway's backend did not start",
+    504: "The model call ran past its deadline",
+}
+
+
+def _model_surface_tags() -> list[dict[str, str]]:
+    return [
+        {
+            "name": "tfserving",
+            "description": (
+                "TensorFlow Serving's REST API (api_rest.md), for every servable of serving_models.config, as "
+                "tensorflow_model_server 2.20 answers it: its JSON, its status codes, its messages"
+            ),
+        },
+        {"name": "inference-v2", "description": "The Open Inference Protocol (KServe v2), for every servable"},
+    ]
+
+
+def _surface_errors(*statuses: int) -> dict[str, Any]:
+    return {
+        str(status): _json_response(
+            _SURFACE_ERRORS[status],
+            "ProtocolError",
+            headers={
+                401: {"WWW-Authenticate": _ref("headers", "WWWAuthenticate")},
+                429: {"Retry-After": _ref("headers", "RetryAfter")},
+                503: {"Retry-After": _ref("headers", "RetryAfter")},
+            }.get(status),
+        )
+        for status in statuses
+    }
+
+
+def _path_parameter(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": schema}
+
+
+_MODEL_NAME = _path_parameter(
+    "model_name", "A servable of serving_models.config", {"type": "string", "minLength": 1, "pattern": "^[^/:]+$"}
+)
+_VERSION = _path_parameter("version", "A version number", {"type": "integer", "minimum": 0, "format": "int64"})
+_LABEL = _path_parameter("label", "A version label", {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"})
+
+
+def _tfserving_paths(*, keyed: bool, limited: bool) -> dict[str, Any]:
+    guarded = (401,) if keyed else ()
+    reads = _surface_errors(400, 404, 500, 503, 504, *guarded)
+    runs = _surface_errors(400, 404, 408, 413, 500, 501, 503, 504, *guarded, *((429,) if limited else ()))
+    pins = {"": [], "/versions/{version}": [_VERSION], "/labels/{label}": [_LABEL]}
+    verbs = {
+        "predict": (
+            "Predict",
+            "PredictRequest",
+            "PredictResponse",
+            "Runs a signature on tensors given as rows or columns",
+        ),
+        "classify": ("Classify", "ExamplesRequest", "ClassifyResponse", "Classifies tf.Examples"),
+        "regress": ("Regress", "ExamplesRequest", "RegressResponse", "Regresses tf.Examples"),
+    }
+    paths: dict[str, Any] = {}
+    for pin, parameters in pins.items():
+        suffix = pin.replace("/", "_").replace("{", "").replace("}", "")
+        base = f"/v1/models/{{model_name}}{pin}"
+        paths[base] = {
+            "get": {
+                "tags": ["tfserving"],
+                "operationId": f"tfservingStatus{suffix}",
+                "summary": "The versions and their states (GetModelStatus); a label is ignored, as TF Serving does",
+                "parameters": [_MODEL_NAME, *parameters],
+                "responses": {"200": _json_response("GetModelStatusResponse as JSON", "TfsModelStatus"), **reads},
+            }
+        }
+        paths[f"{base}/metadata"] = {
+            "get": {
+                "tags": ["tfserving"],
+                "operationId": f"tfservingMetadata{suffix}",
+                "summary": "The model's signatures (GetModelMetadata)",
+                "parameters": [_MODEL_NAME, *parameters],
+                "responses": {"200": _json_response("GetModelMetadataResponse as JSON", "TfsModelMetadata"), **reads},
+            }
+        }
+        for verb, (title, request, response, summary) in verbs.items():
+            paths[f"{base}:{verb}"] = {
+                "post": {
+                    "tags": ["tfserving"],
+                    "operationId": f"tfserving{title}{suffix}",
+                    "summary": summary,
+                    "parameters": [_MODEL_NAME, *parameters],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("schemas", request)}},
+                    },
+                    "responses": {"200": _json_response(f"{title} result", response), **runs},
+                }
+            }
+    return paths
+
+
+def _v2_paths(*, keyed: bool, limited: bool) -> dict[str, Any]:
+    guarded = (401,) if keyed else ()
+    reads = _surface_errors(400, 404, 405, 500, 502, 503, 504, *guarded)
+    runs = _surface_errors(400, 404, 405, 408, 413, 500, 502, 503, 504, *guarded, *((429,) if limited else ()))
+    version = _path_parameter(
+        "model_version", "A version number, or a version label", {"type": "string", "minLength": 1}
+    )
+    open_get = {"security": []}
+    paths: dict[str, Any] = {
+        "/v2": {
+            "get": {
+                "tags": ["inference-v2"],
+                "operationId": "v2ServerMetadata",
+                "summary": "Server metadata",
+                "responses": {"200": _json_response("The server", "V2ServerMetadata"), **reads},
+            }
+        },
+        "/v2/health/live": {
+            "get": {
+                "tags": ["inference-v2"],
+                "operationId": "v2Live",
+                "summary": "Server live",
+                **open_get,
+                "responses": {"200": _json_response("Alive", "V2Health")},
+            }
+        },
+        "/v2/health/ready": {
+            "get": {
+                "tags": ["inference-v2"],
+                "operationId": "v2Ready",
+                "summary": "Server ready: every servable of serving_models.config has an AVAILABLE version",
+                **open_get,
+                "responses": {
+                    "200": _json_response("Ready", "V2Health"),
+                    "503": _json_response(
+                        "Not ready", "V2Health", headers={"Retry-After": _ref("headers", "RetryAfter")}
+                    ),
+                },
+            }
+        },
+    }
+    for pin, parameters in {"": [], "/versions/{model_version}": [version]}.items():
+        suffix = "Version" if pin else ""
+        base = f"/v2/models/{{model_name}}{pin}"
+        paths[base] = {
+            "get": {
+                "tags": ["inference-v2"],
+                "operationId": f"v2ModelMetadata{suffix}",
+                "summary": "Model metadata: the serving_default signature's tensors, the AVAILABLE versions",
+                "parameters": [_MODEL_NAME, *parameters],
+                "responses": {"200": _json_response("The model", "V2ModelMetadata"), **reads},
+            }
+        }
+        paths[f"{base}/ready"] = {
+            "get": {
+                "tags": ["inference-v2"],
+                "operationId": f"v2ModelReady{suffix}",
+                "summary": "Model ready",
+                "parameters": [_MODEL_NAME, *parameters],
+                "responses": {
+                    "200": _json_response("Ready", "V2ModelReady"),
+                    **reads,
+                    "503": _json_response("Not ready, or the model server cannot be reached", "V2ModelReadyOrError"),
+                },
+            }
+        }
+        paths[f"{base}/infer"] = {
+            "post": {
+                "tags": ["inference-v2"],
+                "operationId": f"v2Infer{suffix}",
+                "summary": "Inference: typed tensors through Predict",
+                "parameters": [_MODEL_NAME, *parameters],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("schemas", "InferenceRequest")}},
+                },
+                "responses": {"200": _json_response("The outputs", "V2InferenceResponse"), **runs},
+            }
+        }
+    return paths
+
+
+def _model_surface_schemas() -> dict[str, Any]:
+    from app.serving.v2_tensors import InferenceRequest
+
+    anything: dict[str, Any] = {}
+    string, integer = {"type": "string"}, {"type": "integer"}
+    v2_tensor = _object(name=string, datatype=string, shape={"type": "array", "items": integer})
+    request = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas = {name: _openapi_30(schema) for name, schema in request.pop("$defs", {}).items()}
+    schemas["InferenceRequest"] = _openapi_30(request)
+    signature = {"type": "string", "description": "The signature to run; default serving_default"}
+    return {
+        **schemas,
+        "ProtocolError": _object(error={"type": "string", "description": "What went wrong, in the server's words"}),
+        "PredictRequest": {
+            "type": "object",
+            "description": 'Exactly one of `instances` (rows) and `inputs` (columns); binary strings as {"b64": ...}',
+            "properties": {"signature_name": signature, "instances": {"type": "array"}, "inputs": anything},
+        },
+        "PredictResponse": {
+            "type": "object",
+            "description": "`predictions` for a request in rows, `outputs` for one in columns",
+            "properties": {"predictions": {"type": "array"}, "outputs": anything},
+        },
+        "ExamplesRequest": {
+            "type": "object",
+            "required": ["examples"],
+            "properties": {
+                "signature_name": signature,
+                "context": {"type": "object", "description": "Features every example shares"},
+                "examples": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+        "ClassifyResponse": _object(
+            results={"type": "array", "description": "Per example, [label, score] per class", "items": anything}
+        ),
+        "RegressResponse": _object(results={"type": "array", "items": {"type": "number"}}),
+        "TfsModelStatus": _object(
+            model_version_status={
+                "type": "array",
+                "items": _object(
+                    version=string,
+                    state={"type": "string", "enum": ["UNKNOWN", "START", "LOADING", "AVAILABLE", "UNLOADING", "END"]},
+                    status=_object(error_code=string, error_message=string),
+                ),
+            }
+        ),
+        "TfsModelMetadata": _object(
+            model_spec=_object(name=string, signature_name=string, optional={"version": string}),
+            metadata=_object(signature_def={"type": "object"}),
+        ),
+        "V2ServerMetadata": _object(name=string, version=string, extensions={"type": "array", "items": string}),
+        "V2Health": _object(live={"type": "boolean"}, optional={"ready": {"type": "boolean"}}),
+        "V2ModelReady": _object(name=string, ready={"type": "boolean"}),
+        "V2ModelReadyOrError": {"oneOf": [_ref("schemas", "V2ModelReady"), _ref("schemas", "ProtocolError")]},
+        "V2ModelMetadata": _object(
+            name=string,
+            versions={"type": "array", "items": string},
+            platform=string,
+            inputs={"type": "array", "items": v2_tensor},
+            outputs={"type": "array", "items": v2_tensor},
+        ),
+        "V2InferenceResponse": _object(
+            model_name=string,
+            outputs={
+                "type": "array",
+                "items": _object(
+                    name=string,
+                    datatype=string,
+                    shape={"type": "array", "items": integer},
+                    data={"type": "array"},
+                    optional={"parameters": {"type": "object"}},
+                ),
+            },
+            optional={"model_version": string, "id": string},
+        ),
+    }
+
+
+def _openapi_30(schema: Any) -> Any:
+    """A pydantic JSON schema (2020-12) as OpenAPI 3.0 takes it: ``anyOf [X, null]`` becomes ``X`` nullable."""
+    if isinstance(schema, list):
+        return [_openapi_30(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    schema = {key: _openapi_30(value) for key, value in schema.items() if key != "title"}
+    options = schema.get("anyOf")
+    if options and {"type": "null"} in options:
+        rest = [option for option in options if option != {"type": "null"}]
+        schema.pop("anyOf")
+        if len(rest) == 1 and "$ref" not in rest[0]:
+            schema.update(rest[0])
+        else:
+            schema["anyOf"] = rest
+        schema["nullable"] = True
+    return schema

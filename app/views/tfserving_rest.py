@@ -86,7 +86,7 @@ def handle(path: str = "") -> Response:
 
 for _endpoint, _methods in (("read", ["GET"]), ("run", ["POST"]), ("other", ["PUT", "DELETE", "PATCH", "OPTIONS"])):
     # "run" is the one that runs models: app.security counts it in the rate limit.
-    for _rule in ("/v1/", "/v1/<path:path>"):
+    for _rule in ("/v1/", "/v1/<everything:path>"):
         bp.add_url_rule(
             _rule, _endpoint, handle, methods=_methods,
             merge_slashes=False, strict_slashes=False, provide_automatic_options=False,
