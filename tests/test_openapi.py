@@ -57,7 +57,8 @@ def test_document_describes_every_route(local_app, document):
         if rule.rule.startswith("/api/") or rule.rule in ("/healthz", "/readyz"):
             path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
             routes.setdefault(path, set()).update(m.lower() for m in rule.methods - {"HEAD", "OPTIONS"})
-    documented = {path: set(item) for path, item in document["paths"].items()}
+    # The model surfaces (/v1, /v2) are checked against their own routes in tests/test_rest_api.py.
+    documented = {path: set(item) for path, item in document["paths"].items() if not path.startswith(("/v1/", "/v2"))}
     assert documented == routes
 
 
