@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from app.config import Settings
 from app.serving.runtime import ModelRuntime, _Harness, _Model, parse_version, wire_message
 
 # (version, state, aspired) as the C++ tests list them; the expected action, or None.
@@ -79,3 +80,20 @@ def test_status_messages_are_cut_at_1024_bytes_as_tf_serving_cuts_them():
     assert wire_message("x" * 1025) == "x" * 1024 + "...TRUNCATED"
     # Cut by bytes: a character that does not fit whole is left out, not split.
     assert wire_message("x" * 1023 + "é" + "y") == "x" * 1023 + "...TRUNCATED"
+
+
+def test_the_gateway_settings_mirror_tf_serving_flags():
+    defaults = Settings.load(environ={})
+    assert (defaults.max_load_retries, defaults.load_retry_interval) == (5, 60.0)  # TF Serving's defaults
+    assert defaults.allow_labels_for_unavailable is True  # as docker-compose runs TF Serving
+    read = Settings.load(
+        environ={
+            "GATEWAY_MAX_LOAD_RETRIES": "0",
+            "GATEWAY_LOAD_RETRY_INTERVAL": "0.5",
+            "GATEWAY_ALLOW_LABELS_FOR_UNAVAILABLE": "off",
+        }
+    )
+    assert (read.max_load_retries, read.load_retry_interval, read.allow_labels_for_unavailable) == (0, 0.5, False)
+    for name in ("GATEWAY_MAX_LOAD_RETRIES", "GATEWAY_LOAD_RETRY_INTERVAL"):
+        with pytest.raises(ValueError, match=f"{name} must not be negative"):
+            Settings.load(environ={name: "-1"})

@@ -85,6 +85,7 @@ def test_broken_version_published_under_load_keeps_the_good_one_serving(kind, se
         stop.set()
         for thread in threads:
             thread.join(timeout=10)
+    print(f"broken version under load ({kind}): {len(answers)} calls answered, {len(failures)} failed")
     assert failures == []
     assert len(answers) > 50 and set(answers) == {3.0}  # version 2's offset, throughout
     status = server.backend.model_status("half_plus_latest")
