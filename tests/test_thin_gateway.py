@@ -69,6 +69,14 @@ def api_calls() -> list[Call]:
     """A representative set of the API suite's requests: every endpoint, good answers and errors, JSON and pages."""
     astronaut, coffee = _jpeg(data.astronaut()), _jpeg(data.coffee())
     raw_jpeg = {"Content-Type": "image/jpeg"}
+    json_body = {"Content-Type": "application/json"}
+    search = {"inputs": {"target_latent": [[0.05] * 128], "k_num": 3}}
+    infer = {
+        "inputs": [
+            {"name": "target_latent", "shape": [1, 128], "datatype": "FP32", "data": [0.05] * 128},
+            {"name": "k_num", "shape": [], "datatype": "INT32", "data": [3]},
+        ]
+    }
     return [
         Call("healthz", "GET", "/healthz"),
         Call("readyz", "GET", "/readyz"),
@@ -89,6 +97,13 @@ def api_calls() -> list[Call]:
         Call("upload page", "GET", "/", headers={"Accept": "text/html"}),
         Call("result page", "POST", *_upload("/detect_face/image", astronaut, accept="text/html", k="3")),
         Call("result page without a face", "POST", *_upload("/detect_face/image", coffee, accept="text/html")),
+        # The model surfaces: TF Serving's REST API and the Open Inference Protocol, over gRPC to the double.
+        Call("TF Serving REST status", "GET", "/v1/models/face_detection"),
+        Call("TF Serving REST metadata", "GET", "/v1/models/latent_search_model/metadata"),
+        Call("TF Serving REST predict", "POST", "/v1/models/latent_search_model:predict", json.dumps(search).encode()),
+        Call("TF Serving REST unknown model", "POST", "/v1/models/nobody:predict", b'{"instances": [1]}'),
+        Call("v2 model metadata", "GET", "/v2/models/face_detection"),
+        Call("v2 infer", "POST", "/v2/models/latent_search_model/infer", json.dumps(infer).encode(), json_body),
     ]
 
 
@@ -210,6 +225,10 @@ def test_the_suite_covers_good_answers_errors_and_every_kind_of_body(thin_run: T
     assert answers["search without a face"].status == 422
     assert answers["thumbnail nobody has"].status == 404
     assert answers["result page without a face"].mimetype == "text/html"
+    assert answers["TF Serving REST predict"].status == answers["v2 infer"].status == 200
+    assert json.loads(answers["TF Serving REST unknown model"].body) == {
+        "error": "Servable not found for request: Latest(nobody)"
+    }
 
 
 def test_the_worker_imported_no_tensorflow(thin_run: ThinRun) -> None:
