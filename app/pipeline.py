@@ -438,7 +438,8 @@ class Pipeline:
 
         ``client`` is who asks (an API key's digest or an address): it keeps each stage with a traffic
         split on one arm for that client (None: an arm drawn at random). Shadow copies are sent once
-        the result is complete; ``result.arms`` names the arm that served each stage.
+        the answer is ready (a 422 is an answer too: the detector's copy still goes); ``result.arms``
+        names the arm that served each stage.
 
         ``meanwhile(result)`` is the caller's own work that needs the photo, the face and the crop
         but no model's answer (e.g. encoding a page's images): it runs beside the translation, after
@@ -447,6 +448,21 @@ class Pipeline:
         """
         started = time.perf_counter()
         routing = self.rollouts.route(client, pins)
+        try:
+            return self._run(routing, started, data, k, search, translate, meanwhile)
+        finally:
+            routing.start_shadows()
+
+    def _run(
+        self,
+        routing: Routing,
+        started: float,
+        data: bytes,
+        k: int,
+        search: bool,
+        translate: bool,
+        meanwhile: Callable[[PortraitResult], Any] | None,
+    ) -> PortraitResult:
         if search:
             routing.call("search", lambda pinned: self.check_k(k, pinned), counted=False)
         photo = self.decode(data)
@@ -490,7 +506,6 @@ class Pipeline:
             self._beside_translation(result, k, routing, search, meanwhile)
         timings["total"] = time.perf_counter() - started
         result.arms = {stage: routing.served[stage] for stage in STAGE_NAMES if stage in routing.served}
-        routing.start_shadows()
         return result
 
     def _crop_kind(self, stage: str) -> str:

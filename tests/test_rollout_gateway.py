@@ -185,6 +185,21 @@ def test_a_shadow_never_changes_an_answer_and_its_agreement_is_measured(canary_a
     assert detect_sum - agreement["detect"] == pytest.approx(3.0)
     assert search_sum - agreement["search"] == 0.0
     assert metric(canary_app, "gateway_shadow_agreement_count", stage="search", measure="topk_overlap") >= 3
+    # A photo with no face is answered 422; the detector's copy still goes, and agrees (no face either).
+    response = canary_app.test_client().post(
+        "/api/v1/search", data=jpeg(data.coffee()), content_type="image/jpeg", **address(1)
+    )
+    assert response.status_code == 422
+    wait_for(
+        lambda: (
+            metric(canary_app, "gateway_shadow_requests_total", stage="detect", outcome="compared")
+            == compared["detect"] + 4
+        ),
+        10,
+        "the copy of a request without a face compared",
+    )
+    detect_sum = metric(canary_app, "gateway_shadow_agreement_sum", stage="detect", shadow="canary")
+    assert detect_sum - agreement["detect"] == pytest.approx(4.0)
 
 
 def test_a_failing_canary_is_answered_by_the_stable_arm_and_counted(canary_app):
