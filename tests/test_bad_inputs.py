@@ -255,7 +255,7 @@ class Case:
 
 EMPTY = "the photo is empty"
 NOT_AN_IMAGE = "not a readable image"
-BAD_K = "k must be an integer between 1 and 100"
+BAD_K = "k must be a whole number from 1 to 100"
 ONLY_MULTIPART = Expect(415, "send multipart/form-data with a 'image_file' field; got image/")
 FACE = Expect(200)
 LONG_FIELD = b"f" * 5_000
@@ -319,21 +319,21 @@ CASES = [
     ),
     Case("k=empty", photo(astronaut_jpeg), Expect(400, BAD_K), query="?k="),
     Case("unknown-label", photo(astronaut_jpeg), Expect(404, "version label: nope"), query="?label=nope"),
-    Case("malformed-label", photo(astronaut_jpeg), Expect(400, "version label must be"), query="?label=%3Cb%3E"),
+    Case("malformed-label", photo(astronaut_jpeg), Expect(400, "label must be 1-64 of the characters"), query="?label=%3Cb%3E"),
     Case("unknown-version", photo(astronaut_jpeg), Expect(404, "servable not found for request"), query="?version=999"),
     Case(
         "non-numeric-version",
         photo(astronaut_jpeg),
-        Expect(400, "version must be a positive integer"),
+        Expect(400, "version must be a whole number from 1"),
         query="?version=v1",
     ),
     Case(
         "version-0",
         photo(astronaut_jpeg),
-        Expect(400, "version must be a positive integer, got '0'"),
+        Expect(400, "version must be a whole number from 1 to 999999999999999999, got '0'"),
         query="?version=0",
     ),
-    Case("unknown-stage-pin", photo(astronaut_jpeg), Expect(400, "unknown stage 'paint'"), query="?paint_version=1"),
+    Case("unknown-stage-pin", photo(astronaut_jpeg), Expect(400, "unknown parameter 'paint_version'"), query="?paint_version=1"),
     # -- hostile file names: never a path, never echoed raw
     Case("filename-traversal", photo(astronaut_jpeg, HOSTILE_NAMES["traversal"]), FACE),
     Case("filename-script", photo(astronaut_jpeg, HOSTILE_NAMES["script"]), FACE),
