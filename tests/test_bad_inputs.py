@@ -319,7 +319,12 @@ CASES = [
     ),
     Case("k=empty", photo(astronaut_jpeg), Expect(400, BAD_K), query="?k="),
     Case("unknown-label", photo(astronaut_jpeg), Expect(404, "version label: nope"), query="?label=nope"),
-    Case("malformed-label", photo(astronaut_jpeg), Expect(400, "label must be 1-64 of the characters"), query="?label=%3Cb%3E"),
+    Case(
+        "malformed-label",
+        photo(astronaut_jpeg),
+        Expect(400, "label must be 1-64 of the characters"),
+        query="?label=%3Cb%3E",
+    ),
     Case("unknown-version", photo(astronaut_jpeg), Expect(404, "servable not found for request"), query="?version=999"),
     Case(
         "non-numeric-version",
@@ -333,7 +338,12 @@ CASES = [
         Expect(400, "version must be a whole number from 1 to 999999999999999999, got '0'"),
         query="?version=0",
     ),
-    Case("unknown-stage-pin", photo(astronaut_jpeg), Expect(400, "unknown parameter 'paint_version'"), query="?paint_version=1"),
+    Case(
+        "unknown-stage-pin",
+        photo(astronaut_jpeg),
+        Expect(400, "unknown parameter 'paint_version'"),
+        query="?paint_version=1",
+    ),
     # -- hostile file names: never a path, never echoed raw
     Case("filename-traversal", photo(astronaut_jpeg, HOSTILE_NAMES["traversal"]), FACE),
     Case("filename-script", photo(astronaut_jpeg, HOSTILE_NAMES["script"]), FACE),
