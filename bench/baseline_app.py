@@ -149,8 +149,9 @@ def create_app() -> Flask:
         left = min(max(round(centre_x - side / 2), 0), width - side)
         face = image[top : top + side, left : left + side]
 
-        face_128 = cv2.resize(face, (128, 128), interpolation=cv2.INTER_AREA)
-        result = predict("twingan_latent_encoder", input_images=tf.make_tensor_proto(face_128[np.newaxis]))
+        # The encoder's input size, written down as the tutorial wrote its sizes (the demo encoder takes 150 px).
+        face_150 = cv2.resize(face, (150, 150), interpolation=cv2.INTER_AREA)
+        result = predict("twingan_latent_encoder", input_images=tf.make_tensor_proto(face_150[np.newaxis]))
         latent = np.array(result.outputs["output"].float_val, dtype=np.float32).reshape(1, -1)
 
         result = predict(
