@@ -7,12 +7,14 @@ demo servables in which every servable also has version 2 (a copy of 1), labelle
 1. **Split**: with ``[search] traffic = { stable = 90, canary = 10 }``, each of ``--clients`` clients
    searches once; the share each arm answered, against its weight (target: within 3 points).
 2. **Shadow overhead**: one client posts the astronaut portrait to the result page (JSON: all four
-   stages) in alternating blocks under three pipeline files, rewritten between blocks while the gateway
-   runs (it reads the file again without a restart): no rollout; ``traffic = { stable = 100 }``; and the
-   same with ``shadow = "canary"``. p50 and p95 of each, side by side, from the same run; the shadow's
-   cost is the difference of the last two p50s (target: at most 2 ms). The shadowed stage is the search
-   (the recipe of docs/canary.md: a new gallery); the same run also measures every stage shadowed at once,
-   which doubles the model work per request, as information.
+   stages) under three pipeline files, rewritten while the gateway runs (it reads the file again without
+   a restart): no rollout; ``traffic = { stable = 100 }``; and the same with ``shadow = "canary"``. Short
+   blocks of each alternate (40 rounds of 5 requests, each round starting with another variant), so that
+   a machine whose load drifts weighs on all three alike. p50 and p95 of each, side by side, from the same
+   run, and the paired difference (median over rounds of the blocks' medians); the shadow's cost is the
+   difference of the last two p50s (target: at most 2 ms). The shadowed stage is the search (the recipe
+   of docs/canary.md: a new gallery); the same run also measures every stage shadowed at once, which
+   doubles the model work per request, as information.
 
     .venv/bin/python bench/rollout.py                      # writes bench/results/rollout.json
     .venv/bin/python bench/rollout.py --smoke --json /tmp/rollout.json
@@ -21,6 +23,7 @@ demo servables in which every servable also has version 2 (a copy of 1), labelle
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import statistics
@@ -137,10 +140,11 @@ def overhead(port: int, path: Path, photo: bytes, variants: dict[str, dict], *, 
         {"Content-Type": content_type, "Accept": "application/json", "X-Forwarded-For": "10.9.9.9"},
     )  # fmt: skip
     latencies: dict[str, list[float]] = {name: [] for name in variants}
+    block_medians: dict[str, list[float]] = {name: [] for name in variants}
     stage_times: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     errors = Counter()
     outcomes = ("compared", "failed", "incomparable", "skipped", "dropped")
-    before = {outcome: metric(port, "gateway_shadow_requests_total", outcome=outcome) for outcome in outcomes}
+    counted = {outcome: metric(port, "gateway_shadow_requests_total", outcome=outcome) for outcome in outcomes}
     names = list(variants)
     for round_ in range(rounds):
         # Each round starts with another variant, so that none always comes right after the same one.
@@ -148,6 +152,7 @@ def overhead(port: int, path: Path, photo: bytes, variants: dict[str, dict], *, 
             use(port, path, variants[name])
             run = harness.drive(port, lambda _c, _n: request, 1, count=block, keep_replies=True)
             latencies[name] += run.latencies
+            block_medians[name].append(statistics.median(run.latencies) if run.latencies else float("nan"))
             errors.update(run.errors)
             stage_times[name] += [
                 harness.parse_server_timing(reply.headers.get("Server-Timing", "")) for reply in run.replies
@@ -167,10 +172,15 @@ def overhead(port: int, path: Path, photo: bytes, variants: dict[str, dict], *, 
                 for stage in stages
             },
         }
+    # Paired: the median over rounds of one variant's block median minus the one before it in ``variants``; the
+    # machine's load drifts slowly, so blocks of the same round see about the same load.
+    for earlier, later in itertools.pairwise(names):
+        differences = [b - a for a, b in zip(block_medians[earlier], block_medians[later], strict=True)]
+        results[f"{later}_minus_{earlier}_paired_ms"] = round(statistics.median(differences) * 1000, 2)
     results["errors"] = sum(errors.values())
     results["error_kinds"] = dict(errors)
     shadows = {
-        outcome: metric(port, "gateway_shadow_requests_total", outcome=outcome) - before[outcome]
+        outcome: metric(port, "gateway_shadow_requests_total", outcome=outcome) - counted[outcome]
         for outcome in outcomes
     }
     results["shadows_compared"] = shadows.pop("compared")
@@ -254,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", default=None, help=f"where to write the results (default {RESULTS})")
     parser.add_argument("--clients", type=int, default=2000, help="clients of the split, one search each")
-    parser.add_argument("--rounds", type=int, default=8, help="blocks of each variant, alternating")
-    parser.add_argument("--block", type=int, default=25, help="requests per block")
+    parser.add_argument("--rounds", type=int, default=40, help="blocks of each variant, alternating")
+    parser.add_argument("--block", type=int, default=5, help="requests per block")
     args = parser.parse_args(argv)
     if args.smoke:
         args.clients, args.rounds, args.block = 200, 2, 4
@@ -273,7 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         variants = [name for name in part if isinstance(part[name], dict) and "p50_ms" in part[name]]
         cells = ", ".join(f"{name} p50 {part[name]['p50_ms']} ms p95 {part[name]['p95_ms']} ms" for name in variants)
         delta = part["split_and_shadow"]["p50_ms"] - part["split"]["p50_ms"]
-        print(f"{title}: {cells}; shadow adds {delta:+.2f} ms to p50 ({part['shadows_compared']:.0f} compared)")
+        paired = part["split_and_shadow_minus_split_paired_ms"]
+        print(
+            f"{title}: {cells}; shadow adds {delta:+.2f} ms to p50 (paired by round: {paired:+.2f} ms; "
+            f"{part['shadows_compared']:.0f} copies compared)"
+        )
     for name, t in results["targets"].items():
         print(f"  {name:<24} {t['value']!s:>8}  target {t['target']:<6} {'met' if t['met'] else 'NOT MET'}")
     harness.write_results(results, out)
