@@ -329,12 +329,27 @@ def _schemas() -> dict[str, Any]:
             xmax=number,
             description="Normalised to the photo: 0..1 from the top-left corner",
         ),
-        "Face": _object(box=_ref("schemas", "Box"), score={"type": "number", "minimum": 0, "maximum": 1}),
+        "Face": _object(
+            box=_ref("schemas", "Box"),
+            score={"type": "number", "minimum": 0, "maximum": 1},
+            optional={
+                "keypoints": {
+                    "type": "array",
+                    "description": "Landmarks in the detector's own order, normalised like the box",
+                    "items": _object(y=number, x=number),
+                }
+            },
+        ),
+        "Arms": {
+            "type": "object",
+            "description": "The rollout arm (version label or number) that served each stage, when a split is on",
+            "additionalProperties": {"type": "string"},
+        },
         "ImageSize": _object(width={"type": "integer"}, height={"type": "integer"}),
         "Match": _object(
             index={"type": "integer", "description": "Position in the gallery"},
             filename={"type": "string", "description": "The gallery face's name in the index"},
-            distance={"type": "number", "description": "Squared L2 distance between latents"},
+            distance={"type": "number", "description": "The search servable's distance (the demo's: squared L2)"},
             thumbnail_url={"type": "string", "description": "URL of the thumbnail JPEG"},
         ),
         "Timings": timings,
@@ -343,7 +358,7 @@ def _schemas() -> dict[str, Any]:
             faces={"type": "array", "items": _ref("schemas", "Face")},
             image=_ref("schemas", "ImageSize"),
             timings_ms=_ref("schemas", "Timings"),
-            optional={"crop_jpeg_base64": {"type": "string", "format": "byte"}},
+            optional={"crop_jpeg_base64": {"type": "string", "format": "byte"}, "arms": _ref("schemas", "Arms")},
         ),
         "SearchResult": {
             "allOf": [
@@ -364,6 +379,7 @@ def _schemas() -> dict[str, Any]:
             faces={"type": "array", "items": _ref("schemas", "Face")},
             image=_ref("schemas", "ImageSize"),
             timings_ms=_ref("schemas", "Timings"),
+            optional={"arms": _ref("schemas", "Arms")},
         ),
         "VersionStatus": _object(
             version={"type": "integer"},

@@ -17,6 +17,9 @@ from app.views.params import PageParams
 
 bp = Blueprint("pages", __name__)
 
+# The timings table lists the stages in pipeline order, whichever concurrent branch finished first.
+_STAGE_ORDER = {stage: position for position, stage in enumerate(("decode", "detect", "crop", "encode", "search",
+                                                                  "translate"))}  # fmt: skip
 # Long side of the photo shown on the result page, and of the face crop beside it.
 PHOTO_MAX_SIDE = 800
 CROP_MAX_SIDE = 320
@@ -109,7 +112,9 @@ def result_context(result: PortraitResult) -> dict:
         # Only what did not come from a stage's default: a rollout's arm, or the request's own pin.
         "arms": [(stage, arm) for stage, arm in result.arms.items() if arm != DEFAULT_ARM],
         "timings": [
-            (stage, seconds * 1000, seconds / total) for stage, seconds in result.timings.items() if stage != "total"
+            (stage, seconds * 1000, seconds / total)
+            for stage, seconds in sorted(result.timings.items(), key=lambda item: _STAGE_ORDER.get(item[0], 99))
+            if stage != "total"
         ],
         "total_ms": result.timings.get("total", 0.0) * 1000,
     }
