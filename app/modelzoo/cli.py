@@ -14,6 +14,7 @@ import click
 from flask import Flask, current_app
 
 from app.config import Settings
+from app.logs import import_tensorflow
 from app.pipeline_config import PipelineConfig, parse_pipeline_config
 
 DEMO_GALLERY_FOLDER = "samples"
@@ -120,6 +121,7 @@ def register(app: Flask) -> None:
     def export_models_command(if_missing: bool) -> None:
         """Write version 1 of the four demo servables and the demo gallery index into serving_models/."""
         settings: Settings = current_app.config["GATEWAY_SETTINGS"]
+        import_tensorflow(settings.log_level.upper())  # its start-up noise filtered, as the gateway's is
         root = servable_root(settings)
         written = export_models(root, if_missing=if_missing, echo=click.echo)
         click.echo(f"wrote {len(written)} servable(s) under {root}")
@@ -148,6 +150,7 @@ def register(app: Flask) -> None:
         if whole_image and all_faces:
             raise click.UsageError("--whole-image and --all-faces exclude each other")
         settings: Settings = current_app.config["GATEWAY_SETTINGS"]
+        import_tensorflow(settings.log_level.upper())  # its start-up noise filtered, as the gateway's is
         if not gallery_dir.is_dir():
             raise click.ClickException(f"{gallery_dir} is not a folder")
         photos, _ = gallery_files(gallery_dir)
