@@ -18,7 +18,7 @@ left ear tragion. Only the first four are read.
 Pre-cropped faces (``build-index --whole-image``) have no keypoints:
 ``whole_image_chip`` frames the whole picture as a face box the way a detected
 box sits in an aligned chip on average, shrunk where needed so that no part of
-the picture is cut off; ``box_face_chip`` does the same for any face box.
+the picture is cut off.
 
 Pure numpy and OpenCV: the gateway (no TensorFlow) uses it too.
 """
@@ -229,11 +229,6 @@ def box_to_chip_map(box: Sequence[float], image_shape: Sequence[int], size: int 
     offset_x = centre_x - step * (BOX_CENTRE_IN_CHIP[0] * size - 0.5)
     offset_y = centre_y - step * (BOX_CENTRE_IN_CHIP[1] * size - 0.5)
     return np.array([[step, 0.0, offset_x], [0.0, step, offset_y]])
-
-
-def box_face_chip(pixels: np.ndarray, box: Sequence[float], size: int = CHIP_SIZE) -> np.ndarray:
-    """An upright chip of a face known only by its box (a detector without keypoints), framed like aligned chips."""
-    return warp_chip(pixels, box_to_chip_map(box, pixels.shape, size), size)
 
 
 def whole_image_chip(pixels: np.ndarray, size: int = CHIP_SIZE) -> np.ndarray:

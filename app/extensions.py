@@ -17,7 +17,13 @@ from app.errors import GatewayError, ServingUnavailable
 from app.metrics import GatewayMetrics, InstrumentedBackend
 from app.pipeline import Pipeline
 from app.pipeline_check import PipelineMisfit, check_pipeline, misfits_of
-from app.pipeline_config import PipelineConfig, PipelineConfigError, StageConfig, load_pipeline_config
+from app.pipeline_config import (
+    PipelineConfig,
+    PipelineConfigError,
+    StageConfig,
+    load_pipeline_config,
+    parse_pipeline_config,
+)
 from app.serving.base import Backend
 from app.serving.model_config import ModelConfigError, load_model_config
 
@@ -73,9 +79,13 @@ class PipelineFile:
         self.path = Path(path)
         self.required = required
         self._stamp = self._stat()
-        self.config: PipelineConfig = load_pipeline_config(self.path, required=required)  # a bad file stops the app
         self._text = self._read()
         self._read_at = time.time()
+        # Parsed from the very bytes kept above, so a write between the two can never go unseen.
+        if self._text is None:
+            self.config: PipelineConfig = load_pipeline_config(self.path, required=required)  # defaults, or refused
+        else:
+            self.config = parse_pipeline_config(self._text, source=self.path)  # a bad file stops the app
         self.refused: str | None = None
 
     def _stat(self) -> tuple[int, int, int] | None:
@@ -108,7 +118,7 @@ class PipelineFile:
         try:
             if text is None:
                 raise PipelineConfigError(self.path, "", "is gone or cannot be read")
-            config = load_pipeline_config(self.path, required=True)
+            config = parse_pipeline_config(text, source=self.path)
         except PipelineConfigError as exc:
             self.refuse(f"{exc}; the pipeline file read before it stays in force")
             return None

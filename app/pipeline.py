@@ -183,7 +183,6 @@ class Pipeline:
     ) -> None:
         self.backend = backend
         self.config = config
-        self.stages = config  # reads like a mapping of stage name -> StageConfig
         self.threshold = config.detect.threshold if threshold is None else threshold
         self.max_pixels = max_pixels
         self.timeout = timeout
@@ -290,7 +289,7 @@ class Pipeline:
         ``side`` pixels across, the crop is taken from the photo at full resolution.
         """
         stage = self.config[stage_name]
-        aligned = getattr(stage, "crop", "box") == "aligned"
+        aligned = self._crop_kind(stage_name) == "aligned"
         scale = getattr(stage, "crop_scale", images.FACE_CROP_SCALE)
         pixels = photo.pixels
         top, _, bottom, _ = images.face_square(face.box, *pixels.shape[:2], scale)
@@ -300,8 +299,8 @@ class Pipeline:
             if face.keypoints is None:
                 raise PipelineMisfit(
                     self.config.source,
-                    [("encode", Misfit("detect.outputs", "the detector gave no keypoints for the aligned crop",
-                                       "set [detect.outputs] keypoints, or set [encode] crop = \"box\""))],
+                    [(stage_name, Misfit("detect.outputs", "the detector gave no keypoints for the aligned crop",
+                                         f"set [detect.outputs] keypoints, or set [{stage_name}] crop = \"box\""))],
                 )  # fmt: skip
             from app.alignment import aligned_face_chip  # OpenCV warp; only stages that ask for it pay
 

@@ -404,17 +404,18 @@ def _check_wiring(config: PipelineConfig, reports: Mapping[str, StageReport]) ->
                     ),
                 )
             )
-    if config.encode.crop == "aligned" and config.detect.outputs.get("keypoints") is None:
-        misfits.append(
-            (
-                "encode",
-                Misfit(
-                    "encode",
-                    'crop = "aligned" needs face landmarks, and [detect.outputs] maps no keypoints',
-                    'set [detect.outputs] keypoints to the detector\'s landmarks output, or set crop = "box"',
-                ),
+    for name in ("encode", "translate"):
+        if config[name].crop == "aligned" and config.detect.outputs.get("keypoints") is None:
+            misfits.append(
+                (
+                    name,
+                    Misfit(
+                        name,
+                        'crop = "aligned" needs face landmarks, and [detect.outputs] maps no keypoints',
+                        'set [detect.outputs] keypoints to the detector\'s landmarks output, or set crop = "box"',
+                    ),
+                )
             )
-        )
     return misfits
 
 

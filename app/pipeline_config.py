@@ -48,6 +48,7 @@ from pydantic import (
     model_validator,
 )
 
+from app.images import FACE_CROP_SCALE
 from app.serving.base import DEFAULT_SIGNATURE, ModelRef
 
 __all__ = [
@@ -69,7 +70,7 @@ __all__ = [
 
 PIPELINE_FILENAME = "pipeline.toml"
 STAGE_NAMES = ("detect", "encode", "search", "translate")
-FACE_CROP_SCALE = 1.75
+ServableName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.-]+$")]
 TensorAlias = Annotated[str, Field(min_length=1, max_length=256)]
 # An arm of a rollout: a version label as TF Serving takes it, or a version number (digits only).
 _ARM_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -167,7 +168,7 @@ class ImageFeed(_Strict):
 class StageConfig(_Strict):
     """What every stage has: a servable, a signature, and the tensor aliases it reads and writes by role."""
 
-    servable: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.-]+$")]
+    servable: ServableName
     signature: TensorAlias = DEFAULT_SIGNATURE
     inputs: Roles
     outputs: Roles
@@ -225,10 +226,6 @@ class StageConfig(_Strict):
     def ref(self, *, version: int | None = None, label: str | None = None, signature: str | None = None) -> ModelRef:
         return ModelRef(self.servable, version=version, label=label, signature=signature or self.signature)
 
-    @property
-    def value_range(self) -> tuple[float, float]:
-        return self.image.range
-
 
 class Cropped(StageConfig):
     """A stage fed the face: the square box crop (``crop_scale`` times the box) or the eye-levelled aligned chip."""
@@ -261,7 +258,7 @@ class DetectStage(StageConfig):
     role: ClassVar[str] = "detect"
     image_roles: ClassVar[tuple[str, ...]] = ("image",)
 
-    servable: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.-]+$")] = "face_detection"
+    servable: ServableName = "face_detection"
     inputs: DetectInputs = DetectInputs()
     outputs: DetectOutputs = DetectOutputs()
     boxes: Boxes = Boxes()
@@ -283,9 +280,7 @@ class EncodeStage(Cropped):
     role: ClassVar[str] = "encode"
     image_roles: ClassVar[tuple[str, ...]] = ("image",)
 
-    servable: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.-]+$")] = (
-        "twingan_latent_encoder"
-    )
+    servable: ServableName = "twingan_latent_encoder"
     inputs: EncodeInputs = EncodeInputs()
     outputs: EncodeOutputs = EncodeOutputs()
 
@@ -325,15 +320,11 @@ class DistanceReading(_Strict):
 class SearchStage(StageConfig):
     role: ClassVar[str] = "search"
 
-    servable: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.-]+$")] = "latent_search_model"
+    servable: ServableName = "latent_search_model"
     inputs: SearchInputs = SearchInputs()
     outputs: SearchOutputs = SearchOutputs()
     signatures: SearchSignatures = SearchSignatures()
     reading: DistanceReading = DistanceReading()
-
-    @property
-    def extra_signatures(self) -> dict[str, str]:
-        return dict(self.signatures.items())
 
 
 class TranslateInputs(Roles):
@@ -348,7 +339,7 @@ class TranslateStage(Cropped):
     role: ClassVar[str] = "translate"
     image_roles: ClassVar[tuple[str, ...]] = ("image",)
 
-    servable: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.-]+$")] = "ugatit_selfie2anime"
+    servable: ServableName = "ugatit_selfie2anime"
     inputs: TranslateInputs = TranslateInputs()
     outputs: TranslateOutputs = TranslateOutputs()
     image: ImageFeed = ImageFeed(range=(-1.0, 1.0))
@@ -397,11 +388,6 @@ class PipelineConfig(_Strict):
 
 
 DEFAULT_PIPELINE = PipelineConfig()
-
-
-def default_pipeline_path(model_config: Path) -> Path:
-    """Where the pipeline file is looked for when no path is configured: beside serving_models.config."""
-    return Path(model_config).parent / PIPELINE_FILENAME
 
 
 def load_pipeline_config(path: str | Path | None, *, required: bool = False) -> PipelineConfig:

@@ -32,7 +32,7 @@ def test_defaults_are_the_demo_servables():
     )
     assert DEFAULT_PIPELINE["detect"].inputs["image"] == "input_images"
     assert DEFAULT_PIPELINE.search.signatures.get("size") is None  # optional: most search models have none
-    assert DEFAULT_PIPELINE.translate.value_range == (-1.0, 1.0)
+    assert DEFAULT_PIPELINE.translate.image.range == (-1.0, 1.0)
     assert list(DEFAULT_PIPELINE) == ["detect", "encode", "search", "translate"]
 
 

@@ -62,6 +62,7 @@ from app.serving.tensors import row_of_dtype
 _STATE = get_model_status_pb2.ModelVersionStatus.State
 _ERROR_CODE = {code.name: code.value[0] for code in grpc.StatusCode}
 MAX_MESSAGE_BYTES = 2**31 - 1
+STOP_GRACE = 2.0  # seconds a stopping double lets calls in flight finish
 
 
 class TFServingDouble:
@@ -126,7 +127,13 @@ class TFServingDouble:
         self._server = server
         return self
 
-    def stop(self, grace: float | None = None) -> None:
+    def stop(self, grace: float | None = STOP_GRACE) -> None:
+        """Shut down as a model server does: new calls are refused at once (UNAVAILABLE, which clients retry
+        elsewhere), calls already in flight are answered, for up to ``grace`` seconds, then cancelled.
+
+        Cancelling in-flight calls at once (``grace=None``) is not what a stopping server looks like to a
+        client: a killed process resets its connections (UNAVAILABLE), a shutting-down one drains them.
+        """
         server, self._server = self._server, None
         if server is not None:
             server.stop(grace).wait()

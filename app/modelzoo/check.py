@@ -165,8 +165,8 @@ def register(app: Flask) -> None:
         settings = current_app.config["GATEWAY_SETTINGS"]
         try:
             pipeline = serving.pipeline
-        except (ValueError, OSError) as exc:  # e.g. a serving_models.config that cannot be used
-            raise click.ClickException(str(exc)) from exc
+        except GatewayError as exc:  # e.g. a serving_models.config that cannot be used
+            raise click.ClickException(exc.message) from exc
         report = check_models(pipeline, model_config=str(settings.model_config), requests=not no_request)
         if as_json:
             click.echo(json.dumps(report.to_dict(), indent=2))

@@ -800,11 +800,6 @@ class ModelRuntime:
         with self._lock:
             return dict(self._labels.get(name, {}))
 
-    @property
-    def model_names(self) -> tuple[str, ...]:
-        with self._lock:
-            return tuple(self._models)
-
     def close(self) -> None:
         self._stop.set()
         if self._poller is not None and self._poller is not threading.current_thread():

@@ -15,7 +15,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, send_file
 from flask.typing import ResponseReturnValue
 
 from app import images
-from app.errors import GatewayError, ServingUnavailable
+from app.errors import GatewayError
 from app.extensions import serving
 from app.modelzoo.cli import servable_root
 from app.pipeline_check import check_pipeline
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 _THUMBNAILS = "api.gallery_thumbnails"
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 # A thumbnail named with its gallery version never changes; "latest" moves when a new index is built.
 _PINNED_CACHE = "public, max-age=31536000, immutable"
 _LATEST_CACHE = "public, max-age=60"
@@ -94,11 +93,8 @@ def models() -> ResponseReturnValue:
     newer pipeline file was refused (if it was), and each stage's rollout with the state of its arms.
     """
     read_params(NoParams, request)
-    try:
-        backend = serving().backend
-        rollouts = serving().pipeline.rollouts  # looks at the pipeline file, as a request would
-    except (ValueError, OSError) as exc:  # e.g. a broken serving_models.config for the local backend
-        raise ServingUnavailable(f"the serving backend cannot start: {exc}", retry_after=5) from exc
+    backend = serving().backend  # ServingUnavailable (503) when it cannot start, e.g. a broken serving_models.config
+    rollouts = serving().pipeline.rollouts  # looks at the pipeline file, as a request would
     # The labels in force and a refused config, when the server can tell (the embedded one can; TF Serving only logs).
     state = backend.config_state()
     labels = state.labels if state is not None else _configured_labels()
@@ -135,16 +131,22 @@ def gallery_thumbnail(name: str) -> ResponseReturnValue:
 @bp.get("/openapi.json")
 def openapi_document() -> ResponseReturnValue:
     read_params(NoParams, request)
-    return jsonify(openapi.document(settings()))
+    # Built once per app: the settings it describes are frozen, and the document is open to anyone.
+    document = current_app.extensions.get("openapi_document")
+    if document is None:
+        document = current_app.extensions.setdefault("openapi_document", openapi.document(settings()))
+    return jsonify(document)
 
 
 def thumbnails() -> GalleryThumbnails:
-    """This app's gallery thumbnails, opened on first use (their index files are cached per version)."""
-    found = current_app.extensions.get(_THUMBNAILS)
+    """The thumbnails of the search servable the pipeline file names now (a reload may name another), opened on
+    first use; their index files are cached per version."""
+    servable = serving().pipeline_config.search.servable
+    opened = current_app.extensions.setdefault(_THUMBNAILS, {})
+    found = opened.get(servable)
     if found is None:
-        base = servable_root(settings()) / serving().pipeline_config.search.servable
         # setdefault: two first requests at once still share one instance.
-        found = current_app.extensions.setdefault(_THUMBNAILS, GalleryThumbnails(base))
+        found = opened.setdefault(servable, GalleryThumbnails(servable_root(settings()) / servable))
     return found
 
 

@@ -28,8 +28,8 @@ def readyz() -> ResponseReturnValue:
     report, ready = {}, True
     try:
         backend = ext.backend
-    except (GatewayError, ValueError, OSError) as exc:
-        return jsonify(status="unavailable", error=str(exc)), 503, {"Retry-After": "5"}
+    except GatewayError as exc:  # the backend could not start (Serving turns every cause into ServingUnavailable)
+        return jsonify(status="unavailable", error=exc.message), 503, {"Retry-After": "5"}
     for name in ext.pipeline_config.servables:
         try:
             statuses = backend.model_status(name)
