@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -22,7 +21,7 @@ import yaml
 from app.config import PROJECT_ROOT
 from app.serving.base import ModelRef
 from tests import servables
-from tests.fidelity import KINDS, POLL, Server, servers, states, wait_for  # noqa: F401  (servers: a fixture)
+from tests.fidelity import KINDS, Server, servers, states, wait_for  # noqa: F401  (servers: a fixture)
 
 DOC = PROJECT_ROOT / "docs" / "versions-and-labels.md"
 BLOCK = re.compile(r"<!-- procedure: (?P<step>[\w ]+) -->\n```\n(?P<config>.*?)```", re.DOTALL)
@@ -117,8 +116,8 @@ def test_loading_and_labelling_in_one_edit_is_stuck_without_the_flag(kind, serve
     config_path.write_text(config_with(procedure()["stuck"]), encoding="utf-8")
     wait_for(lambda: server.runtime.config_refusal is not None, 5, "the edit refused")
     assert "Request to assign label to version 2 of model half_plus" in server.runtime.config_refusal
-    for _ in range(6):  # refused again at every poll
-        time.sleep(POLL)
+    for _ in range(3):  # refused again at every poll (explicit passes: a sleep could go by without one)
+        server.runtime.poll_once()
         assert [version for version, *_ in states(server.backend, "half_plus")] == [1]  # 2 never even starts
         assert server.runtime.config_refusal is not None
     assert _version_of_stable(server) == 1
