@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections import Counter
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -354,16 +355,31 @@ def test_a_shadow_copy_is_sent_once_the_answer_is_ready_and_measured(board):
     assert answer == _matches("a", "b", "c", "d")  # the answer is the stable arm's, untouched
 
 
-def test_no_shadow_copy_of_a_pinned_request_or_of_the_shadow_arms_own_answer(board):
+def test_no_shadow_copy_of_a_pinned_request_or_of_the_shadow_arms_own_answer(board, monkeypatch):
     observer = RecordingObserver()
     routed = rollouts(board, 'traffic = { stable = 50, canary = 50 }\nshadow = "canary"', observer=observer)
+
+    def at_once(fn, *args):  # the board's pool runs each job before submit returns: no copy can be still on its way
+        done = Future()
+        done.set_result(fn(*args))
+        return done
+
+    monkeypatch.setattr(board, "submit", at_once)
+
+    def search(pins):
+        return _matches(served_by(pins))
+
     canary_client = next(client for client in CLIENTS if arm_of(routed, client) == "canary")
+    stable_client = next(client for client in CLIENTS if arm_of(routed, client) == "stable")
     for routing in (routed.route(canary_client), routed.route(CLIENTS[0], {"search": Pin(version=1)})):
-        answer = routing.call("search", served_by)
-        routing.shadow("search", served_by, answer)
+        answer = routing.call("search", search)
+        routing.shadow("search", search, answer)
         routing.start_shadows()
-    time.sleep(0.1)
     assert observer.shadows == []
+    routing = routed.route(stable_client)  # the control: a stable answer is copied, and reported at once
+    routing.shadow("search", search, routing.call("search", search))
+    routing.start_shadows()
+    assert observer.shadows == [("search", "stable", "canary", "compared")]
 
 
 def test_shadow_copies_beyond_the_limit_are_dropped_and_failures_counted(board):
