@@ -76,6 +76,7 @@ def test_a_config_refused_on_reload_keeps_serving_and_says_why(config_path, tmp_
 
     try:
         assert half_plus()["_body"]["model_config"] == {"refused": None}
+        misfits = client.get("/readyz").json["misfits"]  # the test servables do not fit the pipeline's stages
         config_path.write_text(servables.labelled_config({"stable": 1}), encoding="utf-8")
         wait_for(lambda: half_plus()["labels"] == {"stable": 1}, 5, "stable given")
         # Moving a label onto a version that is not there: refused even with the flag (the gateway's default).
@@ -86,7 +87,12 @@ def test_a_config_refused_on_reload_keeps_serving_and_says_why(config_path, tmp_
         assert entry["labels"] == {"stable": 1}  # the labels in force, not the file's
         assert [v["labels"] for v in entry["versions"]] == [[], ["stable"]]  # newest first: 2, then 1
         ready = client.get("/readyz")
-        assert ready.status_code != 500
+        # Every servable still serves: unready only for the misfits it had before the edit.
+        assert ready.status_code == 503 and ready.json["misfits"] == misfits
+        assert ready.json["servables"] == {
+            "half_plus": {"available": True, "versions": [2, 1]},
+            "words": {"available": True, "versions": [1]},
+        }
         assert "version 7 of model half_plus" in ready.json["model_config"]["refused"]
         search = client.get("/api/v1/models")
         assert search.status_code == 200
@@ -105,7 +111,12 @@ def test_through_grpc_the_gateway_shows_the_files_labels_and_no_refusal_it_canno
         body = client.get("/api/v1/models").json
         entry = next(entry for entry in body["servables"] if entry["name"] == "half_plus")
         assert entry["labels"] == {"stable": 7} and "model_config" not in body
-        assert client.get("/readyz").status_code != 500
+        ready = client.get("/readyz")  # as above: every servable serves, the test servables misfit the stages
+        assert ready.status_code == 503 and ready.json["misfits"] and "model_config" not in ready.json
+        assert {name: entry["available"] for name, entry in ready.json["servables"].items()} == {
+            "half_plus": True,
+            "words": True,
+        }
     finally:
         app.extensions["serving"].close()
         double.close()
