@@ -5,7 +5,8 @@ A runnable block is fenced as ```` ```sh runnable ````. Its lines run in order i
 that holds the photos the docs use (``face.jpg``, ``group.jpg``, and ``team/`` with both), with ``make`` run in this
 repository and the CLI pointed at the live gateway's own copy of the models, so what one block builds (a new
 gallery version, a label) the next one sees, as a reader's would. Every ``curl`` must answer 2xx, unless its
-line ends with a comment naming the status it shows, e.g. ``# 404``.
+line ends with a comment naming the status it shows, e.g. ``# 404``. Without curl those blocks skip, unless
+GATEWAY_REQUIRE_CURL=1 (as ``.ci/run`` sets it), which turns the skip into a failure.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from PIL import Image
 from skimage import data
 
 from bench import harness
+from tests import programs
 from tests.conftest import demo_serving_dir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,6 +70,7 @@ make() {
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, demo_root):
     """The gateway as `make run` starts it, over a private copy of the demo models, and a reader's scratch folder."""
+    programs.require("curl", "CURL", package="curl")  # before starting anything
     root = tmp_path_factory.mktemp("docs-gateway")
     config = demo_serving_dir(root, demo_root)
     scratch = tmp_path_factory.mktemp("reader")
@@ -113,8 +116,6 @@ RUNNABLE = [path for path in DOCS if runnable_blocks(path)]
 @pytest.mark.slow
 @pytest.mark.parametrize("path", RUNNABLE, ids=lambda p: p.name)
 def test_runnable_blocks_run_as_written(path, live):
-    if shutil.which("curl") is None:
-        pytest.skip("curl is not installed")
     _run_doc(path, live)
 
 
