@@ -224,10 +224,22 @@ def _translated(code: grpc.StatusCode, message: str, servable: str) -> GatewayEr
     return ModelFailure(f"{prefix}{code.name}: {message}")
 
 
+ERROR_MESSAGE_LIMIT = 1024  # TF Serving's grpc_status_util.cc: kErrorMessageLimit
+
+
+def wire_message(message: str) -> str:
+    """A status message as TF Serving sends it: past 1024 bytes, cut there and marked "...TRUNCATED"."""
+    data = message.encode("utf-8")
+    if len(data) <= ERROR_MESSAGE_LIMIT:
+        return message
+    return data[:ERROR_MESSAGE_LIMIT].decode("utf-8", "ignore") + "...TRUNCATED"
+
+
 @contextlib.contextmanager
 def serving_errors(servable: str = "") -> Iterator[None]:
-    """Turn a ServingStatus raised inside the block into its GatewayError."""
+    """Turn a ServingStatus raised inside the block into the GatewayError the gRPC backend makes of the same
+    answer from TF Serving (whose messages arrive cut at 1024 bytes)."""
     try:
         yield
     except ServingStatus as exc:
-        raise from_serving_status(exc.status, exc.message, servable=servable) from exc
+        raise from_serving_status(exc.status, wire_message(exc.message), servable=servable) from exc

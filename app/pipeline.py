@@ -307,7 +307,7 @@ class Pipeline:
             return aligned_face_chip(pixels, np.asarray(face.keypoints, np.float64), size=side)
         return images.crop_face(pixels, face.box, scale)
 
-    def _input_side(self, stage: str, pins: Pins | None) -> int:
+    def input_side(self, stage: str, pins: Pins | None = None) -> int:
         """The long side of the image a stage's servable takes."""
         config = self.config[stage]
         _, meta = self._metadata(stage, pins)
@@ -337,13 +337,20 @@ class Pipeline:
             raise BadInput(f"k={k} is larger than the gallery ({size} faces)")
 
     def encode(
-        self, crops: Sequence[np.ndarray], pins: Pins | None = None, model_timings: dict[str, float] | None = None
+        self,
+        crops: Sequence[np.ndarray],
+        pins: Pins | None = None,
+        model_timings: dict[str, float] | None = None,
+        *,
+        batch_size: int = ENCODE_BATCH,
     ) -> np.ndarray:
-        """The latents of face crops, [N, *latent_shape] float32, in as few calls as the encoder's batch allows."""
+        """The latents of face crops, [N, *latent_shape] float32, ``batch_size`` a call (or what a fixed batch
+        dimension of the encoder allows)."""
         stage = self.config.encode
         ref, meta = self._metadata("encode", pins)
         spec = meta.inputs[stage.inputs["image"]]
-        batch_size = ENCODE_BATCH if spec.shape is None or spec.shape[0] is None else int(spec.shape[0])
+        if spec.shape is not None and spec.shape[0] is not None:
+            batch_size = int(spec.shape[0])
         latents = []
         for start in range(0, len(crops), batch_size):
             chunk = crops[start : start + batch_size]
@@ -478,7 +485,7 @@ class Pipeline:
             wanted = [name for name, on in (("encode", search), ("translate", translate)) if on]
             crops = {
                 name: self.face_crop(
-                    name, photo, face, routing.call(name, partial(self._input_side, name), counted=False)
+                    name, photo, face, routing.call(name, partial(self.input_side, name), counted=False)
                 )
                 for name in wanted
             }

@@ -94,7 +94,7 @@ def _synthetic_requests(pipeline: Pipeline, stages: dict[str, StageReport]) -> d
         return f"version {version}: {len(faces)} face(s) above {pipeline.threshold:g} in a grey square"
 
     def encode() -> str:
-        crop = pipeline.face_crop("encode", photo, face, pipeline._input_side("encode", None))
+        crop = pipeline.face_crop("encode", photo, face, pipeline.input_side("encode", None))
         latent.append(pipeline.encode([crop])[0])
         return f"a latent of shape {list(latent[0].shape)} for a {crop.shape[1]}x{crop.shape[0]} crop"
 
@@ -106,7 +106,7 @@ def _synthetic_requests(pipeline: Pipeline, stages: dict[str, StageReport]) -> d
         return f"version {version}: {nearest}"
 
     def translate() -> str:
-        crop = pipeline.face_crop("translate", photo, face, pipeline._input_side("translate", None))
+        crop = pipeline.face_crop("translate", photo, face, pipeline.input_side("translate", None))
         image = pipeline.translate(crop)
         return f"a {image.shape[1]}x{image.shape[0]} image for a {crop.shape[1]}x{crop.shape[0]} crop"
 

@@ -9,7 +9,7 @@ and the same photo uploaded later land on the same latent.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +23,6 @@ from app.images import (
     crop_face,
     decode_image,
     encode_jpeg,
-    image_size_of,
-    model_input,
     resize,
 )
 from app.modelzoo.export import next_version
@@ -71,42 +69,6 @@ def gallery_files(folder: Path) -> tuple[list[Path], list[Path]]:
             continue
         (photos if path.suffix.lower() in GALLERY_SUFFIXES else others).append(path)
     return photos, others
-
-
-def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _encoder_spec(backend: Backend, stage: EncodeStage):
-    return backend.metadata(stage.ref()).inputs[stage.inputs["image"]]
-
-
-def encode_faces(
-    backend: Backend,
-    faces: Sequence[np.ndarray],
-    *,
-    batch_size: int = 16,
-    stage: EncodeStage = DEFAULT_PIPELINE.encode,
-    on_batch: Callable[[int], None] | None = None,
-) -> np.ndarray:
-    """Latents of face pictures [N, *latent_shape], encoded in batches (one at a time if the encoder takes batch 1).
-
-    Each picture is resized to the encoder's input as the pipeline does; give it what the encode stage
-    is fed (the aligned chip or the box crop).
-    """
-    spec = _encoder_spec(backend, stage)
-    if spec.shape is not None and spec.shape[0] is not None:
-        batch_size = int(spec.shape[0])
-    feed = stage.image
-    latents = []
-    for batch in _batches(faces, batch_size):
-        pictures = model_input(batch, spec, feed.range, channels=feed.channels, size=feed.size)
-        out = backend.predict(stage.ref(), {stage.inputs["image"]: pictures})
-        latents.append(np.asarray(out[stage.outputs["latent"]], dtype=np.float32))
-        if on_batch is not None:
-            on_batch(len(batch))
-    return np.concatenate(latents)
 
 
 def _unreadable_reason(exc: GatewayError | OSError) -> str:
@@ -165,14 +127,14 @@ def collect_faces(
     report = IndexReport(skipped=[p.relative_to(gallery_dir).as_posix() for p in others], photos=len(photos))
     pipeline = Pipeline(backend, config, threshold=threshold)
     stage = config.encode
-    side = max(image_size_of(_encoder_spec(backend, stage), stage.image.size))
+    side = pipeline.input_side("encode")
     pending: list[np.ndarray] = []
     latents: list[np.ndarray] = []
     thumbnails: dict[str, bytes] = {}
 
     def flush() -> None:
         if pending:
-            latents.append(encode_faces(backend, pending, batch_size=batch_size, stage=stage))
+            latents.append(pipeline.encode(pending, batch_size=batch_size))  # as an upload's face is encoded
             if progress is not None:
                 progress("encode", len(pending))
             pending.clear()

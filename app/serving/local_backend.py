@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from app.errors import ServingStatus, ServingUnavailable, from_serving_status
+from app.errors import ServingStatus, ServingUnavailable, serving_errors, wire_message
 from app.serving.base import (
     Backend,
     ModelRef,
@@ -26,16 +25,7 @@ from app.serving.protos.tensorflow_serving.apis import (
     model_pb2,
     regression_pb2,
 )
-from app.serving.runtime import DEFAULT_LOAD_RETRY_INTERVAL, DEFAULT_MAX_LOAD_RETRIES, ModelRuntime, wire_message
-
-
-@contextlib.contextmanager
-def _as_on_the_wire(servable: str) -> Iterator[None]:
-    """A ServingStatus raised inside becomes the GatewayError the gRPC backend makes of TF Serving's answer."""
-    try:
-        yield
-    except ServingStatus as exc:
-        raise from_serving_status(exc.status, wire_message(exc.message), servable=servable) from exc
+from app.serving.runtime import DEFAULT_LOAD_RETRY_INTERVAL, DEFAULT_MAX_LOAD_RETRIES, ModelRuntime
 
 
 class LocalBackend(Backend):
@@ -85,7 +75,7 @@ class LocalBackend(Backend):
     def predict_versioned(
         self, ref: ModelRef, inputs: Mapping[str, np.ndarray], timeout: float | None = None
     ) -> Served:
-        with _as_on_the_wire(ref.name):
+        with serving_errors(ref.name):
             served, outputs = self.runtime.predict(
                 ref.name,
                 inputs,
@@ -97,16 +87,16 @@ class LocalBackend(Backend):
         return Served(outputs, served)
 
     def metadata(self, ref: ModelRef) -> SignatureMetadata:
-        with _as_on_the_wire(ref.name):
+        with serving_errors(ref.name):
             model = self.runtime.metadata(ref.name, version=ref.version, label=ref.label)
         return model.signature(ref.signature)
 
     def model_status(self, name: str, version: int | None = None) -> list[VersionStatus]:
-        with _as_on_the_wire(name):
+        with serving_errors(name):
             return self.runtime.status(name, version)
 
     def get_model_metadata(self, ref: ModelRef) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        with _as_on_the_wire(ref.name):
+        with serving_errors(ref.name):
             version, signature_defs = self.runtime.signature_defs(ref.name, version=ref.version, label=ref.label)
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         for key, signature in signature_defs.items():  # TensorFlow's messages: handed across as bytes
@@ -120,7 +110,7 @@ class LocalBackend(Backend):
     def classify(
         self, ref: ModelRef, examples: input_pb2.Input, timeout: float | None = None
     ) -> classification_pb2.ClassificationResponse:
-        with _as_on_the_wire(ref.name):
+        with serving_errors(ref.name):
             version, outputs = self.runtime.classify(
                 ref.name, examples, version=ref.version, label=ref.label, signature=ref.signature,
                 timeout=self.timeout if timeout is None else timeout,
@@ -132,7 +122,7 @@ class LocalBackend(Backend):
     def regress(
         self, ref: ModelRef, examples: input_pb2.Input, timeout: float | None = None
     ) -> regression_pb2.RegressionResponse:
-        with _as_on_the_wire(ref.name):
+        with serving_errors(ref.name):
             version, output = self.runtime.regress(
                 ref.name, examples, version=ref.version, label=ref.label, signature=ref.signature,
                 timeout=self.timeout if timeout is None else timeout,

@@ -50,19 +50,16 @@ import tensorflow as tf
 # placeholder's dtype and checks their shape, which TF Serving's C++ session does not.
 from tensorflow.python.client import pywrap_tf_session
 
-from app.errors import ServingStatus
+from app.errors import ServingStatus, wire_message  # noqa: F401 (wire_message: re-exported for the double)
 from app.serving import warmup as warmups
-from app.serving.base import ModelMetadata, VersionStatus, metadata_from_signature_defs
+from app.serving.base import DEFAULT_SIGNATURE, ModelMetadata, VersionStatus, metadata_from_signature_defs
 from app.serving.model_config import ServableConfig, ServingConfig, load_model_config
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_MAX_LOAD_RETRIES = 5  # --max_num_load_retries
 DEFAULT_LOAD_RETRY_INTERVAL = 60.0  # --load_retry_interval_micros, in seconds
-ERROR_MESSAGE_LIMIT = 1024  # grpc_status_util.cc: kErrorMessageLimit
 SAVED_MODEL_TAGS = ("serve",)
-_TF_CODE_TO_GRPC = {code.value[0]: code for code in grpc.StatusCode}
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
 # absl::SimpleAtoi: optional ASCII whitespace around an optionally signed decimal integer.
 _VERSION_NAME = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)[ \t\n\v\f\r]*")
@@ -72,14 +69,6 @@ _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 class ConfigRefused(ServingStatus):
     """A model config the server would not apply; the one it had stays in force."""
-
-
-def wire_message(message: str) -> str:
-    """A status message as TF Serving sends it: past 1024 bytes, cut there and marked "...TRUNCATED"."""
-    data = message.encode("utf-8")
-    if len(data) <= ERROR_MESSAGE_LIMIT:
-        return message
-    return data[:ERROR_MESSAGE_LIMIT].decode("utf-8", "ignore") + "...TRUNCATED"
 
 
 def parse_version(name: str) -> int | None:
@@ -92,7 +81,7 @@ def parse_version(name: str) -> int | None:
 
 
 def _status(exc: tf.errors.OpError) -> ServingStatus:
-    return ServingStatus(_TF_CODE_TO_GRPC.get(exc.error_code, grpc.StatusCode.UNKNOWN), exc.message)
+    return ServingStatus(warmups.TF_CODE_TO_GRPC.get(exc.error_code, grpc.StatusCode.UNKNOWN), exc.message)
 
 
 def _is_absolute(base_path: str) -> bool:
@@ -739,17 +728,10 @@ class ModelRuntime:
         timeout: float | None = None,
     ) -> tuple[int, dict[str, np.ndarray]]:
         """Classify (classifier.cc RunClassify): ``examples`` (an ``Input`` of either message set) through a
-        classification signature, checked as TF Serving checks it; the version that answered, and the
-        ``classes`` and/or ``scores`` outputs by key."""
+        classification signature; the version that answered, and the ``classes`` and/or ``scores`` outputs."""
         servable = self._resolve(name, version, label)
         try:
-            found = warmups._find_signature(servable, signature)
-            input_name, output_names = warmups.classification_tensors(found)
-            serialized = warmups.serialized_examples(examples)
-            values = servable.run({input_name: serialized}, output_names, timeout)
-            warmups.check_classification(found, len(serialized), output_names, values)
-            keys = [key for key in ("classes", "scores") if key in found.outputs]
-            return servable.version, dict(zip(keys, values, strict=True))
+            return servable.version, warmups.classify(servable, signature, examples, timeout)
         finally:
             servable.release()
 
@@ -764,15 +746,10 @@ class ModelRuntime:
         timeout: float | None = None,
     ) -> tuple[int, np.ndarray]:
         """Regress (regressor.cc RunRegress): ``examples`` through a regression signature; the version that
-        answered and its ``outputs`` tensor, checked as TF Serving checks it."""
+        answered and its ``outputs`` tensor."""
         servable = self._resolve(name, version, label)
         try:
-            found = warmups._find_signature(servable, signature)
-            input_name, output_names = warmups.regression_tensors(found)
-            serialized = warmups.serialized_examples(examples)
-            values = servable.run({input_name: serialized}, output_names, timeout)
-            warmups.check_regression(found, len(serialized), output_names, values)
-            return servable.version, values[0]
+            return servable.version, warmups.regress(servable, signature, examples, timeout)
         finally:
             servable.release()
 

@@ -24,6 +24,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import input_pb2, prediction_log_pb2
 
 from app.errors import ServingStatus
+from app.serving.base import DEFAULT_SIGNATURE
 
 if TYPE_CHECKING:
     from tensorflow.core.protobuf import meta_graph_pb2
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # WarmupConsts::kMaxNumRecords
-DEFAULT_SIGNATURE = "serving_default"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 _UNSUPPORTED_LOGS = ("session_run_log", "predict_streamed_log")
@@ -197,22 +197,30 @@ def check_regression(
         raise ServingStatus(_INVALID, f"Expected output Tensor of DT_FLOAT.  Got: {_dtype_name(value)}")
 
 
-def classify(servable: LoadedVersion, signature_name: str, input_proto: input_pb2.Input) -> list[np.ndarray]:
+def classify(
+    servable: LoadedVersion, signature_name: str, input_proto: input_pb2.Input, timeout: float | None = None
+) -> dict[str, np.ndarray]:
+    """RunClassify (classifier.cc): examples through a classification signature, checked as TF Serving checks
+    them; the ``classes`` and/or ``scores`` outputs by key. Serves warmup records and Classify calls alike."""
     signature = _find_signature(servable, signature_name)
     input_name, output_names = classification_tensors(signature)
     examples = serialized_examples(input_proto)
-    values = servable.run({input_name: examples}, output_names)
+    values = servable.run({input_name: examples}, output_names, timeout)
     check_classification(signature, len(examples), output_names, values)
-    return values
+    keys = [key for key in ("classes", "scores") if key in signature.outputs]
+    return dict(zip(keys, values, strict=True))
 
 
-def regress(servable: LoadedVersion, signature_name: str, input_proto: input_pb2.Input) -> list[np.ndarray]:
+def regress(
+    servable: LoadedVersion, signature_name: str, input_proto: input_pb2.Input, timeout: float | None = None
+) -> np.ndarray:
+    """RunRegress (regressor.cc): examples through a regression signature; its ``outputs`` tensor, checked."""
     signature = _find_signature(servable, signature_name)
     input_name, output_names = regression_tensors(signature)
     examples = serialized_examples(input_proto)
-    values = servable.run({input_name: examples}, output_names)
+    values = servable.run({input_name: examples}, output_names, timeout)
     check_regression(signature, len(examples), output_names, values)
-    return values
+    return values[0]
 
 
 def multi_inference(servable: LoadedVersion, request) -> list[np.ndarray]:
@@ -266,5 +274,9 @@ def _dtype_name(value: np.ndarray) -> str:
     return types_pb2.DataType.Name(datatype)
 
 
+# TensorFlow's error codes are gRPC's, by number.
+TF_CODE_TO_GRPC = {code.value[0]: code for code in grpc.StatusCode}
+
+
 def _code_of(exc: tf.errors.OpError) -> grpc.StatusCode:
-    return {code.value[0]: code for code in grpc.StatusCode}.get(exc.error_code, grpc.StatusCode.UNKNOWN)
+    return TF_CODE_TO_GRPC.get(exc.error_code, grpc.StatusCode.UNKNOWN)
