@@ -284,9 +284,9 @@ def test_tiles_cover_the_photo_with_the_overlap_asked_for():
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory, tflite_path, full_range_path) -> Path:
-    version_dir = tmp_path_factory.mktemp("serving_models") / "face_detection" / "1"
-    return blazeface.export_face_detector(version_dir, tflite_path, full_range_path)
+def exported(demo_root: Path) -> Path:
+    """The detector as export-models writes it (the session's demo export, from the same cached weights); read only."""
+    return demo_root / blazeface.SERVABLE_NAME / "1"
 
 
 @pytest.fixture(scope="module")

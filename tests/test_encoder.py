@@ -3,8 +3,6 @@ invariants a correct port shows on real faces (a face and its mirror image close
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -193,8 +191,8 @@ def test_small_grey_lfw_faces_still_find_their_mirror_image(encode):
     assert found.mean() >= 0.95
 
 
-def test_export_serves_unit_latents_the_tf_serving_way(tmp_path, sample_chips):
-    version = encoder.export_encoder(Path(tmp_path) / "twingan_latent_encoder" / "1")
+def test_export_serves_unit_latents_the_tf_serving_way(demo_root, sample_chips):
+    version = demo_root / encoder.SERVABLE_NAME / "1"  # as export-models writes it (the session's demo export)
     session = tf.compat.v1.Session(graph=tf.Graph())
     try:
         meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(version))
