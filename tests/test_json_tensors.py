@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+import tracemalloc
 
 import grpc
 import numpy as np
@@ -51,15 +53,91 @@ def test_single_unnamed_tensor():
     same(request.inputs["default"], [[1, 2], [3, 4], [5, 6]], np.int32)
 
 
+TOO_DEEP = (
+    f"JSON Parse error: The document nests arrays and objects deeper than {jt.MAX_DEPTH} levels; a tensor has at "
+    "most 64 dimensions. at offset: "
+)
+
+
 def test_deeply_nested_well_formed():
-    # A key nothing reads, nested half a million deep: RapidJSON's iterative parser takes it, and so does this one.
-    body = '{"instances":[1], "nested":' + "[" * 500_000 + "]" * 500_000 + "}"
-    assert list(predict(body, {"default": T.DT_INT32}).inputs) == ["default"]
+    # A key nothing reads, nested half a million deep: RapidJSON's iterative parser takes it, and TF Serving with
+    # it. The gateway does not: every level costs memory before anything reads it. It stops where the nesting goes
+    # deeper than a request of a tensor of 64 dimensions needs (67 levels).
+    prefix = '{"instances":[1], "nested":'
+    body = prefix + "[" * 500_000 + "]" * 500_000 + "}"
+    assert fails(body, {"default": T.DT_INT32}) == f"{TOO_DEEP}{len(prefix) + jt.MAX_DEPTH - 1}"
+    within = prefix + "[" * (jt.MAX_DEPTH - 1) + "]" * (jt.MAX_DEPTH - 1) + "}"  # the document's object is a level
+    assert list(predict(within, {"default": T.DT_INT32}).inputs) == ["default"]
 
 
 def test_deeply_nested_malformed():
-    body = '{"signature_name":' + "[" * 500_000 + "]" * 500_000 + "}"
-    assert "key must be a string value" in fails(body, {"default": T.DT_INT32})
+    # TF Serving: "'signature_name' key must be a string value"; the gateway stops at the nesting first.
+    prefix = '{"signature_name":'
+    body = prefix + "[" * 500_000 + "]" * 500_000 + "}"
+    assert fails(body, {"default": T.DT_INT32}) == f"{TOO_DEEP}{len(prefix) + jt.MAX_DEPTH - 1}"
+    within = prefix + "[" * (jt.MAX_DEPTH - 1) + "]" * (jt.MAX_DEPTH - 1) + "}"
+    assert "key must be a string value" in fails(within, {"default": T.DT_INT32})
+
+
+@pytest.mark.parametrize("body", [b"[" * 4_000_000, b'{"a":' * 800_000, b"[" * 3_000_000 + b"\x00"])
+def test_deep_nesting_is_refused_in_bounded_time_and_memory(body):
+    """4 MB of "[" took 550 MB and 7 s of CPU before the depth was bounded; now about the body's size, at once."""
+    tracemalloc.start()
+    started = time.process_time()
+    try:
+        with pytest.raises(ServingStatus) as caught:
+            jt.parse(body)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert caught.value.message.startswith(TOO_DEEP)
+    assert peak < 8 * len(body), peak
+    assert time.process_time() - started < 2  # CPU seconds, a generous bound: the unbounded parse took 7 s
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100 + b"]" * 100,  # Python's reader reads it; the depth is checked after
+        b"[" * 2000 + b"]" * 2000,  # deeper than Python recurses: the port reads it
+        b"[" * 100,  # malformed past the limit: the limit is met first
+        b'{"a": "[[[[[[[[", "b": ' + b"[" * 66 + b"]" * 66 + b"}",  # brackets in a string are not nesting
+        b'{"a": "x\\\\", "b": ' + b"[" * 67 + b"]" * 67 + b"}",  # a string ending in backslashes
+        b'{"a": "]]]]", "b": ' + b"[" * 67 + b"]" * 67 + b"}",
+        b'{"a": "\\"]]", "b": ' + b"[" * 67 + b"]" * 67 + b"}",  # an escaped quote does not end a string
+        b'{"a": "\\\\\\"]]", "b": ' + b"[" * 67 + b"]" * 67 + b"}",  # an escaped backslash, an escaped quote
+        b"[1] " + b"[" * 100,  # what follows the first value is not read
+        b'[{"b64": "x"}, ' + b"[" * 65 + b"{}" + b"]" * 65 + b"]",
+    ],
+)
+def test_the_fast_reader_and_the_port_stop_at_the_same_depth(body):
+    def outcome(read):
+        try:
+            return repr(read(body))
+        except ServingStatus as exc:
+            return exc.message
+
+    fast, port = outcome(jt.parse), outcome(lambda data: jt._Port(data).parse())
+    assert fast == port
+
+
+@pytest.mark.parametrize("layout", ["inputs", "instances"])
+def test_tensors_of_more_dimensions_than_an_array_holds_are_refused(layout):
+    def nested(rank: int, leaf: str = "1") -> str:
+        return "[" * rank + leaf + "]" * rank
+
+    if layout == "inputs":
+        assert predict(f'{{"inputs": {nested(64)}}}', {"x": T.DT_FLOAT}).inputs["x"].shape == (1,) * 64
+        message = fails(f'{{"inputs": {nested(65)}}}', {"x": T.DT_FLOAT})
+        assert message == f"Shape [{','.join(['1'] * 65)}] has too many dimensions: 65, at most 64 are supported"
+        assert "too many dimensions: 66" in fails(f'{{"inputs": {nested(66, "")}}}', {"x": T.DT_FLOAT})
+    else:
+        assert predict(f'{{"instances": {nested(64)}}}', {"x": T.DT_FLOAT}).inputs["x"].shape == (1,) * 64
+        message = fails(f'{{"instances": {nested(65)}}}', {"x": T.DT_FLOAT})
+        assert message.startswith("Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: Shape ")
+        assert message.endswith("has too many dimensions: 65, at most 64 are supported")
+        named = f'{{"instances": [{{"x": {nested(64, "")}}}]}}'
+        assert "too many dimensions: 65" in fails(named, {"x": T.DT_FLOAT})
 
 
 def test_mixed_input_for_float_tensor():

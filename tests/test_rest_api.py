@@ -320,6 +320,24 @@ def test_bad_bodies_never_a_server_error(client):
         error_of(response)
 
 
+def test_deep_nesting_and_too_many_dimensions_are_bad_requests(client):
+    """Nesting deeper than a request of a 64-dimension tensor needs is refused where it goes deeper (every level
+    costs memory before anything could check it); a tensor of more dimensions than an array holds, before the model
+    is asked. Both were a 500, and the first cost about 140 times the body in memory."""
+    status, response = call(client, "POST", f"{MODEL}:predict", "[" * 1_000_000)
+    assert status == 400
+    assert error_of(response) == (
+        "JSON Parse error: The document nests arrays and objects deeper than 67 levels; a tensor has at most 64 "
+        "dimensions. at offset: 67"
+    )
+    status, response = call(client, "POST", f"{MODEL}:predict", '{"inputs": ' + "[" * 100 + "1.0" + "]" * 100 + "}")
+    assert status == 400 and error_of(response).endswith("levels; a tensor has at most 64 dimensions. at offset: 77")
+    for body, levels in (('{"inputs": %s}', 65), ('{"instances": %s}', 65), ('{"instances": [{"x": %s}]}', 64)):
+        status, response = call(client, "POST", f"{MODEL}:predict", body % ("[" * levels + "1.0" + "]" * levels))
+        assert status == 400, response.get_data(as_text=True)
+        assert error_of(response).endswith("has too many dimensions: 65, at most 64 are supported")
+
+
 def test_requests_are_counted_per_surface_servable_and_method(surface_app, client):
     answer(client, "GET", MODEL)
     call(client, "POST", "/v1/models/made-up:predict", "{}")

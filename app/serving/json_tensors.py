@@ -7,7 +7,9 @@ Python's C parser does the work when the body holds nothing it would read differ
 (:func:`parse`); otherwise, and to word an error, a port of RapidJSON's state machine does.
 Objects keep every member in order, duplicates included (:class:`JsonObject`), as RapidJSON's
 DOM does; strings are ``str`` whose bytes are recovered with ``encode("utf-8", "surrogateescape")``
-(RapidJSON copies the bytes it is given, valid UTF-8 or not).
+(RapidJSON copies the bytes it is given, valid UTF-8 or not). Unlike TF Serving, a document nested
+deeper than a request of the deepest tensor numpy holds (:data:`MAX_DEPTH`) is refused where it
+goes deeper, "JSON Parse error: ... at offset: <byte>": each level costs memory before any check.
 
 - :func:`predict_request`: ``instances`` (row) or ``inputs`` (columnar) into one array per input,
   typed by the signature's TensorInfo as FillPredictRequestFromJson types them, with its checks
@@ -46,6 +48,7 @@ from app.serving.protos.tensorflow.core.framework import types_pb2
 from app.serving.protos.tensorflow_serving.apis import classification_pb2, input_pb2, regression_pb2
 
 __all__ = [
+    "MAX_DEPTH",
     "JsonObject",
     "PredictFormat",
     "PredictRequest",
@@ -67,6 +70,9 @@ _UINT32_MAX = 2**32 - 1
 _UINT64_MAX = 2**64 - 1
 BASE64_KEY = "b64"
 BYTES_SUFFIX = "_bytes"  # outputs named so are binary: written as {"b64": ...}
+# The deepest document a tensor of MAX_RANK dimensions needs: the request object, a named input's object (in
+# "inputs", or an instance of "instances", whose list is the first dimension) and a {"b64": ...} value at the bottom.
+MAX_DEPTH = tensors.MAX_RANK + 3
 
 
 def _invalid(*parts: object) -> ServingStatus:
@@ -122,6 +128,10 @@ _PARSE_ERRORS = {
     "too_big": "Number too big to be stored in double.",
     "fraction": "Miss fraction part in number.",
     "exponent": "Miss exponent in number.",
+    "too_deep": (
+        f"The document nests arrays and objects deeper than {MAX_DEPTH} levels; a tensor has at most "
+        f"{tensors.MAX_RANK} dimensions."
+    ),
 }
 # What Python's json module could read differently from RapidJSON, found by _port_needed: surrogate escapes
 # (RapidJSON refuses an unpaired high one), a NUL byte (RapidJSON's stream ends there), integers past uint64
@@ -142,11 +152,16 @@ def parse(body: bytes) -> Any:
         start = len(text) - len(text.lstrip(" \t\n\r"))
         try:
             value, _end = _DECODER.raw_decode(text, start)  # what follows the first value is ignored
+        except (ValueError, RecursionError):
+            pass  # malformed, or nested deeper than Python recurses: the port says which
+        else:
             if isinstance(value, (list, JsonObject)):
+                if body.count(b"[") + body.count(b"{") > MAX_DEPTH:
+                    deep_at = _too_deep(np.frombuffer(body, dtype=np.uint8))
+                    if deep_at is not None:
+                        raise _invalid(f"JSON Parse error: {_PARSE_ERRORS['too_deep']} at offset: {deep_at}")
                 return value
             # A lone scalar: Python stops at "1" in "1.", where RapidJSON reads on to an error. The port is quick.
-        except (ValueError, RecursionError):
-            pass  # malformed, or nested deeper than Python recurses: the port says which, or reads it
     return _Port(body).parse()
 
 
@@ -176,6 +191,26 @@ def _port_needed(body: bytes, text: str) -> bool:
     exponent = _E_BYTES[before] | (_SIGN_BYTES[before] & _E_BYTES[before_sign])
     integer = ((ends - starts) >= 20) & ~_NOT_INTEGER_BEFORE[before] & ~_NOT_INTEGER_AFTER[after]
     return bool(exponent.any() or integer.any())
+
+
+def _too_deep(data: np.ndarray) -> int | None:
+    """Where the first value of a well-formed document opens a container past MAX_DEPTH, or None: the offset the
+    port stops at, found from the brackets outside strings (a few ms a megabyte)."""
+    quotes = np.flatnonzero(data == 0x22)
+    after_backslash = quotes[(quotes > 0) & (data[quotes - 1] == 0x5C)]
+    if len(after_backslash):  # a quote after an odd run of backslashes is part of its string
+        backslashes = np.flatnonzero(data == 0x5C)
+        run_starts = backslashes[np.concatenate(([True], np.diff(backslashes) != 1))]
+        run_start = run_starts[np.searchsorted(run_starts, after_backslash, side="right") - 1]
+        quotes = np.setdiff1d(quotes, after_backslash[(after_backslash - run_start) % 2 == 1], assume_unique=True)
+    opens = (data == 0x5B) | (data == 0x7B)
+    brackets = np.flatnonzero(opens | (data == 0x5D) | (data == 0x7D))
+    brackets = brackets[np.searchsorted(quotes, brackets) % 2 == 0]  # an even count of quotes before: not in a string
+    depth = np.cumsum(np.where(opens[brackets], 1, -1))
+    deep, closed = np.flatnonzero(depth > MAX_DEPTH), np.flatnonzero(depth == 0)  # the first value ends at depth 0
+    if len(deep) and (not len(closed) or deep[0] < closed[0]):
+        return int(brackets[deep[0]])
+    return None
 
 
 class _ParseError(Exception):
@@ -215,7 +250,7 @@ _TOKENS = {ord("["): "[", ord("]"): "]", ord("{"): "{", ord("}"): "}", ord(","):
 _ESCAPES = {ord('"'): b'"', ord("\\"): b"\\", ord("/"): b"/", ord("b"): b"\b", ord("f"): b"\f",
             ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t"}  # fmt: skip
 _WHITESPACE = b" \n\r\t"
-_OPEN_RUN = re.compile(rb"\[*")
+_OPEN_RUN = re.compile(rb"\[{0,%d}" % MAX_DEPTH)
 _DIGITS = frozenset(b"0123456789")
 
 
@@ -264,12 +299,14 @@ class _Port:
             if action is None:
                 raise _ParseError(_STATE_ERROR[state], self.pos)
             if action in ("array", "object"):
+                if len(stack) >= MAX_DEPTH:
+                    raise _ParseError("too_deep", self.pos)
                 back = _ELEMENT if state in (_ARR_INIT, _ELEM_DELIM) else _MEMBER if state == _KV_DELIM else state
                 stack.append((back, [], None if action == "array" else []))
                 self.pos += 1
                 state = _ARR_INIT if action == "array" else _OBJ_INIT
                 if action == "array":  # a run of "[": each opens an array inside the last (deep nesting, quickly)
-                    run = _OPEN_RUN.match(data, self.pos).end() - self.pos
+                    run = min(_OPEN_RUN.match(data, self.pos).end() - self.pos, MAX_DEPTH - len(stack))
                     stack.extend([(_ELEMENT, [], None) for _ in range(run)])
                     self.pos += run
             elif action == "key":
@@ -840,8 +877,18 @@ def _add_value(value: Any, level: int, rank: int, datatype: int, conversion: _Co
     out.append(value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value)
 
 
+def _check_rank(shape: tuple[int, ...]) -> None:
+    """TF takes up to 254 dimensions, but no array here can hold more than MAX_RANK."""
+    if len(shape) > tensors.MAX_RANK:
+        raise _invalid(
+            f"Shape {_shape_text(shape)} has too many dimensions: {len(shape)}, "
+            f"at most {tensors.MAX_RANK} are supported"
+        )
+
+
 def _tensor(value: Any, datatype: int) -> tuple[tuple[int, ...], list]:
     shape = _dense_shape(value)
+    _check_rank(shape)
     values: list = []
     _fill(value, datatype, shape, values)
     return shape, values
@@ -887,6 +934,7 @@ def _from_instances(instances: list, types: Mapping[str, int]) -> dict[str, np.n
         if name not in types:
             raise _invalid(f"JSON object: does not have named input: {name}")
         shape = _dense_shape(item)
+        _check_rank((len(instances), *shape))  # the instances are stacked on a first dimension
         collected: list = []
         _fill(item, types[name], shape, collected)
         values.setdefault(name, []).extend(collected)

@@ -37,6 +37,7 @@ from app.serving.protos.tensorflow.core.framework import tensor_pb2, tensor_shap
 
 __all__ = [
     "DTYPES",
+    "MAX_RANK",
     "DtypeRow",
     "array_from_parts",
     "checked_shape",
@@ -48,6 +49,10 @@ __all__ = [
     "string_items",
     "to_tensor_proto",
 ]
+
+# The most dimensions a numpy array can have (NPY_MAXDIMS), and so a tensor at the gateway: TF allows 254, but a
+# request of more than this could not even be held here. The model surfaces refuse deeper ones as bad input.
+MAX_RANK = 64
 
 _TensorProto = tensor_pb2.TensorProto
 _Dim = tensor_shape_pb2.TensorShapeProto.Dim
