@@ -186,6 +186,31 @@ def test_infer_errors(client, path, request_body, status, words):
     assert words in message
 
 
+@pytest.mark.parametrize(
+    ("shape", "data", "words"),
+    [
+        ([1] * 65, [1], "inputs.0.shape: List should have at most 64 items after validation, not 65"),
+        ([1] * 70, [[[1]]], "inputs.0.shape: List should have at most 64 items after validation, not 70"),
+        ([0, 10**20], [], "inputs.0.shape.1: Input should be less than or equal to 9223372036854775807"),
+        ([0, 2**62, 4], [], "input 'x': shape [0, 4611686018427387904, 4] is too large for an array"),
+        ([2**62, 2**62], [], "input 'x': data holds 0 values, shape [4611686018427387904, 4611686018427387904] needs"),
+    ],
+)
+def test_shapes_no_array_can_have_are_bad_requests(client, shape, data, words):
+    """More dimensions than an array holds, a dimension past int64, an empty tensor too big for an array: the first
+    four were a 500 (numpy's ValueError)."""
+    message = infer(client, "/v2/models/kinds/infer", {"inputs": [tensor("x", "FP32", shape, data)]}, status=400)
+    assert message["error"].startswith(words)
+
+
+def test_the_biggest_shapes_an_array_holds_are_served(client):
+    (output,) = infer(client, "/v2/models/kinds/infer", {"inputs": [tensor("x", "FP32", [1] * 64, [7])]})["outputs"]
+    assert output == {"name": "y", "shape": [1] * 64, "datatype": "FP32", "data": [7.0]}
+    empty = {"inputs": [tensor("x", "FP32", [0, 2**61 - 1], [])]}  # 4 bytes an element: just within numpy's reach
+    (output,) = infer(client, "/v2/models/kinds/infer", empty)["outputs"]
+    assert output == {"name": "y", "shape": [0, 2**61 - 1], "datatype": "FP32", "data": []}
+
+
 def test_the_protocols_paths_and_methods(client):
     assert client.get("/v2/models/kinds/infer").status_code == 405
     assert "not allowed: use POST" in client.get("/v2/models/kinds/infer").get_json()["error"]

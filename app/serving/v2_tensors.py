@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from app.errors import BadInput
+from app.serving import tensors
 from app.serving.protos.tensorflow.core.framework import types_pb2
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 BASE64 = "base64"
+_INT64_MAX = 2**63 - 1  # the largest dimension TF (and numpy) can have
 
 
 class Datatype(NamedTuple):
@@ -80,7 +82,10 @@ class RequestInput(_Strict):
     """One input tensor, its whole batch ($request_input)."""
 
     name: Annotated[str, Field(min_length=1, description="The input's name: an input alias of the signature")]
-    shape: Annotated[list[Annotated[int, Field(ge=0)]], Field(description="The tensor's shape")]
+    shape: Annotated[
+        list[Annotated[int, Field(ge=0, le=_INT64_MAX)]],
+        Field(max_length=tensors.MAX_RANK, description="The tensor's shape"),
+    ]
     datatype: DatatypeName
     parameters: Parameters | None = Field(
         default=None, description='`{"content_type": "base64"}`: BYTES data given in base64'
@@ -142,6 +147,9 @@ def input_array(item: RequestInput) -> np.ndarray:
     shape = tuple(item.shape)
     count = math.prod(shape)
     values = _flat(item, shape, count)
+    # Only an empty tensor gets here with a shape this big: numpy refuses one whose other dimensions overflow it.
+    if math.prod(size for size in shape if size) * row.dtype.itemsize > _INT64_MAX:
+        raise BadInput(f"input {item.name!r}: shape {list(shape)} is too large for an array, even an empty one")
     if row.name == "BYTES":
         as_base64 = (item.parameters or {}).get("content_type") == BASE64
         out = np.empty(count, dtype=object)
