@@ -39,7 +39,7 @@ from tests.rollouts import (
     with_rollout,
 )
 
-SMALL_PHOTO = jpeg(data.astronaut(), side=96)  # detect runs in a few ms: 2,000 requests stay quick
+SMALL_PHOTO = jpeg(data.astronaut(), side=96)  # detect runs in a few ms: hundreds of requests stay quick
 OTHER_GALLERY = [f"elsewhere/face_{i:02d}.jpg" for i in range(30)]
 
 
@@ -98,20 +98,27 @@ def timing_arms(header: str) -> dict[str, str]:
     return arms
 
 
+# The split itself is proven over 2,000 clients by tests/test_rollout.py (within 3 % of the weights); here it is
+# the gateway's: each client's address is its identity, every answer names its arm and the metrics count it. These
+# 400 fixed addresses put 33 clients (8.25 %) on the canary arm under 90/10 (a keyed hash: the same every run);
+# 4 % is 2.7 standard deviations of a 400-client draw, so a new salt or hash would rarely stray past it either.
+CLIENTS_OF_THE_SPLIT = 400
+
+
 @pytest.mark.slow
-def test_weights_hold_over_2000_requests_and_every_answer_names_its_arm(canary_app):
+def test_weights_hold_over_400_clients_and_every_answer_names_its_arm(canary_app):
     use_pipeline(canary_app, with_rollout(detect="traffic = { stable = 90, canary = 10 }"))
     before = {arm: metric(canary_app, "gateway_stage_requests_total", stage="detect", arm=arm) for arm in ("stable",
               "canary")}  # fmt: skip
     arms = Counter()
-    for n in range(2000):
+    for n in range(CLIENTS_OF_THE_SPLIT):
         response = post(canary_app, "/api/v1/detect", n, SMALL_PHOTO)
         arm = response.json["arms"]["detect"]
         assert timing_arms(response.headers["Server-Timing"]) == {"detect": arm}
         arms[arm] += 1
-    print(f"split over 2000 clients: {dict(arms)}")
+    print(f"split over {CLIENTS_OF_THE_SPLIT} clients: {dict(arms)}")
     assert set(arms) == {"stable", "canary"}
-    assert abs(arms["canary"] / 2000 - 0.10) <= 0.03
+    assert abs(arms["canary"] / CLIENTS_OF_THE_SPLIT - 0.10) <= 0.04
     for arm in ("stable", "canary"):
         counted = metric(canary_app, "gateway_stage_requests_total", stage="detect", arm=arm) - before[arm]
         assert counted == arms[arm]
