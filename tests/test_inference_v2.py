@@ -211,6 +211,26 @@ def test_the_biggest_shapes_an_array_holds_are_served(client):
     assert output == {"name": "y", "shape": [0, 2**61 - 1], "datatype": "FP32", "data": []}
 
 
+def test_infer_is_checked_against_the_cached_metadata(surface_app, client, monkeypatch):
+    """No model metadata call per inference (the gRPC backend fills its cache once; the embedded one never asks);
+    the model metadata endpoint asks afresh. The SavedModel's own signatures are not for calling."""
+    inner = surface_app.extensions["serving"].backend.inner
+    asked, ask = [], inner.get_model_metadata
+    monkeypatch.setattr(inner, "get_model_metadata", lambda ref: asked.append(ref) or ask(ref))
+    request = {"inputs": [tensor("x", "FP32", [1, 1], [1])]}
+    for _ in range(3):
+        assert infer(client, f"/v2/models/{HALF_PLUS_TWO}/infer", request)["outputs"][0]["data"] == [2.5]
+    assert len(asked) <= 1, asked
+    before = len(asked)
+    get(client, f"/v2/models/{HALF_PLUS_TWO}")
+    assert len(asked) == before + 1
+    own = {"parameters": {"signature_name": "__saved_model_init_op"}, "inputs": [tensor("text", "BYTES", [1], ["a"])]}
+    assert infer(client, "/v2/models/texts/infer", own, status=404)["error"] == (
+        "texts version 1 has no signature '__saved_model_init_op' (signatures: serving_default); "
+        "name one in parameters.signature_name"
+    )
+
+
 def test_the_protocols_paths_and_methods(client):
     assert client.get("/v2/models/kinds/infer").status_code == 405
     assert "not allowed: use POST" in client.get("/v2/models/kinds/infer").get_json()["error"]

@@ -338,6 +338,25 @@ def test_deep_nesting_and_too_many_dimensions_are_bad_requests(client):
         assert error_of(response).endswith("has too many dimensions: 65, at most 64 are supported")
 
 
+def test_predict_is_typed_by_the_cached_metadata(surface_app, client, monkeypatch):
+    """No GetModelMetadata per predict (the gRPC backend fills its cache once; the embedded one never asks); the
+    metadata endpoint asks afresh each time. A signature the cache leaves out still answers as TF Serving does."""
+    inner = surface_app.extensions["serving"].backend.inner
+    asked, ask = [], inner.get_model_metadata
+    monkeypatch.setattr(inner, "get_model_metadata", lambda ref: asked.append(ref) or ask(ref))
+    for _ in range(3):
+        assert answer(client, "POST", f"{MODEL}:predict", '{"instances": [1.0]}') == {"predictions": [2.5]}
+    assert len(asked) <= 1, asked
+    before = len(asked)
+    answer(client, "GET", f"{MODEL}/metadata")
+    answer(client, "GET", f"{MODEL}/metadata")
+    assert len(asked) == before + 2
+    # TF2's SavedModel has "__saved_model_init_op", which TF Serving finds, and which has no inputs.
+    body = '{"signature_name": "__saved_model_init_op", "instances": ["a"]}'
+    status, response = call(client, "POST", "/v1/models/texts:predict", body)
+    assert status == 400 and error_of(response) == "Failed to get input map for signature: __saved_model_init_op"
+
+
 def test_requests_are_counted_per_surface_servable_and_method(surface_app, client):
     answer(client, "GET", MODEL)
     call(client, "POST", "/v1/models/made-up:predict", "{}")

@@ -5,7 +5,8 @@
 - ``GET /v2/models/<name>[/versions/<version>]``: model metadata (the ``serving_default`` signature's
   tensors, the AVAILABLE versions); ``.../ready``: 200 ``{"name", "ready": true}``, 503 when not ready.
 - ``POST /v2/models/<name>[/versions/<version>]/infer``: typed tensors in and out (``app.serving.v2_tensors``),
-  through Predict on the signature ``serving_default`` or the one ``parameters.signature_name`` names.
+  through Predict on the signature ``serving_default`` or the one ``parameters.signature_name`` names, checked
+  against the backend's cached metadata (no metadata call per request).
 
 A version is a TF Serving version number, or a version label (``/versions/stable``). Errors are
 ``{"error": "<message>"}`` with the gateway's status for them (400 bad request, 404 unknown model,
@@ -15,6 +16,7 @@ version, label or signature, 503 serving unavailable, 504 deadline, 502 model fa
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
@@ -26,9 +28,16 @@ from app.extensions import serving
 from app.serving import v2_tensors
 from app.serving.base import DEFAULT_SIGNATURE, Backend, ModelRef
 from app.serving.model_config import ModelConfigError, load_model_config
-from app.serving.protos.tensorflow_serving.apis import get_model_metadata_pb2
 from app.views.common import settings
-from app.views.model_apis import ProtocolError, name_request, protocol_surface, read_body
+from app.views.model_apis import (
+    ProtocolError,
+    SignatureNotFound,
+    name_request,
+    protocol_surface,
+    read_body,
+    signature_defs,
+    signature_tensors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +80,10 @@ def model_metadata(name: str, version: str | None = None) -> ResponseReturnValue
     name_request(name, "metadata")
     backend = _backend()
     ref = _ref(name, version)
-    signature = _signature(backend, ref, DEFAULT_SIGNATURE)
+    response, signature_map = signature_defs(backend, ref)
+    signature = signature_map.signature_def.get(DEFAULT_SIGNATURE)
+    if signature is None:
+        raise _unknown_signature(ref, response.model_spec.version.value, signature_map.signature_def)
     available = [str(s.version) for s in backend.model_status(name) if s.state == "AVAILABLE"]
     return jsonify(
         name=name,
@@ -110,7 +122,10 @@ def infer(name: str, version: str | None = None) -> ResponseReturnValue:
     if not isinstance(signature_name, str) or not signature_name:
         raise BadInput("parameters.signature_name must be a signature's name")
     ref = _ref(name, version, signature_name)
-    signature = _signature(backend, ref, signature_name)
+    try:
+        signature = signature_tensors(backend, ref, own_signatures=False)
+    except SignatureNotFound as exc:
+        raise _unknown_signature(ref, exc.version, exc.signatures) from None
     inputs = {}
     for item in inference.inputs:
         if item.name not in signature.inputs:
@@ -118,7 +133,7 @@ def infer(name: str, version: str | None = None) -> ResponseReturnValue:
             raise BadInput(f"{name} has no input {item.name!r} in signature {signature_name!r} (inputs: {known})")
         if item.name in inputs:
             raise BadInput(f"input {item.name!r} is given twice")
-        expected = v2_tensors.datatype_of(signature.inputs[item.name].dtype)
+        expected = v2_tensors.datatype_of(signature.inputs[item.name])
         if item.datatype != expected:
             raise BadInput(f"input {item.name!r} of {name} is {expected}, not {item.datatype}")
         inputs[item.name] = v2_tensors.input_array(item)
@@ -175,18 +190,13 @@ def _ref(name: str, version: str | None, signature: str = DEFAULT_SIGNATURE) -> 
     return ModelRef(name, label=version, signature=signature)
 
 
-def _signature(backend: Backend, ref: ModelRef, signature_name: str) -> Any:
-    response = backend.get_model_metadata(ModelRef(ref.name, ref.version, ref.label))
-    signature_map = get_model_metadata_pb2.SignatureDefMap()
-    response.metadata["signature_def"].Unpack(signature_map)
-    found = signature_map.signature_def.get(signature_name)
-    if found is None or signature_name.startswith("__"):
-        known = ", ".join(sorted(key for key in signature_map.signature_def if not key.startswith("__"))) or "none"
-        raise UnknownSignature(
-            f"{ref.name} version {response.model_spec.version.value} has no signature {signature_name!r} "
-            f"(signatures: {known}); name one in parameters.signature_name"
-        )
-    return found
+def _unknown_signature(ref: ModelRef, version: int, signatures: Iterable[str]) -> UnknownSignature:
+    """The version's signatures, but the SavedModel's own ("__saved_model_init_op"): those are not for calling."""
+    known = ", ".join(sorted(key for key in signatures if not key.startswith("__"))) or "none"
+    return UnknownSignature(
+        f"{ref.name} version {version} has no signature {ref.signature!r} "
+        f"(signatures: {known}); name one in parameters.signature_name"
+    )
 
 
 def _available(backend: Backend, name: str) -> bool:

@@ -4,20 +4,27 @@ Both read a request body bounded by ``GATEWAY_MAX_UPLOAD_BYTES`` (413) and ``GAT
 answer every error, whoever raises it (the API key check, the rate limit, a size limit, a view), as
 ``{"error": "<message>"}``, and count their requests per surface, servable and method beside the gateway's
 per-route metrics, the servable label bounded as ``app.metrics.ServableLabels`` bounds it (a client cannot
-grow the label set with made-up model names).
+grow the label set with made-up model names). Both type a request by its signature's tensors from the
+backend's cached metadata (:func:`signature_tensors`), and answer their metadata endpoints with the
+SignatureDefs asked afresh (:func:`signature_defs`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from flask import Blueprint, Flask, Request, Response, current_app, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import PathConverter
 
-from app.errors import GatewayError, PayloadTooLarge
+from app.errors import BadInput, GatewayError, PayloadTooLarge, UnknownSignature
 from app.metrics import LATENCY_BUCKETS, ServableLabels
+from app.serving import tensors
+from app.serving.base import Backend, ModelRef
+from app.serving.protos.tensorflow_serving.apis import get_model_metadata_pb2
 from app.views.common import _upload_deadline, settings
 from app.views.errors import error_body
 
@@ -103,3 +110,58 @@ def read_body(req: Request) -> bytes:
             return req.get_data(cache=False)
         except RequestEntityTooLarge as exc:
             raise PayloadTooLarge(f"the request is larger than {settings().max_upload_bytes:,} bytes") from exc
+
+
+@dataclass(frozen=True)
+class SignatureTensors:
+    """What a request to a signature is typed by: its inputs and outputs, each alias with its TF DataType."""
+
+    inputs: Mapping[str, int]
+    outputs: Mapping[str, int]
+
+
+class SignatureNotFound(UnknownSignature):
+    """The version a ref resolves to has no signature of that name; ``signatures`` are those it has, its own included
+    (each surface words the answer its way)."""
+
+    def __init__(self, ref: ModelRef, version: int, signatures: list[str]) -> None:
+        super().__init__(f"{ref.name} version {version} has no signature {ref.signature!r}")
+        self.version = version
+        self.signatures = signatures
+
+
+def signature_defs(
+    backend: Backend, ref: ModelRef
+) -> tuple[get_model_metadata_pb2.GetModelMetadataResponse, get_model_metadata_pb2.SignatureDefMap]:
+    """GetModelMetadata, asked afresh: the version the ref resolves to, and every SignatureDef it has."""
+    response = backend.get_model_metadata(ModelRef(ref.name, ref.version, ref.label))
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signature_map)
+    return response, signature_map
+
+
+def signature_tensors(backend: Backend, ref: ModelRef, *, own_signatures: bool) -> SignatureTensors:
+    """The tensors of the ref's signature, from the backend's cached metadata: no server call per request.
+
+    ``own_signatures``: whether the SavedModel's own signatures (``__saved_model_init_op``) can be named, as TF
+    Serving lets them be. SignatureNotFound when the version has no such signature.
+    """
+    try:
+        found = backend.metadata(ref)
+    except (UnknownSignature, BadInput):
+        # Not in the cached metadata: no signature of that name, one of the SavedModel's own (left out there), or a
+        # tensor of a dtype no array here holds. The server's SignatureDefs answer, as TF Serving's would.
+        pass
+    else:
+        return SignatureTensors(
+            {alias: tensors.datatype_of(spec.dtype) for alias, spec in found.inputs.items()},
+            {alias: tensors.datatype_of(spec.dtype) for alias, spec in found.outputs.items()},
+        )
+    response, signature_map = signature_defs(backend, ref)
+    signature = signature_map.signature_def.get(ref.signature)
+    if signature is None or (ref.signature.startswith("__") and not own_signatures):
+        raise SignatureNotFound(ref, response.model_spec.version.value, sorted(signature_map.signature_def))
+    return SignatureTensors(
+        {alias: info.dtype for alias, info in signature.inputs.items()},
+        {alias: info.dtype for alias, info in signature.outputs.items()},
+    )

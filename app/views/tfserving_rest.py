@@ -14,13 +14,15 @@ NOT_FOUND 404, UNAVAILABLE 503, DEADLINE_EXCEEDED 504, INTERNAL 500 ...) and the
 - ``POST ...:classify`` and ``...:regress``: ``examples`` (and ``context``) as tf.Examples.
 
 The embedded backend runs them in its runtime; the gRPC backend sends TF Serving GetModelStatus,
-GetModelMetadata, Predict, Classify and Regress. The codec is ``app.serving.json_tensors``.
+GetModelMetadata, Predict, Classify and Regress (a predict request is typed by the backend's cached
+metadata: no GetModelMetadata per request). The codec is ``app.serving.json_tensors``.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
 
@@ -32,8 +34,16 @@ from app.errors import GatewayError, ServingStatus
 from app.extensions import serving
 from app.serving import json_tensors
 from app.serving.base import DEFAULT_SIGNATURE, Backend, ModelRef, VersionStatus
-from app.serving.protos.tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, status_pb2
-from app.views.model_apis import ProtocolError, name_request, protocol_surface, read_body
+from app.serving.protos.tensorflow_serving.apis import get_model_status_pb2, status_pb2
+from app.views.model_apis import (
+    ProtocolError,
+    SignatureNotFound,
+    name_request,
+    protocol_surface,
+    read_body,
+    signature_defs,
+    signature_tensors,
+)
 
 bp = Blueprint("tfserving_rest", __name__)
 protocol_surface(bp)
@@ -170,25 +180,18 @@ def _ref(name: str, version: int | None, label: str | None, signature: str = "")
     return ModelRef(name, version, label, signature or DEFAULT_SIGNATURE)
 
 
-def _signature_defs(ref: ModelRef) -> tuple[get_model_metadata_pb2.GetModelMetadataResponse, Any]:
-    response = _backend().get_model_metadata(ref)
-    signature_map = get_model_metadata_pb2.SignatureDefMap()
-    response.metadata["signature_def"].Unpack(signature_map)
-    return response, signature_map
-
-
 def _predict(name: str, version: int | None, label: str | None, body: bytes) -> str:
     """ProcessPredictRequest: the JSON read against the signature's inputs (GetInfoMap), Predict, the JSON out."""
     doc = json_tensors.parse(body)
 
-    def input_types(signature: str) -> dict[str, int]:
-        _, signature_map = _signature_defs(_ref(name, version, label))
+    def input_types(signature: str) -> Mapping[str, int]:
         key = signature or DEFAULT_SIGNATURE
-        if key not in signature_map.signature_def:
+        try:
+            return signature_tensors(_backend(), _ref(name, version, label, key), own_signatures=True).inputs
+        except SignatureNotFound:
             raise ServingStatus(
                 grpc.StatusCode.INVALID_ARGUMENT, f'Serving signature name: "{key}" not found in signature def'
-            )
-        return {alias: info.dtype for alias, info in signature_map.signature_def[key].inputs.items()}
+            ) from None
 
     parsed = json_tensors.predict_request(doc, input_types)
     outputs = _backend().predict(_ref(name, version, label, parsed.signature_name), parsed.inputs)
@@ -229,7 +232,7 @@ def _metadata(name: str, version: int | None, label: str | None) -> str:
     """ProcessModelMetadataRequest: the model spec and ``{"signature_def": SignatureDefMap}``, field names kept."""
     if not name:
         raise status_error(grpc.StatusCode.INVALID_ARGUMENT, "Missing model name in request.")
-    response, signature_map = _signature_defs(_ref(name, version, label))
+    response, signature_map = signature_defs(_backend(), _ref(name, version, label))
     options = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
     return _dumps(
         {
