@@ -133,6 +133,51 @@ class PipelineFile:
         self.refused = reason
 
 
+class ConfiguredLabels:
+    """serving_models.config's servables and their version labels, parsed again only when the file changes.
+
+    A change is seen as :class:`PipelineFile` sees one (mtime, size and inode; a file read within
+    two seconds of its mtime is read again at the next look). A file that cannot be read or parsed
+    gives None, logged once per change.
+    """
+
+    def __init__(self, path: Path, models_root: Path | None) -> None:
+        self.path = Path(path)
+        self.models_root = models_root
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self._read_at: float | None = None  # None: never read
+        self._labels: Mapping[str, Mapping[str, int]] | None = None
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            found = self.path.stat()
+        except OSError:
+            return None
+        return found.st_mtime_ns, found.st_size, found.st_ino
+
+    def labels(self) -> Mapping[str, Mapping[str, int]] | None:
+        stamp = self._stat()
+        with self._lock:
+            if self._read_at is not None and stamp == self._stamp:
+                racy = stamp is not None and self._read_at - stamp[0] / 1e9 < _RACY_SECONDS
+                if not racy:
+                    return self._labels
+            changed = self._read_at is None or stamp != self._stamp
+            self._stamp, self._read_at = stamp, time.time()
+            try:
+                config = load_model_config(self.path, models_root=self.models_root, check_paths=False)
+            except (ModelConfigError, OSError) as exc:
+                if changed:
+                    log.warning(
+                        "the model server's config cannot be read here (%s): its version labels are unknown", exc
+                    )
+                self._labels = None
+            else:
+                self._labels = {servable.name: dict(servable.labels) for servable in config.servables}
+            return self._labels
+
+
 class Serving:
     """Owns the pipeline file and one Backend per process.
 
@@ -152,6 +197,7 @@ class Serving:
         self.pipeline_file = PipelineFile(settings.pipeline_path(), required=settings.pipeline_config is not None)
         self._looked_at = time.monotonic()
         self._reload_lock = threading.Lock()
+        self.configured_labels = ConfiguredLabels(settings.model_config, settings.models_root)
         self._backend: Backend | None = None
         self._pid: int | None = None
         self._failure: str | None = None  # why this process's backend did not start
@@ -240,20 +286,14 @@ class Serving:
             self._reload_lock.release()
 
     def version_labels(self) -> Mapping[str, Mapping[str, int]] | None:
-        """The version labels per servable: those in force when the server can tell (the embedded one can), else
-        serving_models.config's (TF Serving's API does not list them); None when neither can be read."""
+        """The version labels of every servable the model server is configured with (labelled or not): those in
+        force when the server can tell (the embedded one can), else serving_models.config's, parsed again only when
+        the file changes (TF Serving's API lists neither); None when neither can be read."""
         backend = self._backend
         state = backend.config_state() if backend is not None else None
         if state is not None:
             return state.labels
-        try:
-            config = load_model_config(
-                self.settings.model_config, models_root=self.settings.models_root, check_paths=False
-            )
-        except (ModelConfigError, OSError) as exc:
-            log.debug("version labels unavailable: %s", exc)
-            return None
-        return {servable.name: servable.labels for servable in config.servables}
+        return self.configured_labels.labels()
 
     def start(self) -> None:
         """Open the backend now and check every stage's servable; a misfit raises PipelineMisfit.

@@ -8,7 +8,6 @@ its result; every failure is a ``GatewayError`` that the app's one handler rende
 from __future__ import annotations
 
 import base64
-import logging
 from collections.abc import Mapping
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
@@ -20,7 +19,6 @@ from app.extensions import serving
 from app.modelzoo.cli import servable_root
 from app.pipeline_check import check_pipeline
 from app.serving.base import Backend, VersionStatus
-from app.serving.model_config import ModelConfigError, load_model_config
 from app.thumbnails import GalleryThumbnails
 from app.views import openapi
 from app.views.common import (
@@ -34,8 +32,6 @@ from app.views.common import (
     timings_ms,
 )
 from app.views.params import DetectParams, GalleryParams, NoParams, SearchParams, TranslateParams, read_params
-
-log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -95,9 +91,11 @@ def models() -> ResponseReturnValue:
     read_params(NoParams, request)
     backend = serving().backend  # ServingUnavailable (503) when it cannot start, e.g. a broken serving_models.config
     rollouts = serving().pipeline.rollouts  # looks at the pipeline file, as a request would
-    # The labels in force and a refused config, when the server can tell (the embedded one can; TF Serving only logs).
+    # The labels in force (with TF Serving, serving_models.config's) and a refused config, when the server can tell
+    # (the embedded one can; TF Serving only logs). With the grpc backend the config may live only beside TF
+    # Serving: the statuses still help.
     state = backend.config_state()
-    labels = state.labels if state is not None else _configured_labels()
+    labels = serving().version_labels() or {}
     config = serving().pipeline_config
     servables = []
     for name in config.servables:
@@ -164,17 +162,6 @@ def _translation_as_json(chosen: str | None) -> bool:
         return chosen == "json"
     best = request.accept_mimetypes.best_match(["image/png", "application/json"], default="image/png")
     return best == "application/json"
-
-
-def _configured_labels() -> dict[str, Mapping[str, int]]:
-    """Version labels per servable from serving_models.config: GetModelStatus does not report them."""
-    try:
-        config = load_model_config(settings().model_config, models_root=settings().models_root, check_paths=False)
-    except (ModelConfigError, OSError) as exc:
-        # With the grpc backend the config may live only beside TF Serving: the statuses still help.
-        log.warning("version labels unavailable: %s", exc)
-        return {}
-    return {servable.name: servable.labels for servable in config.servables}
 
 
 def _version_dict(status: VersionStatus, labels: Mapping[str, int]) -> dict:

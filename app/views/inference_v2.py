@@ -15,7 +15,6 @@ version, label or signature, 503 serving unavailable, 504 deadline, 502 model fa
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,8 +26,6 @@ from app.errors import BadInput, GatewayError, UnknownSignature
 from app.extensions import serving
 from app.serving import v2_tensors
 from app.serving.base import DEFAULT_SIGNATURE, Backend, ModelRef
-from app.serving.model_config import ModelConfigError, load_model_config
-from app.views.common import settings
 from app.views.model_apis import (
     ProtocolError,
     SignatureNotFound,
@@ -38,8 +35,6 @@ from app.views.model_apis import (
     signature_defs,
     signature_tensors,
 )
-
-log = logging.getLogger(__name__)
 
 bp = Blueprint("inference_v2", __name__)
 protocol_surface(bp)
@@ -66,7 +61,7 @@ def live() -> ResponseReturnValue:
 def ready() -> ResponseReturnValue:
     """Ready when every servable the model server is configured with has an AVAILABLE version."""
     backend = _backend()
-    missing = [name for name in served_names(backend) if not _available(backend, name)]
+    missing = [name for name in served_names() if not _available(backend, name)]
     body: dict[str, Any] = {"live": True, "ready": not missing}
     if missing:
         body["not_ready"] = missing
@@ -206,15 +201,8 @@ def _available(backend: Backend, name: str) -> bool:
         return False
 
 
-def served_names(backend: Backend) -> list[str]:
+def served_names() -> list[str]:
     """The servables the model server is configured with: the embedded server says; TF Serving cannot (it has no
-    call that lists models), so serving_models.config is read, or else the pipeline's servables are taken."""
-    state = backend.config_state()
-    if state is not None:
-        return sorted(state.labels)
-    try:
-        config = load_model_config(settings().model_config, models_root=settings().models_root, check_paths=False)
-    except (ModelConfigError, OSError) as exc:
-        log.warning("the configured servables are unknown here (%s): readiness covers the pipeline's", exc)
-        return sorted(serving().pipeline_config.servables)
-    return [servable.name for servable in config.servables]
+    call that lists models), so serving_models.config says, or where it cannot be read, the pipeline's servables."""
+    labels = serving().version_labels()
+    return sorted(labels if labels is not None else serving().pipeline_config.servables)
