@@ -42,6 +42,7 @@ import grpc
 import numpy as np
 
 from app.errors import BadInput, ServingStatus
+from app.security import html_safe
 from app.serving import tensors
 from app.serving.protos.tensorflow.core.example import example_pb2, feature_pb2
 from app.serving.protos.tensorflow.core.framework import types_pb2
@@ -1112,7 +1113,7 @@ def _string_token(item: bytes | str, as_bytes: bool) -> str:
 
 def _safe_json(text: str) -> str:
     """A JSON string with ``<``, ``>`` and ``&`` escaped, as every JSON answer of the gateway has them."""
-    return json.dumps(text).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return html_safe(json.dumps(text))
 
 
 def _tokens(name: str, value: np.ndarray) -> list[str]:

@@ -32,6 +32,7 @@ from google.protobuf import json_format
 
 from app.errors import GatewayError, ServingStatus
 from app.extensions import serving
+from app.security import html_safe
 from app.serving import json_tensors
 from app.serving.base import DEFAULT_SIGNATURE, Backend, ModelRef, VersionStatus
 from app.serving.protos.tensorflow_serving.apis import get_model_status_pb2, status_pb2
@@ -244,4 +245,4 @@ def _metadata(name: str, version: int | None, label: str | None) -> str:
 
 def _dumps(value: Any) -> str:
     """JSON text with ``<``, ``>`` and ``&`` escaped, as every JSON answer of the gateway has them."""
-    return json.dumps(value, indent=1).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return html_safe(json.dumps(value, indent=1))
