@@ -54,7 +54,7 @@ def read_upload(request: Request, *, allow_raw_body: bool = False) -> bytes:
     The client's file name is never used for anything but messages; nothing is written to disk.
     A body that has not arrived within ``upload_timeout`` seconds is cut off with 408.
     """
-    with _upload_deadline(request):
+    with upload_deadline(request):
         try:
             data = _read_photo(request, allow_raw_body)
         except RequestEntityTooLarge as exc:
@@ -95,7 +95,7 @@ def _read_photo(request: Request, allow_raw_body: bool) -> bytes:
 
 
 @contextlib.contextmanager
-def _upload_deadline(request: Request) -> Iterator[None]:
+def upload_deadline(request: Request) -> Iterator[None]:
     """Cut off a request body still arriving after ``upload_timeout`` seconds: 408.
 
     A client that trickles its body (a "slow POST") would otherwise hold a server thread

@@ -17,15 +17,14 @@ from dataclasses import dataclass
 
 from flask import Blueprint, Flask, Request, Response, current_app, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import PathConverter
 
-from app.errors import BadInput, GatewayError, PayloadTooLarge, UnknownSignature
+from app.errors import BadInput, GatewayError, UnknownSignature
 from app.metrics import LATENCY_BUCKETS, ServableLabels
 from app.serving import tensors
 from app.serving.base import Backend, ModelRef
 from app.serving.protos.tensorflow_serving.apis import get_model_metadata_pb2
-from app.views.common import _upload_deadline, settings
+from app.views.common import upload_deadline
 from app.views.errors import error_body
 
 _METRICS = "model_api_metrics"
@@ -104,12 +103,10 @@ def _count(response: Response) -> Response:
 
 
 def read_body(req: Request) -> bytes:
-    """The raw request body, under the upload deadline (408) and the body size limit (413)."""
-    with _upload_deadline(req):
-        try:
-            return req.get_data(cache=False)
-        except RequestEntityTooLarge as exc:
-            raise PayloadTooLarge(f"the request is larger than {settings().max_upload_bytes:,} bytes") from exc
+    """The raw request body, under the upload deadline (408) and the body size limit (413, as the app's handler
+    words it for every route)."""
+    with upload_deadline(req):
+        return req.get_data(cache=False)
 
 
 @dataclass(frozen=True)
