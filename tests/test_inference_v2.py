@@ -8,8 +8,11 @@ import base64
 import json
 import math
 
+import numpy as np
 import pytest
 
+from app.errors import BadInput
+from app.serving import tensors, v2_tensors
 from tests import model_api_servables as servables
 from tests.model_api_servables import (
     HALF_PLUS_TWO,
@@ -236,6 +239,18 @@ def test_the_protocols_paths_and_methods(client):
     assert "not allowed: use POST" in client.get("/v2/models/kinds/infer").get_json()["error"]
     assert client.post("/v2/models/kinds").status_code == 405
     assert client.get("/v2/no/such/thing").get_json() == {"error": "no such endpoint: GET /v2/no/such/thing"}
+
+
+@pytest.mark.parametrize("row", tensors.DTYPES, ids=lambda row: row.dtype.str)
+def test_every_dtype_of_the_gateways_arrays_has_its_protocol_name(row):
+    value = np.zeros(2, dtype=row.dtype) if row.dtype.kind != "O" else np.array([b"a", b"b"], dtype=object)
+    assert v2_tensors.output_tensor("y", value)["datatype"] == v2_tensors.datatype_of(row.datatype)
+    assert v2_tensors.output_tensor("y", value.astype(row.dtype.newbyteorder(">")))["datatype"] == (
+        v2_tensors.datatype_of(row.datatype)
+    )
+    assert v2_tensors.output_tensor("y", np.array(["a"]))["datatype"] == "BYTES"  # str and bytes arrays too
+    with pytest.raises(BadInput, match="complex64 has no Open Inference Protocol datatype"):
+        v2_tensors.output_tensor("y", np.zeros(1, dtype=np.complex64))
 
 
 def test_not_a_number_and_infinity_come_back(client):

@@ -1,7 +1,8 @@
 """Open Inference Protocol (KServe v2) tensors: the request and its typed inputs, arrays back as outputs.
 
-One table, :data:`DATATYPES`, names each protocol datatype with its numpy dtype and TF DataType; the
-pydantic models declare the request once, for validating it and for the OpenAPI document.
+:data:`PROTOCOL_NAMES` names the protocol's datatype of each TF DataType; its numpy dtype is
+``app.serving.tensors``' (:data:`DATATYPES` puts the three together). The pydantic models declare the
+request once, for validating it and for the OpenAPI document.
 
 - An input's ``data`` is row-major, flat or nested as its ``shape`` says; its values must be of the
   datatype (JSON booleans for BOOL, whole numbers in range for the integers, numbers for FP16/32/64,
@@ -29,6 +30,7 @@ from app.serving.protos.tensorflow.core.framework import types_pb2
 
 __all__ = [
     "DATATYPES",
+    "PROTOCOL_NAMES",
     "InferenceRequest",
     "RequestInput",
     "RequestOutput",
@@ -43,33 +45,36 @@ BASE64 = "base64"
 _INT64_MAX = 2**63 - 1  # the largest dimension TF (and numpy) can have
 
 
+# The protocol's name of every TF DataType the gateway's arrays hold (the table of app.serving.tensors).
+PROTOCOL_NAMES: dict[int, str] = {
+    types_pb2.DT_BOOL: "BOOL",
+    types_pb2.DT_UINT8: "UINT8",
+    types_pb2.DT_UINT16: "UINT16",
+    types_pb2.DT_UINT32: "UINT32",
+    types_pb2.DT_UINT64: "UINT64",
+    types_pb2.DT_INT8: "INT8",
+    types_pb2.DT_INT16: "INT16",
+    types_pb2.DT_INT32: "INT32",
+    types_pb2.DT_INT64: "INT64",
+    types_pb2.DT_HALF: "FP16",
+    types_pb2.DT_FLOAT: "FP32",
+    types_pb2.DT_DOUBLE: "FP64",
+    types_pb2.DT_STRING: "BYTES",
+}
+assert set(PROTOCOL_NAMES) == {row.datatype for row in tensors.DTYPES}, "a dtype of tensors.DTYPES has no name here"
+
+
 class Datatype(NamedTuple):
     name: str  # the protocol's
-    dtype: np.dtype
+    dtype: np.dtype  # tensors.DTYPES'
     tf: int  # TF DataType
 
 
-DATATYPES: tuple[Datatype, ...] = (
-    Datatype("BOOL", np.dtype(np.bool_), types_pb2.DT_BOOL),
-    Datatype("UINT8", np.dtype(np.uint8), types_pb2.DT_UINT8),
-    Datatype("UINT16", np.dtype(np.uint16), types_pb2.DT_UINT16),
-    Datatype("UINT32", np.dtype(np.uint32), types_pb2.DT_UINT32),
-    Datatype("UINT64", np.dtype(np.uint64), types_pb2.DT_UINT64),
-    Datatype("INT8", np.dtype(np.int8), types_pb2.DT_INT8),
-    Datatype("INT16", np.dtype(np.int16), types_pb2.DT_INT16),
-    Datatype("INT32", np.dtype(np.int32), types_pb2.DT_INT32),
-    Datatype("INT64", np.dtype(np.int64), types_pb2.DT_INT64),
-    Datatype("FP16", np.dtype(np.float16), types_pb2.DT_HALF),
-    Datatype("FP32", np.dtype(np.float32), types_pb2.DT_FLOAT),
-    Datatype("FP64", np.dtype(np.float64), types_pb2.DT_DOUBLE),
-    Datatype("BYTES", np.dtype(object), types_pb2.DT_STRING),
+DATATYPES: tuple[Datatype, ...] = tuple(
+    Datatype(name, tensors.numpy_dtype(datatype), datatype) for datatype, name in PROTOCOL_NAMES.items()
 )
 _BY_NAME = {row.name: row for row in DATATYPES}
-_BY_TF = {row.tf: row for row in DATATYPES}
-DatatypeName = Literal[
-    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"
-]
-assert set(DatatypeName.__args__) == set(_BY_NAME), "DatatypeName and DATATYPES disagree"
+DatatypeName = Literal[tuple(PROTOCOL_NAMES.values())]  # type: ignore[valid-type]  # the names above, for pydantic
 
 Parameters = dict[str, StrictStr | StrictInt | StrictFloat | StrictBool]
 
@@ -123,8 +128,8 @@ def read_request(body: bytes) -> InferenceRequest:
 
 def datatype_of(tf_datatype: int) -> str:
     """The protocol's name of a TF DataType (TF's own name for one the protocol has none for)."""
-    row = _BY_TF.get(tf_datatype)
-    return row.name if row is not None else types_pb2.DataType.Name(tf_datatype).removeprefix("DT_")
+    name = PROTOCOL_NAMES.get(tf_datatype)
+    return name if name is not None else types_pb2.DataType.Name(tf_datatype).removeprefix("DT_")
 
 
 def tensor_metadata(alias: str, info: Any) -> dict[str, Any]:
@@ -214,10 +219,10 @@ def _bytes_of(name: str, value: Any, as_base64: bool) -> bytes:
 
 def output_tensor(name: str, value: np.ndarray) -> dict[str, Any]:
     """$response_output of one output array."""
-    row = _by_dtype(value.dtype)
-    tensor: dict[str, Any] = {"name": name, "shape": list(value.shape), "datatype": row.name}
+    datatype = _datatype_of_array(value.dtype)
+    tensor: dict[str, Any] = {"name": name, "shape": list(value.shape), "datatype": datatype}
     flat = value.ravel().tolist()
-    if row.name == "BYTES":
+    if datatype == "BYTES":
         items = [item if isinstance(item, bytes) else str(item).encode("utf-8") for item in flat]
         try:
             flat = [item.decode("utf-8") for item in items]
@@ -228,10 +233,8 @@ def output_tensor(name: str, value: np.ndarray) -> dict[str, Any]:
     return tensor
 
 
-def _by_dtype(dtype: np.dtype) -> Datatype:
-    if dtype.kind in "OSU":
-        return _BY_NAME["BYTES"]
-    for row in DATATYPES:
-        if row.dtype == dtype.newbyteorder("=") and row.dtype.kind != "O":
-            return row
-    raise BadInput(f"an output of dtype {dtype} has no Open Inference Protocol datatype")
+def _datatype_of_array(dtype: np.dtype) -> str:
+    try:
+        return PROTOCOL_NAMES[tensors.row_of_dtype(dtype).datatype]
+    except BadInput:
+        raise BadInput(f"an output of dtype {dtype} has no Open Inference Protocol datatype") from None
