@@ -693,3 +693,20 @@ def test_floats_are_written_as_tf_serving_writes_them():
     # Whatever the text, a client reads back the very same value.
     values = np.random.default_rng(1).standard_normal(1000).astype(np.float32)
     assert np.array_equal(np.array([float(text) for text in jt.write_decimal(values)], dtype=np.float32), values)
+
+
+def test_a_large_body_the_exact_parser_would_read_slowly_is_refused_at_once():
+    """Bodies Python's parser reads otherwise than RapidJSON go to the exact (slow) reader: bounded in size."""
+    import time
+
+    from app.errors import ServingStatus
+    from app.serving import json_tensors
+
+    body = b'{"instances": [' + b",".join([b"1e100"] * 500_000) + b"]}"  # 3-digit exponents: the exact reader
+    assert len(body) > json_tensors.EXACT_PARSE_MAX_BYTES
+    started = time.perf_counter()
+    with pytest.raises(ServingStatus, match="must be well-formed UTF-8 JSON without NUL bytes"):
+        json_tensors.parse(body)
+    assert time.perf_counter() - started < 1.0
+    small = b'{"instances": [' + b",".join([b"1e100"] * 1_000) + b"]}"
+    assert json_tensors.parse(small) is not None  # a small one is read exactly, as before

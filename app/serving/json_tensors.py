@@ -148,7 +148,7 @@ def parse(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        return _Port(body).parse()
+        return _exactly(body)
     if not _port_needed(body, text):
         start = len(text) - len(text.lstrip(" \t\n\r"))
         try:
@@ -163,7 +163,28 @@ def parse(body: bytes) -> Any:
                         raise _invalid(f"JSON Parse error: {_PARSE_ERRORS['too_deep']} at offset: {deep_at}")
                 return value
             # A lone scalar: Python stops at "1" in "1.", where RapidJSON reads on to an error. The port is quick.
-    return _Port(body).parse()
+    return _exactly(body)
+
+
+# The port reads about 2 MB a second: a larger body that needs it would hold a worker thread for seconds.
+EXACT_PARSE_MAX_BYTES = 2 * 1024 * 1024
+
+
+def _exactly(body: bytes) -> Any:
+    """The body read by the port of RapidJSON's parser, which gives up past EXACT_PARSE_MAX_BYTES: it reads about
+    2 MB a second, and a worker thread is not to be held for longer (an error it meets before is still said)."""
+    try:
+        return _Port(body, budget=EXACT_PARSE_MAX_BYTES).parse()
+    except _OverBudget:
+        raise _invalid(
+            f"JSON Parse error: a body over {EXACT_PARSE_MAX_BYTES:,} bytes must be well-formed UTF-8 JSON without "
+            "NUL bytes, lone surrogate escapes or exponents of three digits or more (the gateway reads such bodies "
+            "exactly as TF Serving does, but slowly)"
+        ) from None
+
+
+class _OverBudget(Exception):
+    """The port read past its budget without finishing."""
 
 
 def _byte_set(chars: bytes) -> np.ndarray:
@@ -261,10 +282,11 @@ class _Port:
     The stream ends at the body's end or at its first NUL byte (MemoryStream's ``Peek``).
     """
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, budget: int | None = None) -> None:
         end = data.find(b"\x00")
         self.data = data if end < 0 else data[:end]
         self.pos = 0
+        self.budget = len(self.data) if budget is None else budget
 
     def peek(self) -> int:
         return self.data[self.pos] if self.pos < len(self.data) else 0
@@ -294,6 +316,8 @@ class _Port:
         stack: list[tuple[int, list, list | None]] = []
         self.skip_whitespace()
         while self.pos < size:
+            if self.pos > self.budget:
+                raise _OverBudget
             char = data[self.pos]
             token = _TOKENS.get(char, "number")
             action = _PREDICT.get(state, {}).get(token)
