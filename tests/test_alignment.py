@@ -1,4 +1,5 @@
-"""Face chips: dlib's framing from the detector's keypoints, eyes level, no aliasing, whole pictures never cut."""
+"""Face chips: dlib's framing from the detector's keypoints, eyes level, no aliasing, tiny faces smoothed, whole
+pictures never cut."""
 
 from __future__ import annotations
 
@@ -143,3 +144,43 @@ def test_whole_picture_of_a_face_is_framed_like_an_aligned_chip():
     covered = np.flatnonzero(chip[CHIP_SIZE // 2, :, 0] > 128)
     side = (covered[-1] - covered[0] + 1) / CHIP_SIZE
     assert abs(side - alignment.BOX_SIDE_IN_CHIP) < 0.02
+
+
+def _largest_step(chip: np.ndarray) -> float:
+    """The largest difference between two neighbouring chip pixels, across or down."""
+    values = chip.astype(np.float64)
+    return max(np.abs(np.diff(values, axis=0)).max(), np.abs(np.diff(values, axis=1)).max())
+
+
+def _plain_bilinear(picture: np.ndarray, chip_to_photo: np.ndarray, size: int) -> np.ndarray:
+    return cv2.warpAffine(
+        picture, chip_to_photo, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT, borderValue=0,
+    )  # fmt: skip
+
+
+def test_a_chip_that_magnifies_a_tiny_picture_more_than_twice_is_smoothed():
+    # A 24-px picture, black on the left and white on the right, spread over 150 chip pixels (6.25x). Bilinear
+    # alone ramps the edge over one photo pixel, 6.25 chip pixels: steps of 255 / 6.25 = 41 levels. Smoothed by
+    # half a photo pixel, the edge spreads over about twice that, and no step comes near.
+    picture = np.zeros((24, 24, 3), np.uint8)
+    picture[:, 12:] = 255
+    step = 24 / CHIP_SIZE  # photo pixels per chip pixel
+    matrix = np.array([[step, 0.0, step / 2 - 0.5], [0.0, step, step / 2 - 0.5]])  # the picture fills the chip
+    centre = slice(30, 120)  # the picture's own edge; the chip's border meets the black outside
+    plain = _plain_bilinear(picture, matrix, CHIP_SIZE)[centre, centre]
+    chip = alignment.warp_chip(picture, matrix, CHIP_SIZE)[centre, centre]
+    assert _largest_step(plain) >= 0.95 * 255 * step  # the hard edge bilinear magnification keeps
+    assert _largest_step(chip) <= 0.8 * 255 * step
+    assert chip[:, 0].max() <= 1 and chip[:, -1].min() >= 254  # an edge smoothed, not a picture washed out
+
+
+@pytest.mark.parametrize("step", [1.0, 1.6, 0.55])  # as large as the chip, larger, magnified under 2x
+def test_a_chip_that_does_not_magnify_more_than_twice_is_the_plain_bilinear_warp(step):
+    rng = np.random.default_rng(3)
+    picture = rng.integers(0, 256, (320, 320, 3), np.uint8)
+    picture[:, 160:] = 255  # with a hard edge too
+    matrix = np.array([[step, 0.0, 20.3], [0.0, step, 11.7]])
+    chip = alignment.warp_chip(picture, matrix, CHIP_SIZE).astype(np.int16)
+    # Equal but for OpenCV's fixed-point rounding (the warp reads a crop of the picture, shifted): one level.
+    assert np.abs(chip - _plain_bilinear(picture, matrix, CHIP_SIZE)).max() <= 1
