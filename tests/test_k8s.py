@@ -6,7 +6,9 @@ against a pinned Kubernetes version; then what a cluster would only show at run 
 - the ConfigMaps hold serving_models.config, pipeline.toml and deploy/'s files byte for byte (no copies
   that could drift), and every servable of serving_models.config is served from the mounted volume;
 - TF Serving runs with docker-compose.yaml's flags; every image tag is pinned; no container runs as root;
-- GPU only in the gpu overlay; only the gateway may reach TF Serving and Redis.
+- GPU only in the gpu overlay; only the gateway may reach TF Serving and Redis, and Prometheus (where
+  docs/kubernetes.md assumes it runs) TF Serving's metrics port; every scrape job of
+  deploy/prometheus/prometheus.yml reaches the port it scrapes through the policies.
 
 Rendering needs ``--load-restrictor LoadRestrictionsNone``: the ConfigMaps are generated from files outside
 deploy/k8s (docs/kubernetes.md). kubectl missing: the tests skip, unless GATEWAY_REQUIRE_KUBECTL=1 (CI).
@@ -38,6 +40,12 @@ KUBERNETES_VERSION = "1.32.0"
 TF_SERVING_IMAGES = {"gpu": "tensorflow/serving:2.20.0-gpu", "cpu": "tensorflow/serving:2.20.0"}
 DEFAULT_SERVABLES = ("face_detection", "twingan_latent_encoder", "latent_search_model", "ugatit_selfie2anime")
 HEALTHCHECK = "/config/healthcheck.sh"
+PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
+# Where Prometheus runs, as network-policy.yaml and docs/kubernetes.md assume: its namespace and its pods' labels.
+PROMETHEUS_NAMESPACE = "monitoring"
+PROMETHEUS_LABELS = {"app.kubernetes.io/name": "prometheus"}
+# The relabelling by which each scrape job keeps its pods: (the pods' app name, the container port's name).
+SCRAPE_KEEP = ["__meta_kubernetes_pod_label_app_kubernetes_io_name", "__meta_kubernetes_pod_container_port_name"]
 
 
 @pytest.fixture(scope="module")
@@ -327,6 +335,108 @@ def test_only_the_gateway_reaches_tf_serving_and_redis(rendered: tuple[str, list
         assert set(peer) == {"podSelector"}  # this namespace's pods only
         assert peer["podSelector"]["matchLabels"].items() <= gateway_labels.items()
         assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+
+
+def _selects(selector: dict, labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, f"only matchLabels is modelled here: {selector}"
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def _names_of(port: int, named: dict[str, int]) -> list[str]:
+    return [name for name, number in named.items() if number == port]
+
+
+def reaches(docs: list[dict], namespace: str, labels: dict[str, str], deployment: str, port: int) -> bool:
+    """Whether the rendered NetworkPolicies let a pod (``namespace``, ``labels``) open TCP ``port`` on the pods of
+    ``deployment``, as Kubernetes decides it: pods no Ingress policy selects take anything; otherwise some rule
+    of a policy that selects them must admit both the port and the pod."""
+    template = find(docs, "Deployment", deployment)["spec"]["template"]
+    target = template["metadata"]["labels"]
+    named = {p["name"]: p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+    policies = [
+        doc for doc in docs
+        if doc["kind"] == "NetworkPolicy" and "Ingress" in doc["spec"]["policyTypes"]
+        and _selects(doc["spec"]["podSelector"], target)
+    ]  # fmt: skip
+    if not policies:
+        return True
+    source_namespace = {"kubernetes.io/metadata.name": namespace}  # every namespace carries its name as a label
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            ports = rule.get("ports")  # none: every port; an entry without a port: every port of its protocol
+            if ports is not None and not any(
+                entry.get("protocol", "TCP") == "TCP" and entry.get("port", port) in (port, *_names_of(port, named))
+                for entry in ports
+            ):
+                continue
+            peers = rule.get("from")
+            if peers is None:
+                return True
+            for peer in peers:
+                assert "ipBlock" not in peer, "ipBlock peers are not modelled here"
+                if "namespaceSelector" in peer:
+                    same_namespace = _selects(peer["namespaceSelector"], source_namespace)
+                else:
+                    same_namespace = namespace == policy["metadata"]["namespace"]
+                if same_namespace and _selects(peer.get("podSelector", {}), labels):
+                    return True
+    return False
+
+
+def test_every_prometheus_scrape_job_reaches_the_port_it_scrapes(rendered: tuple[str, list[dict]]) -> None:
+    """deploy/prometheus/prometheus.yml's jobs keep pods by app name and container port name; from where
+    Prometheus runs, the policies must let each job in on that port."""
+    _, docs = rendered
+    scraped = {}
+    for job in yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))["scrape_configs"]:
+        [discovery] = job["kubernetes_sd_configs"]
+        assert discovery["role"] == "pod", job["job_name"]
+        [keep] = [rule for rule in job["relabel_configs"] if rule.get("action") == "keep"]
+        assert keep["source_labels"] == SCRAPE_KEEP, job["job_name"]
+        app_name, port_name = keep["regex"].split(";")
+        [deployment] = [
+            doc for doc in docs
+            if doc["kind"] == "Deployment"
+            and doc["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/name") == app_name
+        ]  # fmt: skip
+        assert discovery["namespaces"]["names"] == [deployment["metadata"]["namespace"]], job["job_name"]
+        name = deployment["metadata"]["name"]
+        [port] = [
+            p["containerPort"] for c in deployment["spec"]["template"]["spec"]["containers"]
+            for p in c.get("ports", []) if p["name"] == port_name
+        ]  # fmt: skip
+        assert reaches(docs, PROMETHEUS_NAMESPACE, PROMETHEUS_LABELS, name, port), f"{job['job_name']}: {name}:{port}"
+        scraped[job["job_name"]] = (name, port)
+    assert scraped == {"portrait-gateway": ("gateway", 8000), "tf-serving": ("tf-serving", 8501)}
+
+
+def test_who_reaches_what(rendered: tuple[str, list[dict]]) -> None:
+    """The policies as a whole: the gateway calls TF Serving and Redis, Prometheus reads TF Serving's metrics port
+    and nothing else behind a policy, and no other pod (here or elsewhere) gets in."""
+    _, docs = rendered
+    gateway = find(docs, "Deployment", "gateway")["spec"]["template"]["metadata"]["labels"]
+    models_job = find(docs, "Job", "models")["spec"]["template"]["metadata"].get("labels", {})
+    cases = {
+        ("gateway", "portrait", "tf-serving", 8500): True,
+        ("gateway", "portrait", "redis", 6379): True,
+        ("gateway", "portrait", "tf-serving", 8501): False,
+        ("prometheus", PROMETHEUS_NAMESPACE, "tf-serving", 8501): True,
+        ("prometheus", PROMETHEUS_NAMESPACE, "tf-serving", 8500): False,
+        ("prometheus", PROMETHEUS_NAMESPACE, "redis", 6379): False,
+        ("prometheus", "portrait", "tf-serving", 8501): False,  # Prometheus's label, in the wrong namespace
+        ("other", PROMETHEUS_NAMESPACE, "tf-serving", 8501): False,  # the right namespace, another pod
+        ("models job", "portrait", "tf-serving", 8500): False,
+        ("models job", "portrait", "redis", 6379): False,
+    }
+    pods = {"gateway": gateway, "prometheus": PROMETHEUS_LABELS, "other": {"app": "other"}, "models job": models_job}
+    found = {case: reaches(docs, case[1], pods[case[0]], case[2], case[3]) for case in cases}
+    assert found == cases
+
+
+def test_the_kubernetes_page_states_where_prometheus_is_assumed_to_run() -> None:
+    text = (REPO / "docs" / "kubernetes.md").read_text(encoding="utf-8")
+    assert f"kubernetes.io/metadata.name: {PROMETHEUS_NAMESPACE}" in text
+    assert all(f"{key}: {value}" in text for key, value in PROMETHEUS_LABELS.items())
 
 
 def test_the_documented_render_command_is_the_tested_one() -> None:
