@@ -68,9 +68,13 @@ make() {
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory, demo_root):
+def curl() -> str:
+    return programs.require("curl", "CURL", package="curl")
+
+
+@pytest.fixture(scope="module")
+def live(curl, tmp_path_factory, demo_root):  # curl first: missing, it skips (or fails) before any model export
     """The gateway as `make run` starts it, over a private copy of the demo models, and a reader's scratch folder."""
-    programs.require("curl", "CURL", package="curl")  # before starting anything
     root = tmp_path_factory.mktemp("docs-gateway")
     config = demo_serving_dir(root, demo_root)
     scratch = tmp_path_factory.mktemp("reader")
