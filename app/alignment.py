@@ -238,10 +238,15 @@ def whole_image_chip(pixels: np.ndarray, size: int = CHIP_SIZE) -> np.ndarray:
     leave part of the picture outside the chip (a loose crop, or a long side), the picture is shrunk
     until all of it fits, centred.
     """
-    height, width = pixels.shape[:2]
+    return warp_chip(pixels, whole_image_map(pixels.shape, size), size)
+
+
+def whole_image_map(image_shape: Sequence[int], size: int = CHIP_SIZE) -> np.ndarray:
+    """The 2x3 chip -> picture map with which ``whole_image_chip`` frames a picture of ``image_shape``."""
+    height, width = int(image_shape[0]), int(image_shape[1])
     if height < 1 or width < 1:
-        raise ValueError(f"the picture has no pixels: shape {pixels.shape}")
-    matrix = box_to_chip_map((0.0, 0.0, 1.0, 1.0), pixels.shape, size)
+        raise ValueError(f"the picture has no pixels: shape {tuple(image_shape)}")
+    matrix = box_to_chip_map((0.0, 0.0, 1.0, 1.0), image_shape, size)
     # The picture spans photo x in [-0.5, width - 0.5]; the chip covers matrix applied to [-0.5, size - 0.5].
     need = max(height, width) / size  # photo pixels per chip pixel for the whole picture to fit
     if matrix[0, 0] < need:
@@ -252,4 +257,4 @@ def whole_image_chip(pixels: np.ndarray, size: int = CHIP_SIZE) -> np.ndarray:
                 [0.0, need, centre_y - need * (size - 1) / 2.0],
             ]
         )
-    return warp_chip(pixels, matrix, size)
+    return matrix
