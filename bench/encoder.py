@@ -218,6 +218,11 @@ def _ranks(queries: np.ndarray, gallery: np.ndarray, found: np.ndarray) -> np.nd
     return np.where(found, ranks, len(gallery))
 
 
+def _shares(ranks: np.ndarray) -> dict[str, float]:
+    """top-1 and top-5: the share of queries whose own face is the nearest, and among the 5 nearest."""
+    return {"top1": float((ranks < 1).mean()), "top5": float((ranks < 5).mean())}
+
+
 # -- the two sets of faces ---------------------------------------------------------------------------------
 
 
@@ -266,7 +271,7 @@ def run_lfw(encoders: Encoders, count: int, detector: Any | None) -> dict[str, d
         found = np.ones(len(pictures), bool)
         for name in ENCODERS:
             ranks = _ranks(encoders.encode(name, [c[name] for c in changed]), gallery[name], found)
-            results[name][kind] = {"top1": float((ranks < 1).mean()), "top5": float((ranks < 5).mean())}
+            results[name][kind] = _shares(ranks)
     return results
 
 
@@ -294,7 +299,7 @@ def run_lfw_exact(encoders: Encoders, count: int) -> dict[str, dict[str, dict[st
         found = np.ones(len(pictures), bool)
         for name in ENCODERS:
             ranks = _ranks(encoders.encode(name, changed if name == "old" else chips), gallery[name], found)
-            results[name][kind] = {"top1": float((ranks < 1).mean()), "top5": float((ranks < 5).mean())}
+            results[name][kind] = _shares(ranks)
     return results
 
 
@@ -369,7 +374,7 @@ def run_samples(encoders: Encoders, faces: SampleFaces) -> dict[str, Any]:
         for name in ENCODERS:
             pictures = [c[name] if c is not None else blank[name] for c in changed]
             ranks = _ranks(encoders.encode(name, pictures), gallery[name], found)
-            results[name][kind] = {"top1": float((ranks < 1).mean()), "top5": float((ranks < 5).mean())}
+            results[name][kind] = _shares(ranks)
     results["detector_missed"] = missed
     return results
 
