@@ -249,40 +249,34 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Classify(self, request, context):
         """TensorflowClassificationServiceImpl::Classify: the runtime's classifier.cc checks, MakeModelSpec's answer."""
-        self.double._enter_call("Classify", context, request.model_spec.name)
-        if not request.HasField("model_spec"):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
-        spec = request.model_spec
-        version, label = _version_and_label(spec)
-        try:
-            served, outputs = self.double.runtime.classify(
-                spec.name, request.input, version=version, label=label,
-                signature=spec.signature_name or "serving_default", timeout=context.time_remaining(),
-            )  # fmt: skip
-        except ServingStatus as exc:
-            _abort(context, exc)
-        response = classification_pb2.ClassificationResponse()
-        _answered_spec(response.model_spec, spec, served)
-        fill_classification_result(response.result, outputs)
-        return response
+        return self._examples_call(
+            "Classify", request, context, self.double.runtime.classify,
+            classification_pb2.ClassificationResponse(), fill_classification_result,
+        )  # fmt: skip
 
     def Regress(self, request, context):
         """TensorflowRegressionServiceImpl::Regress, likewise."""
-        self.double._enter_call("Regress", context, request.model_spec.name)
+        return self._examples_call(
+            "Regress", request, context, self.double.runtime.regress,
+            regression_pb2.RegressionResponse(), fill_regression_result,
+        )  # fmt: skip
+
+    def _examples_call(self, method, request, context, run, response, fill):
+        """One Classify or Regress call: ``run`` is the runtime's, ``fill`` writes its outputs into ``response``."""
+        self.double._enter_call(method, context, request.model_spec.name)
         if not request.HasField("model_spec"):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
         spec = request.model_spec
         version, label = _version_and_label(spec)
         try:
-            served, output = self.double.runtime.regress(
+            served, outputs = run(
                 spec.name, request.input, version=version, label=label,
                 signature=spec.signature_name or "serving_default", timeout=context.time_remaining(),
             )  # fmt: skip
         except ServingStatus as exc:
             _abort(context, exc)
-        response = regression_pb2.RegressionResponse()
         _answered_spec(response.model_spec, spec, served)
-        fill_regression_result(response.result, output)
+        fill(response.result, outputs)
         return response
 
     def GetModelMetadata(self, request, context):

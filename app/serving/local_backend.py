@@ -110,25 +110,27 @@ class LocalBackend(Backend):
     def classify(
         self, ref: ModelRef, examples: input_pb2.Input, timeout: float | None = None
     ) -> classification_pb2.ClassificationResponse:
-        with serving_errors(ref.name):
-            version, outputs = self.runtime.classify(
-                ref.name, examples, version=ref.version, label=ref.label, signature=ref.signature,
-                timeout=self.timeout if timeout is None else timeout,
-            )  # fmt: skip
-        response = classification_pb2.ClassificationResponse(model_spec=_answered_spec(ref, version))
-        fill_classification_result(response.result, outputs)
-        return response
+        return self._examples_call(
+            self.runtime.classify, ref, examples, timeout,
+            classification_pb2.ClassificationResponse(), fill_classification_result,
+        )  # fmt: skip
 
     def regress(
         self, ref: ModelRef, examples: input_pb2.Input, timeout: float | None = None
     ) -> regression_pb2.RegressionResponse:
+        return self._examples_call(
+            self.runtime.regress, ref, examples, timeout, regression_pb2.RegressionResponse(), fill_regression_result
+        )
+
+    def _examples_call(self, run, ref: ModelRef, examples: input_pb2.Input, timeout: float | None, response, fill):
+        """One Classify or Regress call on the runtime (``run``); ``fill`` writes its outputs into ``response``."""
         with serving_errors(ref.name):
-            version, output = self.runtime.regress(
+            version, outputs = run(
                 ref.name, examples, version=ref.version, label=ref.label, signature=ref.signature,
                 timeout=self.timeout if timeout is None else timeout,
             )  # fmt: skip
-        response = regression_pb2.RegressionResponse(model_spec=_answered_spec(ref, version))
-        fill_regression_result(response.result, output)
+        response.model_spec.CopyFrom(_answered_spec(ref, version))
+        fill(response.result, outputs)
         return response
 
     def labels(self, name: str) -> dict[str, int]:
