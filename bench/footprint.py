@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
-import http.client
 import importlib.metadata
 import json
 import os
@@ -177,28 +176,10 @@ def gateway(
         )
     server = harness.Server(name, port, process, log_path)
     try:
-        seconds = _first_ok(server, "/healthz", started, timeout)
+        seconds = harness.wait_ready(server, "/healthz", timeout, started=started, poll=0.01)
         yield Started(server, seconds)
     finally:
         harness.stop(server)
-
-
-def _first_ok(server: harness.Server, path: str, started: float, timeout: float) -> float:
-    """Seconds from ``started`` to the first 200 on ``path``; fails early, with the log, if the server dies."""
-    while True:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
-            try:
-                connection.request("GET", path)
-                if connection.getresponse().status == 200:
-                    return time.perf_counter() - started
-            finally:
-                connection.close()
-        if time.perf_counter() - started > timeout:
-            raise TimeoutError(f"{server.name}: no 200 from {path} after {timeout:.0f} s:\n{server.log_tail()}")
-        time.sleep(0.01)
 
 
 def worker_pids(master: int) -> list[int]:

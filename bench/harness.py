@@ -72,9 +72,14 @@ class Server:
             return ""
 
 
-def wait_ready(server: Server, path: str = "/readyz", timeout: float = 180.0) -> None:
-    """Poll ``path`` until it answers 200; fail early, with the server's log, if the process dies."""
-    deadline = time.monotonic() + timeout
+def wait_ready(
+    server: Server, path: str = "/readyz", timeout: float = 180.0, *, started: float | None = None, poll: float = 0.25
+) -> float:
+    """Poll ``path`` every ``poll`` seconds until it answers 200; fail early, with the server's log, if the process
+    dies. Returns the seconds from ``started`` (a ``time.perf_counter()``; default now) to that 200, and gives up
+    ``timeout`` seconds after ``started``."""
+    if started is None:
+        started = time.perf_counter()
     while True:
         if server.process.poll() is not None:
             raise RuntimeError(f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
@@ -83,12 +88,12 @@ def wait_ready(server: Server, path: str = "/readyz", timeout: float = 180.0) ->
             try:
                 conn.request("GET", path)
                 if conn.getresponse().status == 200:
-                    return
+                    return time.perf_counter() - started
             finally:
                 conn.close()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{server.name} not ready after {timeout:.0f}s:\n{server.log_tail()}")
-        time.sleep(0.25)
+        if time.perf_counter() - started > timeout:
+            raise TimeoutError(f"{server.name}: no 200 from {path} after {timeout:.0f} s:\n{server.log_tail()}")
+        time.sleep(poll)
 
 
 def stop(server: Server) -> None:
