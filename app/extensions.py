@@ -66,6 +66,15 @@ def create_backend(settings: Settings) -> Backend:
 _RACY_SECONDS = 2.0
 
 
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells a changed file from the one last read (mtime, size, inode); None where it cannot be read."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_mtime_ns, found.st_size, found.st_ino
+
+
 class PipelineFile:
     """The pipeline file as last read, looked at again when asked: a newer version of it, if it changed.
 
@@ -78,7 +87,7 @@ class PipelineFile:
     def __init__(self, path: Path, *, required: bool) -> None:
         self.path = Path(path)
         self.required = required
-        self._stamp = self._stat()
+        self._stamp = _file_stamp(self.path)
         self._text = self._read()
         self._read_at = time.time()
         # Parsed from the very bytes kept above, so a write between the two can never go unseen.
@@ -88,13 +97,6 @@ class PipelineFile:
             self.config = parse_pipeline_config(self._text, source=self.path)  # a bad file stops the app
         self.refused: str | None = None
 
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            found = self.path.stat()
-        except OSError:
-            return None
-        return found.st_mtime_ns, found.st_size, found.st_ino
-
     def _read(self) -> bytes | None:
         try:
             return self.path.read_bytes()
@@ -103,7 +105,7 @@ class PipelineFile:
 
     def look(self) -> PipelineConfig | None:
         """The file's new configuration if it changed into a valid one since the last look, else None."""
-        stamp = self._stat()
+        stamp = _file_stamp(self.path)
         racy = self._stamp is not None and self._read_at - self._stamp[0] / 1e9 < _RACY_SECONDS
         if stamp == self._stamp and not racy:
             return None
@@ -149,15 +151,8 @@ class ConfiguredLabels:
         self._read_at: float | None = None  # None: never read
         self._labels: Mapping[str, Mapping[str, int]] | None = None
 
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            found = self.path.stat()
-        except OSError:
-            return None
-        return found.st_mtime_ns, found.st_size, found.st_ino
-
     def labels(self) -> Mapping[str, Mapping[str, int]] | None:
-        stamp = self._stat()
+        stamp = _file_stamp(self.path)
         with self._lock:
             if self._read_at is not None and stamp == self._stamp:
                 racy = stamp is not None and self._read_at - stamp[0] / 1e9 < _RACY_SECONDS
