@@ -112,11 +112,7 @@ def demo_app(request: pytest.FixtureRequest, tmp_path_factory, demo_root: Path) 
 
     config = demo_serving_dir(tmp_path_factory.mktemp("demo-app"), demo_root)
     # No rate limit: the suite sends bursts of quick requests from one address (tests/test_security.py tests it).
-    settings = {"poll_interval": 0, "model_config": config, "rate_limit": ""}
-    double = None
-    if request.param == "grpc":
-        double = TFServingDouble(config, poll_interval=0).start()
-        settings.update(backend="grpc", serving_target=double.address)
+    settings, double = gateway_settings(request.param, config)
     app = create_app(settings)
     app.config["TESTING"] = True
     app.double = double  # the server's fault knobs, None on the local backend
@@ -129,6 +125,17 @@ def demo_app(request: pytest.FixtureRequest, tmp_path_factory, demo_root: Path) 
 # -- benchmarks -------------------------------------------------------------------------------------
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def gateway_settings(kind: str, config: Path) -> tuple[dict, TFServingDouble | None]:
+    """Settings of a gateway over ``config`` on the ``kind`` backend ("local", or "grpc" through a protocol double
+    started here: the caller stops it), without polling or a rate limit; and that double, or None."""
+    settings = {"poll_interval": 0, "model_config": config, "rate_limit": ""}
+    double = None
+    if kind == "grpc":
+        double = TFServingDouble(config, poll_interval=0).start()
+        settings.update(backend="grpc", serving_target=double.address)
+    return settings, double
 
 
 def run_benchmark(script: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:

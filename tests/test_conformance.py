@@ -27,6 +27,7 @@ from app.pipeline_check import PipelineMisfit
 from app.pipeline_config import load_pipeline_config
 from app.serving.local_backend import LocalBackend
 from tests import conformance
+from tests.conftest import gateway_settings
 from tests.tf_serving_double import TFServingDouble
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,11 +163,7 @@ def _serving_dir(root: Path, user_models: Path, pipeline: str) -> Path:
 def byom_app(request, tmp_path_factory, user_models) -> Iterator[Flask]:
     """The gateway over the users' servables, wired by PIPELINE alone, on the local backend or through the double."""
     config = _serving_dir(tmp_path_factory.mktemp("byom-app"), user_models, PIPELINE)
-    settings = {"model_config": config, "poll_interval": 0, "rate_limit": ""}
-    double = None
-    if request.param == "grpc":
-        double = TFServingDouble(config, poll_interval=0).start()
-        settings.update(backend="grpc", serving_target=double.address)
+    settings, double = gateway_settings(request.param, config)
     app = create_app(settings)
     app.config["TESTING"] = True
     serving(app).start()  # the servables are checked against the pipeline file, as gunicorn does at boot
@@ -291,11 +288,7 @@ def pixel_app(request, tmp_path_factory, user_models) -> Iterator[Flask]:
     kind, count = request.param
     pipeline = _pipeline(PIPELINE, PIXEL_COUNTS[count])
     config = _serving_dir(tmp_path_factory.mktemp("byom-pixel"), user_models, pipeline)
-    settings = {"model_config": config, "poll_interval": 0, "rate_limit": ""}
-    double = None
-    if kind == "grpc":
-        double = TFServingDouble(config, poll_interval=0).start()
-        settings.update(backend="grpc", serving_target=double.address)
+    settings, double = gateway_settings(kind, config)
     app = create_app(settings)
     serving(app).start()
     yield app
@@ -493,11 +486,7 @@ def test_the_same_servable_answers_the_same_through_both_backends(user_models, t
     answers = []
     for kind in ("local", "grpc"):
         config = _serving_dir(tmp_path / kind, user_models, PIPELINE)
-        settings = {"model_config": config, "poll_interval": 0, "rate_limit": ""}
-        double = None
-        if kind == "grpc":
-            double = TFServingDouble(config, poll_interval=0).start()
-            settings.update(backend="grpc", serving_target=double.address)
+        settings, double = gateway_settings(kind, config)
         app = create_app(settings)
         try:
             client = app.test_client()
