@@ -1,0 +1,1 @@
+"""Unit tests: no TensorFlow import, no subprocess, no server; the fast tier."""
