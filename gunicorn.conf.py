@@ -13,7 +13,7 @@ max_requests = int(os.environ.get("GATEWAY_MAX_REQUESTS", "2000"))
 max_requests_jitter = max_requests // 10
 preload_app = False  # the app (and its backend) is built in each worker, after the fork
 # Request line and header limits (gunicorn answers 414 / 431 before the app sees the request);
-# tests/test_security.py holds them to these values or lower.
+# tests/contract/test_security.py holds them to these values or lower.
 limit_request_line = 4094
 limit_request_fields = 100
 limit_request_field_size = 8190

@@ -31,7 +31,7 @@ class InMemoryRequest(Request):
 
 
 class DebugRefused(RuntimeError):
-    """Debug mode was asked for where it is not allowed (see ``app.security.debug_allowed``)."""
+    """Debug mode was asked for where it is not allowed (see ``app.web.security.debug_allowed``)."""
 
 
 class GatewayFlask(Flask):
@@ -60,7 +60,8 @@ class GatewayFlask(Flask):
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the gateway: settings (GATEWAY_* environment, then ``config``) -> backend -> blueprints."""
-    from app import logs, security  # here, like the imports below: flask-limiter is not for light users
+    from app import logs
+    from app.web import security  # here, like the imports below: flask-limiter is not for light users
 
     settings = Settings.load(config)
     logs.configure(settings.log_level.upper())
@@ -79,15 +80,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_upload_bytes
     # Imported here, not at module level: the serving stack pulls in TensorFlow, which light
     # users of the package (the config reader, the CLI's help) should not pay for.
-    from app.extensions import Serving
-    from app.metrics import GatewayMetrics
-    from app.modelzoo import cli
-    from app.views import api, errors, inference_v2, ops, pages, tfserving_rest
+    from app import commands
+    from app.views import api, inference_v2, ops, pages, tfserving_rest
+    from app.web import errors
+    from app.web.extensions import Serving
+    from app.web.metrics import GatewayMetrics
 
     metrics = GatewayMetrics()
     metrics.init_app(app)
     Serving(settings, metrics).init_app(app)
-    cli.register(app)
+    commands.register(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)

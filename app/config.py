@@ -122,6 +122,11 @@ class Settings:
         if self.api_keys_file is not None:
             read_api_keys_file(self.api_keys_file)
 
+    def servable_root(self) -> Path:
+        """The local folder that holds <servable>/<version>/ (what /models/ maps to): GATEWAY_MODELS_ROOT, else
+        serving_models/ beside model_config."""
+        return self.models_root or Path(self.model_config).parent / "serving_models"
+
     def pipeline_path(self) -> Path:
         """Where the pipeline file is read from: GATEWAY_PIPELINE_CONFIG, else pipeline.toml beside model_config."""
         return self.pipeline_config or Path(self.model_config).parent / "pipeline.toml"

@@ -5,7 +5,7 @@ or a version number of the stage's servable (``traffic = { stable = 90, canary =
 and may name a *shadow* arm that gets a copy of each request once the answer is ready
 (``shadow = "canary"``): its result is compared with the answer and never returned.
 
-- **Sticky**: a client (its API key, else its address: ``app.security.client_identity``)
+- **Sticky**: a client (its API key, else its address: ``app.web.security.client_identity``)
   lands on one arm for the life of a rollout. Its place is a hash of its identity salted
   with the rollout (the stage, the servable and the arms' names), laid over the arms'
   weights in the file's order; changing only the weights moves as few clients as the
@@ -25,7 +25,7 @@ and may name a *shadow* arm that gets a copy of each request once the answer is 
   overlap by file name (search), the mean absolute pixel difference (translate).
 
 Nothing here imports Flask: ``app.pipeline`` routes every stage call through a
-:class:`Routing`, and an observer (``app.metrics.RolloutMetrics``) counts what happened.
+:class:`Routing`, and an observer (``app.web.metrics.RolloutMetrics``) counts what happened.
 """
 
 from __future__ import annotations

@@ -14,12 +14,12 @@ loading through /proc/self/clear_refs) is its own; the workers are driven in int
 rounds so that noise from other work on the machine falls on all methods alike. The
 parent never imports TensorFlow or holds the matrix.
 
-    .venv/bin/python bench/search.py                    # N=1M, D=128 (the demo encoder's latent), one query per call
-    .venv/bin/python bench/search.py --queries 8        # ... eight queries per call
-    .venv/bin/python bench/search.py --n 100000 --d 4096   # the first demo encoder's latent size
-    .venv/bin/python bench/search.py --scaling          # N in {100k, 1M} x {1, 8} queries per call
-    .venv/bin/python bench/search.py --smoke            # tiny sizes, seconds: checks the script works
-    .venv/bin/python bench/search.py --json out.json    # also write the results
+    .venv/bin/python -m bench.search                    # N=1M, D=128 (the demo encoder's latent), one query per call
+    .venv/bin/python -m bench.search --queries 8        # ... eight queries per call
+    .venv/bin/python -m bench.search --n 100000 --d 4096   # the first demo encoder's latent size
+    .venv/bin/python -m bench.search --scaling          # N in {100k, 1M} x {1, 8} queries per call
+    .venv/bin/python -m bench.search --smoke            # tiny sizes, seconds: checks the script works
+    .venv/bin/python -m bench.search --json out.json    # also write the results
 """
 
 from __future__ import annotations

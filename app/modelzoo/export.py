@@ -37,12 +37,6 @@ def write_warmup_requests(saved_model_dir: Path, records: Sequence[prediction_lo
     return path
 
 
-def next_version(base_path: Path) -> int:
-    """One more than the highest integer-named version folder under base_path (1 for none)."""
-    versions = [int(p.name) for p in base_path.glob("*") if p.name.isdigit() and p.is_dir()]
-    return max(versions, default=0) + 1
-
-
 def save_servable(
     module: tf.Module,
     version_dir: Path,

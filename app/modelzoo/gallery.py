@@ -25,11 +25,11 @@ from app.images import (
     encode_jpeg,
     resize,
 )
-from app.modelzoo.export import next_version
 from app.modelzoo.search import export_search_model
 from app.pipeline import Face, Photo, Pipeline
 from app.pipeline_config import DEFAULT_PIPELINE, EncodeStage, PipelineConfig
 from app.serving.base import Backend
+from app.serving.layout import next_version
 from app.thumbnails import THUMBNAIL_INDEX, thumbnail_name
 
 # Every file name ending Pillow reads as one of the formats the gateway accepts (.jpg, .png, .webp, .bmp, ...).

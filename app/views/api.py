@@ -15,8 +15,6 @@ from flask.typing import ResponseReturnValue
 
 from app import images
 from app.errors import GatewayError
-from app.extensions import serving
-from app.modelzoo.cli import servable_root
 from app.pipeline_check import check_pipeline
 from app.serving.base import Backend, VersionStatus
 from app.thumbnails import GalleryThumbnails
@@ -32,6 +30,7 @@ from app.views.common import (
     timings_ms,
 )
 from app.views.params import DetectParams, GalleryParams, NoParams, SearchParams, TranslateParams, read_params
+from app.web.extensions import serving
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -144,7 +143,7 @@ def thumbnails() -> GalleryThumbnails:
     found = opened.get(servable)
     if found is None:
         # setdefault: two first requests at once still share one instance.
-        found = opened.setdefault(servable, GalleryThumbnails(servable_root(settings()) / servable))
+        found = opened.setdefault(servable, GalleryThumbnails(settings().servable_root() / servable))
     return found
 
 

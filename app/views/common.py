@@ -15,10 +15,10 @@ from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
 from app import images
 from app.config import Settings
 from app.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
-from app.extensions import serving
 from app.pipeline import Match, Pipeline, PortraitResult
-from app.security import client_identity
 from app.views.params import Params, read_params
+from app.web.extensions import serving
+from app.web.security import client_identity
 
 UPLOAD_FIELD = "image_file"
 P = TypeVar("P", bound=Params)

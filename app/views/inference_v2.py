@@ -23,7 +23,6 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from app.errors import BadInput, GatewayError, UnknownSignature
-from app.extensions import serving
 from app.serving import v2_tensors
 from app.serving.base import DEFAULT_SIGNATURE, Backend, ModelRef
 from app.views.model_apis import (
@@ -35,6 +34,7 @@ from app.views.model_apis import (
     signature_defs,
     signature_tensors,
 )
+from app.web.extensions import serving
 
 bp = Blueprint("inference_v2", __name__)
 protocol_surface(bp)

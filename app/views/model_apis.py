@@ -3,7 +3,7 @@
 Both read a request body bounded by ``GATEWAY_MAX_UPLOAD_BYTES`` (413) and ``GATEWAY_UPLOAD_TIMEOUT`` (408),
 answer every error, whoever raises it (the API key check, the rate limit, a size limit, a view), as
 ``{"error": "<message>"}``, and count their requests per surface, servable and method beside the gateway's
-per-route metrics, the servable label bounded as ``app.metrics.ServableLabels`` bounds it (a client cannot
+per-route metrics, the servable label bounded as ``app.web.metrics.ServableLabels`` bounds it (a client cannot
 grow the label set with made-up model names). Both type a request by its signature's tensors from the
 backend's cached metadata (:func:`signature_tensors`), and answer their metadata endpoints with the
 SignatureDefs asked afresh (:func:`signature_defs`).
@@ -20,12 +20,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from werkzeug.routing import PathConverter
 
 from app.errors import BadInput, GatewayError, UnknownSignature
-from app.metrics import LATENCY_BUCKETS, ServableLabels
 from app.serving import tensors
 from app.serving.base import Backend, ModelRef
 from app.serving.protos.tensorflow_serving.apis import get_model_metadata_pb2
 from app.views.common import upload_deadline
-from app.views.errors import error_body
+from app.web.errors import error_body
+from app.web.metrics import LATENCY_BUCKETS, ServableLabels
 
 _METRICS = "model_api_metrics"
 _KNOWN = "model_api_servables"

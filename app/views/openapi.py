@@ -1,6 +1,6 @@
 """The OpenAPI 3.0 document of the JSON API and the operations endpoints, built as a plain dict.
 
-Kept beside the views it describes; ``tests/test_openapi.py`` validates it and fuzzes the
+Kept beside the views it describes; ``tests/contract/test_openapi.py`` validates it and fuzzes the
 app against it, so an endpoint that changes without its description here fails a test.
 """
 
@@ -10,7 +10,6 @@ from typing import Any
 
 from app.config import Settings
 from app.images import ACCEPTED_FORMATS
-from app.security import API_KEY_HEADER, REALM
 from app.views.params import (
     DetectParams,
     GalleryParams,
@@ -20,6 +19,7 @@ from app.views.params import (
     openapi_form_fields,
     openapi_parameters,
 )
+from app.web.security import API_KEY_HEADER, REALM
 
 OPENAPI_VERSION = "3.0.3"
 API_VERSION = "1.0.0"

@@ -6,8 +6,8 @@ from flask import Blueprint, Response, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
 from app.errors import GatewayError
-from app.extensions import serving
 from app.pipeline_check import check_pipeline, misfits_of
+from app.web.extensions import serving
 
 bp = Blueprint("ops", __name__)
 

@@ -12,8 +12,8 @@ from app import images
 from app.pipeline import MAX_K, Face, PortraitResult
 from app.rollout import DEFAULT_ARM
 from app.views import common
-from app.views.errors import wants_json
 from app.views.params import PageParams
+from app.web.errors import wants_json
 
 bp = Blueprint("pages", __name__)
 

@@ -31,9 +31,8 @@ from flask import Blueprint, Response, request
 from google.protobuf import json_format
 
 from app.errors import GatewayError, ServingStatus
-from app.extensions import serving
-from app.security import html_safe
-from app.serving import json_tensors
+from app.protocols import tfserving_json as json_tensors
+from app.protocols.json_text import html_safe
 from app.serving.base import DEFAULT_SIGNATURE, Backend, ModelRef, VersionStatus
 from app.serving.protos.tensorflow_serving.apis import get_model_status_pb2, status_pb2
 from app.views.model_apis import (
@@ -45,6 +44,7 @@ from app.views.model_apis import (
     signature_defs,
     signature_tensors,
 )
+from app.web.extensions import serving
 
 bp = Blueprint("tfserving_rest", __name__)
 protocol_surface(bp)
@@ -96,7 +96,7 @@ def handle(path: str = "") -> Response:
 
 
 for _endpoint, _methods in (("read", ["GET"]), ("run", ["POST"]), ("other", ["PUT", "DELETE", "PATCH", "OPTIONS"])):
-    # "run" is the one that runs models: app.security counts it in the rate limit.
+    # "run" is the one that runs models: app.web.security counts it in the rate limit.
     for _rule in ("/v1/", "/v1/<everything:path>"):
         bp.add_url_rule(
             _rule, _endpoint, handle, methods=_methods,

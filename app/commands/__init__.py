@@ -1,0 +1,13 @@
+"""The gateway's commands on Flask's CLI (`flask --app app ...`): export-models, build-index, check-models."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def register(app: Flask) -> None:
+    """Add every command to the app's CLI."""
+    from app.commands import check, models
+
+    models.register(app)
+    check.register(app)

@@ -1,0 +1,90 @@
+"""Client-side load balancing: one gRPC backend spreads calls over TF Serving replicas and survives one dying."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.serving.base import ModelRef
+from app.serving.grpc_backend import GrpcBackend
+from app.serving.runtime import ModelRuntime
+from tests.support.double import TFServingDouble
+from tests.support.gateway import make_serving_dir
+
+X = np.arange(8, dtype=np.float32)
+REF = ModelRef("half_plus", version=1)
+CALLS = 300
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, exported_models: Path) -> Iterator[list[TFServingDouble]]:
+    """Three replicas on three loopback addresses, serving one shared set of loaded models."""
+    runtime = ModelRuntime(make_serving_dir(tmp_path, exported_models), poll_interval=0)
+    doubles = []
+    for index in range(3):
+        double = TFServingDouble(runtime=runtime, name=f"replica{index}")
+        doubles.append(double.start())
+    yield doubles
+    for double in doubles:
+        double.close()
+    runtime.close()
+
+
+def _target(doubles: list[TFServingDouble]) -> str:
+    return ",".join(d.address for d in doubles)
+
+
+def _warm_up(backend: GrpcBackend, doubles: list[TFServingDouble]) -> None:
+    """Call until every replica has answered once: round_robin only uses subchannels that are connected."""
+    deadline = time.monotonic() + 5
+    while not all(d.calls["Predict"] for d in doubles):
+        assert time.monotonic() < deadline, "not every replica became reachable"
+        backend.predict(REF, {"x": X})
+    for double in doubles:
+        double.calls.clear()
+
+
+def test_calls_spread_evenly_over_replicas(replicas):
+    with GrpcBackend(_target(replicas)) as backend:
+        assert backend.balanced
+        _warm_up(backend, replicas)
+        for _ in range(CALLS):
+            np.testing.assert_allclose(backend.predict(REF, {"x": X})["y"], 0.5 * X + 2)
+    counts = [d.calls["Predict"] for d in replicas]
+    assert sum(counts) == CALLS
+    assert all(70 <= count <= 130 for count in counts), counts
+
+
+def test_one_replica_stopped_mid_run_loses_no_call(replicas):
+    failures: list[BaseException] = []
+    done = 0
+    lock = threading.Lock()
+    with GrpcBackend(_target(replicas), max_attempts=5) as backend:
+        _warm_up(backend, replicas)
+
+        def call(_: int) -> None:
+            nonlocal done
+            try:
+                out = backend.predict(REF, {"x": X})
+                np.testing.assert_allclose(out["y"], 0.5 * X + 2)
+            except BaseException as exc:  # every failure counts
+                failures.append(exc)
+            with lock:
+                done += 1
+                if done == CALLS // 2:
+                    replicas[1].stop()
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(call, range(CALLS)))
+    assert failures == []
+    assert done == CALLS
+    counts = [d.calls["Predict"] for d in replicas]
+    # The stopped replica answered only in the first half; the others took the rest.
+    assert counts[1] < CALLS // 2
+    assert counts[0] + counts[2] >= CALLS // 2
