@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
 from tests import model_api_servables as servables
@@ -449,3 +451,32 @@ def test_half_plus_two_by_version_label_in_binary(surface_app):
         post(surface_app.test_client(), path, *_body([item], data, parameters={"binary_data_output": True}))
     )
     assert arrays["y"].tolist() == [[2.5], [3.5]]
+
+
+@st.composite
+def binary_bodies(draw) -> tuple[bytes, dict[str, str]]:
+    """Bodies near a valid one: a datatype's input with a size and bytes that may or may not fit, maybe a JSON
+    input beside it, and a header that may be right, off, or not a number."""
+    datatype = draw(st.sampled_from(list(DTYPES)))
+    shape = draw(st.lists(st.integers(0, 3), max_size=3))
+    data = draw(st.binary(max_size=64))
+    size = draw(st.one_of(st.just(len(data)), st.integers(-2, 80)))
+    inputs = [{"name": "x", "shape": shape, "datatype": datatype, "parameters": {"binary_data_size": size}}]
+    if draw(st.booleans()):
+        inputs.append({"name": "x", "shape": [1], "datatype": datatype, "data": [1]})
+    request = {"inputs": inputs, "parameters": {"signature_name": SIGNATURES[datatype], "binary_data_output": True}}
+    body, headers = body_of(request, data)
+    length = int(headers[HEADER])
+    header = draw(st.one_of(st.just(length), st.integers(-3, len(body) + 3).map(str), st.text(max_size=4)))
+    return body, headers | {HEADER: str(header)}
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(case=binary_bodies())
+def test_bodies_near_a_valid_one_are_answered_or_refused_never_failed(surface_app, case):
+    body, headers = case
+    response = post(surface_app.test_client(), KINDS, body, headers)
+    if response.status_code == 200:
+        answer_of(response)
+    else:
+        error_of(response, 400)
