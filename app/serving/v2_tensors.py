@@ -7,6 +7,9 @@ request once, for validating it and for the OpenAPI document.
 - An input's ``data`` is row-major, flat or nested as its ``shape`` says; its values must be of the
   datatype (JSON booleans for BOOL, whole numbers in range for the integers, numbers for FP16/32/64,
   strings for BYTES, read as base64 when the input's ``parameters`` say ``"content_type": "base64"``).
+  An input may instead come as binary data after the JSON (``parameters.binary_data_size``, the binary
+  tensor data extension: ``app.serving.v2_binary``); the model here declares that parameter, that module
+  reads the bytes.
 - An output is written flat; BYTES as strings when every element is UTF-8, else all base64 with
   ``"parameters": {"content_type": "base64"}``; floats as JSON numbers (``NaN`` and ``Infinity`` as
   Python writes them).
@@ -34,7 +37,9 @@ __all__ = [
     "InferenceRequest",
     "RequestInput",
     "RequestOutput",
+    "array_shape",
     "datatype_of",
+    "datatype_of_array",
     "input_array",
     "output_tensor",
     "read_request",
@@ -93,16 +98,23 @@ class RequestInput(_Strict):
     ]
     datatype: DatatypeName
     parameters: Parameters | None = Field(
-        default=None, description='`{"content_type": "base64"}`: BYTES data given in base64'
+        default=None,
+        description='`{"content_type": "base64"}`: BYTES data given in base64; `{"binary_data_size": <bytes>}`: '
+        "the data comes as that many bytes after the JSON (the binary tensor data extension), not in `data`",
     )
-    data: list[Any] = Field(description="The values in row-major order, flat or nested as the shape is")
+    data: list[Any] | None = Field(
+        default=None,
+        description="The values in row-major order, flat or nested as the shape is; absent for binary data",
+    )
 
 
 class RequestOutput(_Strict):
     """An output to return ($request_output)."""
 
     name: Annotated[str, Field(min_length=1)]
-    parameters: Parameters | None = None
+    parameters: Parameters | None = Field(
+        default=None, description='`{"binary_data": true}`: this output comes as binary data after the JSON'
+    )
 
 
 class InferenceRequest(_Strict):
@@ -110,7 +122,9 @@ class InferenceRequest(_Strict):
 
     id: str | None = Field(default=None, description="Returned in the response as it is")
     parameters: Parameters | None = Field(
-        default=None, description='`{"signature_name": "<name>"}` runs another signature than serving_default'
+        default=None,
+        description='`{"signature_name": "<name>"}` runs another signature than serving_default; '
+        '`{"binary_data_output": true}`: every output as binary data, but those whose `binary_data` says otherwise',
     )
     inputs: Annotated[list[RequestInput], Field(min_length=1)]
     outputs: list[RequestOutput] | None = Field(default=None, description="Only these outputs; default: all")
@@ -146,15 +160,23 @@ def _is_number(value: Any) -> bool:
     return type(value) is int or type(value) is float
 
 
-def input_array(item: RequestInput) -> np.ndarray:
-    """The input's data as an array of its datatype and shape; BadInput when the data does not fit them."""
-    row = _BY_NAME[item.datatype]
+def array_shape(item: RequestInput) -> tuple[int, ...]:
+    """The input's shape, once its element count is known to fit its data: BadInput for one no array can have."""
     shape = tuple(item.shape)
-    count = math.prod(shape)
-    values = _flat(item, shape, count)
     # Only an empty tensor gets here with a shape this big: numpy refuses one whose other dimensions overflow it.
-    if math.prod(size for size in shape if size) * row.dtype.itemsize > _INT64_MAX:
+    if math.prod(size for size in shape if size) * _BY_NAME[item.datatype].dtype.itemsize > _INT64_MAX:
         raise BadInput(f"input {item.name!r}: shape {list(shape)} is too large for an array, even an empty one")
+    return shape
+
+
+def input_array(item: RequestInput) -> np.ndarray:
+    """The input's JSON data as an array of its datatype and shape; BadInput when the data does not fit them."""
+    row = _BY_NAME[item.datatype]
+    if item.data is None:
+        raise BadInput(f"input {item.name!r} has no data")
+    count = math.prod(item.shape)
+    values = _flat(item, tuple(item.shape), count)
+    shape = array_shape(item)
     if row.name == "BYTES":
         as_base64 = (item.parameters or {}).get("content_type") == BASE64
         out = np.empty(count, dtype=object)
@@ -190,7 +212,7 @@ def _shown(value: Any) -> str:
 
 def _flat(item: RequestInput, shape: tuple[int, ...], count: int) -> list:
     """The data in row-major order: given flat, or nested exactly as the shape is."""
-    data = item.data
+    data = item.data or []
     if all(not isinstance(value, list) for value in data):
         if len(data) != count:
             raise BadInput(f"input {item.name!r}: data holds {len(data)} values, shape {list(shape)} needs {count}")
@@ -219,7 +241,7 @@ def _bytes_of(name: str, value: Any, as_base64: bool) -> bytes:
 
 def output_tensor(name: str, value: np.ndarray) -> dict[str, Any]:
     """$response_output of one output array."""
-    datatype = _datatype_of_array(value.dtype)
+    datatype = datatype_of_array(value.dtype)
     tensor: dict[str, Any] = {"name": name, "shape": list(value.shape), "datatype": datatype}
     flat = value.ravel().tolist()
     if datatype == "BYTES":
@@ -233,7 +255,8 @@ def output_tensor(name: str, value: np.ndarray) -> dict[str, Any]:
     return tensor
 
 
-def _datatype_of_array(dtype: np.dtype) -> str:
+def datatype_of_array(dtype: np.dtype) -> str:
+    """The protocol's datatype of an output array's dtype; BadInput for one it has none for."""
     try:
         return PROTOCOL_NAMES[tensors.row_of_dtype(dtype).datatype]
     except BadInput:

@@ -5,8 +5,9 @@
 - ``GET /v2/models/<name>[/versions/<version>]``: model metadata (the ``serving_default`` signature's
   tensors, the AVAILABLE versions); ``.../ready``: 200 ``{"name", "ready": true}``, 503 when not ready.
 - ``POST /v2/models/<name>[/versions/<version>]/infer``: typed tensors in and out (``app.serving.v2_tensors``),
-  through Predict on the signature ``serving_default`` or the one ``parameters.signature_name`` names, checked
-  against the backend's cached metadata (no metadata call per request).
+  as JSON or as binary data after it (``app.serving.v2_binary``, the binary tensor data extension), through
+  Predict on the signature ``serving_default`` or the one ``parameters.signature_name`` names, checked against
+  the backend's cached metadata (no metadata call per request).
 
 A version is a TF Serving version number, or a version label (``/versions/stable``). Errors are
 ``{"error": "<message>"}`` with the gateway's status for them (400 bad request, 404 unknown model,
@@ -18,12 +19,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from app.errors import BadInput, GatewayError, UnknownSignature
-from app.serving import v2_tensors
+from app.serving import v2_binary, v2_tensors
 from app.serving.base import DEFAULT_SIGNATURE, Backend, ModelRef
 from app.views.model_apis import (
     ProtocolError,
@@ -49,7 +50,7 @@ _LABEL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 def server_metadata() -> ResponseReturnValue:
     from app.views.openapi import API_VERSION
 
-    return jsonify(name=SERVER_NAME, version=API_VERSION, extensions=[])
+    return jsonify(name=SERVER_NAME, version=API_VERSION, extensions=[v2_binary.EXTENSION])
 
 
 @bp.get("/v2/health/live")
@@ -111,9 +112,9 @@ def model_ready(name: str, version: str | None = None) -> ResponseReturnValue:
 @bp.post("/v2/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None) -> ResponseReturnValue:
     name_request(name, "infer")
-    inference = v2_tensors.read_request(read_body(request))
+    inference = v2_binary.read_request(read_body(request), request.headers.get(v2_binary.HEADER))
     backend = _backend()
-    signature_name = (inference.parameters or {}).get("signature_name", DEFAULT_SIGNATURE)
+    signature_name = (inference.request.parameters or {}).get("signature_name", DEFAULT_SIGNATURE)
     if not isinstance(signature_name, str) or not signature_name:
         raise BadInput("parameters.signature_name must be a signature's name")
     ref = _ref(name, version, signature_name)
@@ -122,7 +123,7 @@ def infer(name: str, version: str | None = None) -> ResponseReturnValue:
     except SignatureNotFound as exc:
         raise _unknown_signature(ref, exc.version, exc.signatures) from None
     inputs = {}
-    for item in inference.inputs:
+    for item, data in zip(inference.request.inputs, inference.binary_inputs, strict=True):
         if item.name not in signature.inputs:
             known = ", ".join(sorted(signature.inputs)) or "none"
             raise BadInput(f"{name} has no input {item.name!r} in signature {signature_name!r} (inputs: {known})")
@@ -131,8 +132,8 @@ def infer(name: str, version: str | None = None) -> ResponseReturnValue:
         expected = v2_tensors.datatype_of(signature.inputs[item.name])
         if item.datatype != expected:
             raise BadInput(f"input {item.name!r} of {name} is {expected}, not {item.datatype}")
-        inputs[item.name] = v2_tensors.input_array(item)
-    wanted = [output.name for output in inference.outputs or ()]
+        inputs[item.name] = v2_binary.input_array(item, data)
+    wanted = [output.name for output in inference.request.outputs or ()]
     for output_name in wanted:
         if output_name not in signature.outputs:
             known = ", ".join(sorted(signature.outputs))
@@ -144,10 +145,23 @@ def infer(name: str, version: str | None = None) -> ResponseReturnValue:
     body: dict[str, Any] = {"model_name": name}
     if served.version is not None:
         body["model_version"] = str(served.version)
-    if inference.id is not None:
-        body["id"] = inference.id
-    body["outputs"] = [v2_tensors.output_tensor(output, served.outputs[output]) for output in names]
-    return jsonify(body)
+    if inference.request.id is not None:
+        body["id"] = inference.request.id
+    body["outputs"], binary = [], []
+    for output in names:
+        tensor, data = v2_binary.output_tensor(
+            output, served.outputs[output], binary=inference.output_is_binary(output)
+        )
+        body["outputs"].append(tensor)
+        binary.append(data)
+    if not any(binary):  # as Triton: no bytes after the JSON (though an empty output may be "binary"), plain JSON
+        return jsonify(body)
+    header = current_app.json.dumps(body).encode("utf-8")
+    return Response(
+        b"".join([header, *binary]),
+        content_type=v2_binary.CONTENT_TYPE,
+        headers={v2_binary.HEADER: str(len(header))},
+    )
 
 
 @bp.route("/v2/<everything:rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], merge_slashes=False)

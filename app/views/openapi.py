@@ -561,6 +561,25 @@ def _tfserving_paths(*, keyed: bool, limited: bool) -> dict[str, Any]:
     return paths
 
 
+# The binary tensor data extension of the v2 infer operation (app/serving/v2_binary.py).
+_V2_BINARY = (
+    "Tensors come in JSON, or as bytes after it (the binary tensor data extension): the body is then the "
+    "JSON request, `Inference-Header-Content-Length` bytes long, followed by the bytes of each input whose "
+    "`parameters.binary_data_size` says how many, in the order of `inputs` (row-major, little-endian, no "
+    "padding; a BOOL one byte; a BYTES element its length as a 4-byte little-endian unsigned integer, then its "
+    "bytes). Outputs whose `parameters.binary_data` is true (or, where they do not say, when the request's "
+    "`parameters.binary_data_output` is) come back so: `application/octet-stream`, the JSON, then their bytes "
+    "in the order of `outputs`, each with `parameters.binary_data_size`, the JSON's length in the same header."
+)
+_V2_HEADER = {
+    "name": "Inference-Header-Content-Length",
+    "in": "header",
+    "required": False,
+    "description": "The length in bytes of the JSON that starts a body with binary tensor data",
+    "schema": {"type": "integer", "minimum": 1},
+}
+
+
 def _v2_paths(*, keyed: bool, limited: bool) -> dict[str, Any]:
     guarded = (401,) if keyed else ()
     reads = _surface_errors(400, 404, 405, 500, 502, 503, 504, *guarded)
@@ -627,17 +646,27 @@ def _v2_paths(*, keyed: bool, limited: bool) -> dict[str, Any]:
                 },
             }
         }
+        answer = _json_response(
+            "The outputs: JSON, or with binary outputs the JSON then their bytes",
+            "V2InferenceResponse",
+            headers={_V2_HEADER["name"]: {key: _V2_HEADER[key] for key in ("description", "schema")}},
+        )
+        answer["content"]["application/octet-stream"] = {"schema": _binary()}
         paths[f"{base}/infer"] = {
             "post": {
                 "tags": ["inference-v2"],
                 "operationId": f"v2Infer{suffix}",
                 "summary": "Inference: typed tensors through Predict",
-                "parameters": [_MODEL_NAME, *parameters],
+                "description": _V2_BINARY,
+                "parameters": [_MODEL_NAME, *parameters, _V2_HEADER],
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": _ref("schemas", "InferenceRequest")}},
+                    "content": {
+                        "application/json": {"schema": _ref("schemas", "InferenceRequest")},
+                        "application/octet-stream": {"schema": _binary()},
+                    },
                 },
-                "responses": {"200": _json_response("The outputs", "V2InferenceResponse"), **runs},
+                "responses": {"200": answer, **runs},
             }
         }
     return paths
@@ -712,8 +741,10 @@ def _model_surface_schemas() -> dict[str, Any]:
                     name=string,
                     datatype=string,
                     shape={"type": "array", "items": integer},
-                    data={"type": "array"},
-                    optional={"parameters": {"type": "object"}},
+                    optional={
+                        "data": {"type": "array", "description": "Absent for an output sent as binary data"},
+                        "parameters": {"type": "object"},
+                    },
                 ),
             },
             optional={"model_version": string, "id": string},

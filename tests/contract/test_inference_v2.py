@@ -56,7 +56,9 @@ def tensor(name: str, datatype: str, shape: list[int], data: list, **parameters)
 
 def test_server_metadata_and_health(client):
     assert (
-        get(client, "/v2") == get(client, "/v2/") == {"name": "portrait-gateway", "version": "1.0.0", "extensions": []}
+        get(client, "/v2")
+        == get(client, "/v2/")
+        == {"name": "portrait-gateway", "version": "1.0.0", "extensions": ["binary_tensor_data"]}
     )
     assert get(client, "/v2/health/live") == {"live": True}
     assert get(client, "/v2/health/ready") == {"live": True, "ready": True}
