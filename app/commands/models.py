@@ -8,9 +8,9 @@ import click
 from flask import Flask, current_app
 
 from app.config import Settings
-from app.logs import import_tensorflow
 from app.modelzoo.demo import export_models
 from app.pipeline_config import PipelineConfig
+from app.serving.tensorflow_import import import_tensorflow
 
 
 def register(app: Flask) -> None:

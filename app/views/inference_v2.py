@@ -4,8 +4,8 @@
   serving_models.config has an AVAILABLE version: 200, else 503), open like /healthz.
 - ``GET /v2/models/<name>[/versions/<version>]``: model metadata (the ``serving_default`` signature's
   tensors, the AVAILABLE versions); ``.../ready``: 200 ``{"name", "ready": true}``, 503 when not ready.
-- ``POST /v2/models/<name>[/versions/<version>]/infer``: typed tensors in and out (``app.serving.v2_tensors``),
-  as JSON or as binary data after it (``app.serving.v2_binary``, the binary tensor data extension), through
+- ``POST /v2/models/<name>[/versions/<version>]/infer``: typed tensors in and out (``app.protocols.v2_tensors``),
+  as JSON or as binary data after it (``app.protocols.v2_binary``, the binary tensor data extension), through
   Predict on the signature ``serving_default`` or the one ``parameters.signature_name`` names, checked against
   the backend's cached metadata (no metadata call per request).
 
@@ -24,7 +24,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from app.errors import BadInput, GatewayError, UnknownSignature
-from app.serving import v2_binary, v2_tensors
+from app.protocols import v2_binary, v2_tensors
 from app.serving.base import DEFAULT_SIGNATURE, Backend, ModelRef
 from app.views.model_apis import (
     ProtocolError,

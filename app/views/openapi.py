@@ -673,7 +673,7 @@ def _v2_paths(*, keyed: bool, limited: bool) -> dict[str, Any]:
 
 
 def _model_surface_schemas() -> dict[str, Any]:
-    from app.serving.v2_tensors import InferenceRequest
+    from app.protocols.v2_tensors import InferenceRequest
 
     anything: dict[str, Any] = {}
     string, integer = {"type": "string"}, {"type": "integer"}

@@ -42,7 +42,7 @@ def create_backend(settings: Settings) -> Backend:
             metadata_ttl=settings.metadata_ttl,
             async_workers=settings.async_workers,
         )
-    from app.logs import import_tensorflow
+    from app.serving.tensorflow_import import import_tensorflow
 
     import_tensorflow(settings.log_level.upper())  # before the runtime imports it: its start-up noise filtered
     from app.serving.local_backend import LocalBackend

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from app.errors import BadInput
-from app.serving import tensors, v2_tensors
+from app.protocols import v2_tensors
+from app.serving import tensors
 from tests.support import model_api_servables as servables
 from tests.support.model_api_servables import (
     HALF_PLUS_TWO,

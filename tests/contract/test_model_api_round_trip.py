@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from flask import Flask
 
+from app.protocols.v2_tensors import DATATYPES
 from app.serving.base import ModelRef, TensorSpec
 from app.serving.model_config import load_model_config
-from app.serving.v2_tensors import DATATYPES
 from app.web.extensions import serving
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ request once, for validating it and for the OpenAPI document.
   datatype (JSON booleans for BOOL, whole numbers in range for the integers, numbers for FP16/32/64,
   strings for BYTES, read as base64 when the input's ``parameters`` say ``"content_type": "base64"``).
   An input may instead come as binary data after the JSON (``parameters.binary_data_size``, the binary
-  tensor data extension: ``app.serving.v2_binary``); the model here declares that parameter, that module
+  tensor data extension: ``app.protocols.v2_binary``); the model here declares that parameter, that module
   reads the bytes.
 - An output is written flat; BYTES as strings when every element is UTF-8, else all base64 with
   ``"parameters": {"content_type": "base64"}``; floats as JSON numbers (``NaN`` and ``Infinity`` as

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from app.errors import BadInput
-from app.serving import tensors, v2_tensors
-from app.serving.v2_tensors import InferenceRequest, RequestInput
+from app.protocols import v2_tensors
+from app.protocols.v2_tensors import InferenceRequest, RequestInput
+from app.serving import tensors
 
 __all__ = [
     "CONTENT_TYPE",
