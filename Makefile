@@ -8,7 +8,7 @@ PORT ?= 8000
 GATEWAY_BIND ?= $(HOST):$(PORT)
 FLASK := $(BIN)/flask --app app
 
-.PHONY: venv run test lint format clean export index check-models
+.PHONY: venv run test test-fast test-unit lint format clean export index check-models
 
 venv: $(VENV)/.installed
 
@@ -18,12 +18,23 @@ $(VENV)/.installed: requirements-gateway.txt requirements.txt requirements-dev.t
 	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	touch $@
 
+# The whole suite (what CI runs): tests/unit, tests/contract, tests/system, in that order.
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The loop while working: unit and contract tiers (no real programs, no extra virtualenv, no download).
+test-fast: venv
+	$(BIN)/python -m pytest tests/unit tests/contract $(PYTEST_ARGS)
+
+# Seconds: no TensorFlow, no subprocess.
+test-unit: venv
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+# ruff, and the import layers of pyproject.toml ([tool.importlinter]).
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: venv
 	$(BIN)/ruff check --fix .

@@ -25,7 +25,7 @@ def register(app: Flask) -> None:
             pipeline = serving.pipeline
         except GatewayError as exc:  # e.g. a serving_models.config that cannot be used
             raise click.ClickException(exc.message) from exc
-        report = check_models(pipeline, model_config=str(settings.model_config), requests=not no_request)
+        report = check_models(pipeline, model_config=str(settings.model_config_file), requests=not no_request)
         if as_json:
             click.echo(json.dumps(report.to_dict(), indent=2))
         else:

@@ -1,11 +1,17 @@
 """TF Serving client over gRPC: PredictionService and ModelService stubs, deadlines, retries, load balancing.
 
 One channel per process, opened on first use (so a gunicorn worker opens its own
-after the fork). Every call carries a deadline; UNAVAILABLE, and only that, is
-retried with jittered exponential backoff while the deadline allows. Several
-TF Serving replicas are spread over by gRPC's own ``round_robin`` policy: give
-``dns:///serving:8500`` (re-resolved by gRPC) or a comma-separated address list.
-gRPC status codes become GatewayErrors here, through ``app.errors``' one table.
+after the fork). Every call carries a deadline. Every call the backend makes is
+idempotent (Predict, Classify, Regress, metadata, status), so a call lost by the
+server side is tried again, on another replica where there is one, with jittered
+exponential backoff while the deadline allows: UNAVAILABLE (no connection, a reset
+connection), CANCELLED (a replica that shut down with the call in flight: this
+client never cancels a call it is waiting for), and a stream the transport tore
+down (RST_STREAM, GOAWAY). The client's own deadline is never retried, nor is any
+answer of the model's. Several TF Serving replicas are spread over by gRPC's own
+``round_robin`` policy: give ``dns:///serving:8500`` (re-resolved by gRPC) or a
+comma-separated address list. gRPC status codes become GatewayErrors here, through
+``app.errors``' one table.
 """
 
 from __future__ import annotations
@@ -45,6 +51,19 @@ from app.serving.protos.tensorflow_serving.apis import (
 )
 
 MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving itself accepts up to 2 GB
+# What gRPC's core says when the transport, not the server's code, ended a stream (it answers INTERNAL or UNKNOWN):
+# a replica's connection torn down mid-call, which another replica can answer.
+_TRANSPORT_LOSSES = ("RST_STREAM", "GOAWAY", "Stream removed", "Socket closed", "Connection reset")
+
+
+def lost_by_the_server(code: grpc.StatusCode, details: str) -> bool:
+    """Whether a call ended because the server side or the connection lost it (worth another replica), not because
+    the model or the client said so. The backend never cancels a call it waits for, so CANCELLED is the server's."""
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        return True
+    return code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN) and any(
+        sign in details for sign in _TRANSPORT_LOSSES
+    )
 
 
 def channel_target(target: str) -> tuple[str, bool]:
@@ -192,7 +211,7 @@ class GrpcBackend(Backend):
                 code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
                 details = (exc.details() if callable(getattr(exc, "details", None)) else None) or ""
                 attempt += 1
-                if code == grpc.StatusCode.UNAVAILABLE and attempt < self.max_attempts:
+                if lost_by_the_server(code, details) and attempt < self.max_attempts:
                     # Full jitter: spread the retries of many clients so they do not arrive together.
                     pause = random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
                     if time.monotonic() + pause < deadline:

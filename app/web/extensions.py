@@ -48,7 +48,7 @@ def create_backend(settings: Settings) -> Backend:
     from app.serving.local_backend import LocalBackend
 
     return LocalBackend(
-        settings.model_config,
+        settings.model_config_file,
         models_root=settings.models_root,
         timeout=settings.timeout,
         poll_interval=settings.poll_interval,
@@ -192,7 +192,7 @@ class Serving:
         self.pipeline_file = PipelineFile(settings.pipeline_path(), required=settings.pipeline_config is not None)
         self._looked_at = time.monotonic()
         self._reload_lock = threading.Lock()
-        self.configured_labels = ConfiguredLabels(settings.model_config, settings.models_root)
+        self.configured_labels = ConfiguredLabels(settings.model_config_file, settings.models_root)
         self._backend: Backend | None = None
         self._pid: int | None = None
         self._failure: str | None = None  # why this process's backend did not start
@@ -307,7 +307,7 @@ class Serving:
         where = (
             f"TF Serving at {settings.serving_target}"
             if settings.backend == "grpc"
-            else f"the embedded runtime over {settings.model_config}"
+            else f"the embedded runtime over {settings.model_config_file}"
         )
         found = ", ".join(
             f"{name}={stage.servable}" + (f" v{report.signature.version}" if report.signature else " (not yet)")

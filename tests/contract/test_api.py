@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -69,7 +68,7 @@ def make_app(demo_app: Flask) -> Iterator[AppFactory]:
     doubles: list[TFServingDouble] = []
 
     def make(*, serve_config: Path | None = None, **overrides) -> Flask:
-        settings = dataclasses.asdict(demo_app.config["GATEWAY_SETTINGS"]) | {"warmup": False}
+        settings = demo_app.config["GATEWAY_SETTINGS"].model_dump() | {"warmup": False}
         if serve_config is not None:
             settings["model_config"] = serve_config
             if demo_app.double is not None:  # the gateway and TF Serving read the same file

@@ -24,7 +24,7 @@ def test_settings_defaults_env_and_overrides():
     assert settings.pipeline_path() == Path("/etc/p.toml")
     defaults = Settings.load(environ={})
     assert defaults.backend == "local"
-    assert defaults.pipeline_path() == defaults.model_config.parent / "pipeline.toml"
+    assert defaults.pipeline_path() == defaults.model_config_file.parent / "pipeline.toml"
 
 
 @pytest.mark.parametrize(

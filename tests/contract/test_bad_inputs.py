@@ -508,7 +508,7 @@ def watch(demo_app: Flask, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """
     private_temp = tmp_path_factory.mktemp("gateway-temp")
     system_temp = Path(tempfile.gettempdir())
-    serving_dir = Path(demo_app.config["GATEWAY_SETTINGS"].model_config).parent
+    serving_dir = Path(demo_app.config["GATEWAY_SETTINGS"].model_config_file).parent
     own = [serving_dir, private_temp]
     shared = [PROJECT_ROOT] if Path.cwd().is_relative_to(PROJECT_ROOT) else [PROJECT_ROOT, Path.cwd()]
     saved = tempfile.tempdir

@@ -38,7 +38,7 @@ def sample(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
 
 def demo_servables(app: Flask) -> list[str]:
     settings = app.config["GATEWAY_SETTINGS"]
-    return [servable.name for servable in load_model_config(settings.model_config, check_paths=False).servables]
+    return [servable.name for servable in load_model_config(settings.model_config_file, check_paths=False).servables]
 
 
 def as_array(values, like: np.ndarray) -> np.ndarray:

@@ -232,7 +232,7 @@ def test_cli_build_index_then_served_as_new_version(cli_app, mixed_gallery):
     assert "image/" not in result.output  # CLI words, not HTTP's
     assert "no face found: coffee.jpg" in result.output
     assert "skipped" in result.output and "notes.txt" in result.output
-    base = cli_app.config["GATEWAY_SETTINGS"].model_config.parent / "serving_models" / "latent_search_model"
+    base = cli_app.config["GATEWAY_SETTINGS"].model_config_file.parent / "serving_models" / "latent_search_model"
     assert list_versions(base) == [1, 2]
 
 

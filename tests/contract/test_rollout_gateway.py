@@ -270,7 +270,7 @@ def test_weights_change_without_a_restart_and_a_bad_file_keeps_the_last_good_one
 def test_a_version_removed_mid_run_under_8_clients_fails_no_request(canary_app):
     """Last in the module: it takes latent_search_model version 3 away."""
     use_pipeline(canary_app, with_rollout(search="traffic = { 1 = 50, 3 = 50 }"))
-    models = Path(serving(canary_app).settings.model_config).parent / "serving_models" / "latent_search_model"
+    models = Path(serving(canary_app).settings.model_config_file).parent / "serving_models" / "latent_search_model"
     seen: list[tuple[float, str, int]] = []
     failures: list[str] = []
     stop = threading.Event()

@@ -5,7 +5,9 @@ the same runtime) with a server interceptor in front of every call:
 
 - ``delay`` seconds before each answer (``delays[name]`` before each call naming one servable only);
 - ``fail_with`` a status code for every call, ``fail_next(n, code)`` for the next n calls only;
-- ``calls`` counts what arrived, by method name;
+- ``cancel_next(n)``: the next n calls are cancelled by the server while in flight (``context.cancel()``), as a
+  replica that shuts down mid-call does;
+- ``calls`` counts what arrived, by method name, and ``wait_for_calls(method, n)`` waits until n have;
 - ``stop()``, ``start()`` again on the same port, ``restart()``, and ``reset()`` to a healthy server.
 """
 
@@ -33,8 +35,10 @@ class FaultInjector(grpc.ServerInterceptor):
         self.delays: dict[str, float] = {}
         self.fail_with: grpc.StatusCode | None = None
         self.queued: list[grpc.StatusCode] = []
+        self.cancels = 0
         self.calls: Counter[str] = Counter()
         self.lock = threading.Lock()
+        self.arrived = threading.Condition(self.lock)
 
     def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails
@@ -47,22 +51,29 @@ class FaultInjector(grpc.ServerInterceptor):
 
         def faulty(request: Any, context: grpc.ServicerContext) -> Any:
             servable = request.model_spec.name if method == "Predict" else ""
-            self.enter(method, context, servable)
+            if self.enter(method, context, servable):
+                context.cancel()  # the client sees CANCELLED, as from a replica that stopped mid-call
+                return None
             return answer(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
             faulty, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
         )
 
-    def enter(self, method: str, context: grpc.ServicerContext, servable: str) -> None:
+    def enter(self, method: str, context: grpc.ServicerContext, servable: str) -> bool:
+        """Count the call, delay it, fail it; True when it is to be cancelled instead of answered."""
         with self.lock:
             self.calls[method] += 1
+            self.arrived.notify_all()
             injected = self.queued.pop(0) if self.queued else self.fail_with
             delay = self.delays.get(servable, self.delay)
+            cancel = self.cancels > 0
+            self.cancels -= cancel
         if delay:
             time.sleep(delay)
         if injected is not None:
             context.abort(injected, f"{self.name}: injected {injected.name}")
+        return cancel
 
 
 class TFServingDouble(ModelServer):
@@ -101,10 +112,21 @@ class TFServingDouble(ModelServer):
         with self.faults.lock:
             self.faults.queued.extend([code] * count)
 
+    def cancel_next(self, count: int) -> None:
+        with self.faults.lock:
+            self.faults.cancels += count
+
+    def wait_for_calls(self, method: str, count: int, timeout: float = 10.0) -> None:
+        """Block until ``count`` calls of ``method`` have arrived (AssertionError past ``timeout`` seconds)."""
+        with self.faults.arrived:
+            arrived = self.faults.arrived.wait_for(lambda: self.faults.calls[method] >= count, timeout)
+        assert arrived, f"{self.name}: {self.faults.calls[method]} of {count} {method} calls arrived in {timeout:g}s"
+
     def reset(self) -> None:
         """Back to a healthy, prompt, running server."""
         with self.faults.lock:
             self.faults.delay, self.faults.fail_with = 0.0, None
             self.faults.delays.clear()
             self.faults.queued.clear()
+            self.faults.cancels = 0
         self.start()

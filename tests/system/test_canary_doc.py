@@ -90,7 +90,7 @@ class Recipe:
 
     def __init__(self, app: Flask) -> None:
         self.app = app
-        self.config = Path(serving(app).settings.model_config)
+        self.config = Path(serving(app).settings.model_config_file)
         self.blocks = recipe()
         self.failures: list[str] = []
         self.sent = 0  # by the client that searches throughout
