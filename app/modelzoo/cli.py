@@ -1,4 +1,4 @@
-"""Model zoo commands on Flask's CLI (`flask --app app ...`): export-models, build-index, check-models.
+"""Model zoo commands on Flask's CLI (`flask --app app ...`): export-models, build-index, check-models, pull-models.
 
 Each command is a thin shell over a pure function that tests call directly.
 """
@@ -113,8 +113,10 @@ def export_models(root: Path, *, if_missing: bool = False, echo: Callable[[str],
 def register(app: Flask) -> None:
     """Add the model zoo commands to the app's CLI."""
     from app.modelzoo import check
+    from app.storage import cli as storage_cli
 
     check.register(app)
+    storage_cli.register(app)  # pull-models: the storage initializer (app/storage/)
 
     @app.cli.command("export-models")
     @click.option("--if-missing", is_flag=True, help="Keep servables that already have a version.")
