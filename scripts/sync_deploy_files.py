@@ -38,7 +38,7 @@ def _same(text: str) -> str:
 def under_mnt_models(text: str) -> str:
     """serving_models.config for a predictor whose storage initializer writes to /mnt/models."""
     if MODELS_PREFIX not in text:
-        raise SystemExit(f"serving_models.config has no {MODELS_PREFIX}…\" base path to move under /mnt/models")
+        raise SystemExit(f'serving_models.config has no {MODELS_PREFIX}…" base path to move under /mnt/models')
     return text.replace(MODELS_PREFIX, MOUNTED_MODELS_PREFIX)
 
 
