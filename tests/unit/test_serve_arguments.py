@@ -57,7 +57,7 @@ def test_no_arguments_change_nothing() -> None:
 
 @pytest.mark.parametrize("argv", [["--http_port", "70000"], ["--workers", "0"]])
 def test_impossible_values_stop_with_a_message(argv: list[str]) -> None:
-    with pytest.raises(SystemExit, match="--http_port|--workers"):
+    with pytest.raises(SystemExit, match=r"--http_port|--workers"):
         environment(argv)
 
 
