@@ -8,7 +8,7 @@ PORT ?= 8000
 GATEWAY_BIND ?= $(HOST):$(PORT)
 FLASK := $(BIN)/flask --app app
 
-.PHONY: venv run test test-fast test-unit lint format clean export index check-models
+.PHONY: venv run test test-fast test-unit lint format clean export index check-models deploy-files
 
 venv: $(VENV)/.installed
 
@@ -60,3 +60,8 @@ index: venv
 # Check every servable against pipeline.toml; exits 1 on a misfit (CHECK_ARGS=--json for CI).
 check-models: venv
 	$(FLASK) check-models $(CHECK_ARGS)
+
+# Rewrite the copies of serving_models.config, pipeline.toml and deploy/'s files that the kustomizations
+# (deploy/k8s, deploy/kserve, deploy/seldon) generate their ConfigMaps from; the tests fail until they match.
+deploy-files: venv
+	$(BIN)/python scripts/sync_deploy_files.py

@@ -280,7 +280,21 @@ def test_the_cpu_override_only_touches_serving():
 
 def test_no_version_key_and_the_three_services():
     assert "version" not in compose()
-    assert set(compose()["services"]) == {"models", "serving", "gateway"}
+    services = compose()["services"]
+    assert {name for name, spec in services.items() if not spec.get("profiles")} == {"models", "serving", "gateway"}
+
+
+def test_the_pull_profile_pulls_the_model_uri_into_the_served_folder():
+    """Optional (`--profile pull`): the thin image's storage initializer writes where serving reads."""
+    pull = service("pull-models")
+    assert pull["profiles"] == ["pull"] and pull["build"]["target"] == "gateway"
+    assert pull["command"][:4] == ["flask", "--app", "app", "pull-models"] and "--if-missing" in pull["command"]
+    source, dest = pull["command"][-2:]
+    assert source == "${MODEL_URI:-}"
+    [mount] = [m for m in pull["volumes"] if m.split(":")[1] == dest]
+    served = [m.split(":")[0] for m in service("serving")["volumes"] if m.split(":")[1] == "/models"]
+    assert served == [mount.split(":")[0]]
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"} <= set(pull["environment"])
 
 
 def test_every_servable_in_the_config_is_mounted_into_serving():
