@@ -10,9 +10,9 @@ import grpc
 import numpy as np
 import pytest
 
-from app.errors import BadInput, DeadlineExceeded, ServingUnavailable
+from app.errors import BadInput, DeadlineExceeded, ModelFailure, ServingUnavailable
 from app.serving.base import ModelRef
-from app.serving.grpc_backend import GrpcBackend, channel_target
+from app.serving.grpc_backend import GrpcBackend, channel_target, lost_by_the_server
 from tests.support import servables
 from tests.support.double import TFServingDouble
 from tests.support.gateway import make_serving_dir
@@ -115,12 +115,51 @@ def test_retries_stop_after_max_attempts(server, client):
     assert server.calls["Predict"] - before == client.max_attempts
 
 
+def test_a_call_the_server_cancels_in_flight_is_retried(server, client):
+    before = server.calls["Predict"]
+    server.cancel_next(1)  # as a replica shutting down with the call in flight answers it: CANCELLED
+    np.testing.assert_allclose(client.predict(REF, {"x": X})["y"], 0.5 * X + 3)
+    assert server.calls["Predict"] - before == 2
+
+
+def test_metadata_and_status_cancelled_by_the_server_are_retried(server, client):
+    server.cancel_next(2)
+    assert client.model_status("half_plus")[0].state == "AVAILABLE"
+    assert client.get_model_metadata(ModelRef("half_plus", version=1)).model_spec.version.value == 1
+
+
+def test_the_clients_own_deadline_is_not_retried(server):
+    server.delay = 1.0
+    with GrpcBackend(server.address, timeout=5.0, max_attempts=5) as backend:
+        before = server.calls["Predict"]
+        with pytest.raises(DeadlineExceeded):
+            backend.predict(REF, {"x": X}, timeout=0.3)
+    assert server.calls["Predict"] - before == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "lost"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, "Connection reset by peer", True),
+        (grpc.StatusCode.CANCELLED, "Cancelled", True),
+        (grpc.StatusCode.INTERNAL, "Received RST_STREAM with error code 2", True),
+        (grpc.StatusCode.UNKNOWN, "Stream removed", True),
+        (grpc.StatusCode.INTERNAL, "Matrix size-incompatible: In[0]: [1,3], In[1]: [4,1]", False),  # the model's
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", False),  # the client's own deadline
+        (grpc.StatusCode.INVALID_ARGUMENT, "input size does not match signature", False),
+    ],
+)
+def test_what_counts_as_lost_by_the_server(code, details, lost):
+    assert lost_by_the_server(code, details) is lost
+
+
 @pytest.mark.parametrize(
     ("code", "error"),
     [
         (grpc.StatusCode.INVALID_ARGUMENT, BadInput),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, ServingUnavailable),
         (grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceeded),
+        (grpc.StatusCode.INTERNAL, ModelFailure),
     ],
 )
 def test_other_codes_are_not_retried(server, client, code, error):

@@ -88,3 +88,19 @@ def test_one_replica_stopped_mid_run_loses_no_call(replicas):
     # The stopped replica answered only in the first half; the others took the rest.
     assert counts[1] < CALLS // 2
     assert counts[0] + counts[2] >= CALLS // 2
+
+
+def test_a_replica_stopped_with_calls_in_flight_loses_none(replicas):
+    """A replica that stops while it holds calls cancels them (CANCELLED): each is answered by another replica."""
+    slow, others = replicas[0], replicas[1:]
+    with GrpcBackend(_target(replicas), max_attempts=3, timeout=20.0) as backend:
+        _warm_up(backend, replicas)
+        slow.delay = 5.0  # the calls round_robin sends it wait there until it stops
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            answers = [pool.submit(backend.predict, REF, {"x": X}) for _ in range(6)]
+            slow.wait_for_calls("Predict", 1)
+            slow.stop(grace=0.5)  # it drains for half a second, then cancels what it still holds (CANCELLED)
+            for answer in answers:
+                np.testing.assert_allclose(answer.result(timeout=20)["y"], 0.5 * X + 2)
+    assert slow.calls["Predict"] >= 1  # it held calls when it stopped, and answered none of them
+    assert sum(d.calls["Predict"] for d in others) == 6
