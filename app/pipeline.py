@@ -18,23 +18,25 @@ once the whole answer is ready. The result names the arm that served each stage.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from app import images
-from app.errors import BadInput, ModelFailure, NoFaceFound
+from app.errors import BadInput, DeadlineExceeded, GatewayError, ModelFailure, NoFaceFound, ServingUnavailable
 from app.pipeline_check import Misfit, PipelineMisfit, check_signature, fit_latent
 from app.pipeline_config import DEFAULT_PIPELINE, STAGE_NAMES, PipelineConfig, StageConfig
 from app.rollout import SHADOWS_IN_FLIGHT, LabelSource, Pin, Pins, RolloutObserver, Rollouts, Routing
 from app.serving.base import Backend, ModelRef, Served, SignatureMetadata
 
-__all__ = ["Face", "Match", "Photo", "Pin", "Pins", "Pipeline", "PortraitResult", "pins_from"]
+__all__ = ["Face", "Match", "Photo", "Pin", "Pins", "Pipeline", "PortraitResult", "SearchFound", "pins_from"]
 
 MAX_K = 100
 # A JPEG is first decoded at a reduced scale with at least this long side (Pillow draft).
@@ -93,6 +95,15 @@ class Match:
         return {"index": self.index, "filename": self.filename, "distance": self.distance}
 
 
+class SearchFound(NamedTuple):
+    """What the search stage found: the matches (of one query, or a list per query), the gallery version that
+    answered, and the shards of a sharded gallery that could not answer (when the pipeline file allows that)."""
+
+    matches: list
+    version: int
+    missing: tuple[str, ...] = ()
+
+
 @dataclass
 class Photo:
     """A decoded upload: the pixels used, and the size of the photo as sent."""
@@ -127,6 +138,7 @@ class PortraitResult:
     crop: np.ndarray  # the face as shown: the translator's crop, else the encoder's
     crops: dict[str, np.ndarray] = field(default_factory=dict)  # what each stage was fed, by stage
     matches: list[Match] | None = None
+    missing_shards: tuple[str, ...] = ()  # shards of the gallery that did not answer (a partial answer)
     anime: np.ndarray | None = None
     versions: dict[str, int] = field(default_factory=dict)
     arms: dict[str, str] = field(default_factory=dict)  # stage -> the rollout arm that served it
@@ -187,6 +199,7 @@ class Pipeline:
         self.max_pixels = max_pixels
         self.timeout = timeout
         self._gallery_sizes: dict[tuple[str, int], int] = {}
+        self._shards: ThreadPoolExecutor | None = None
         # (servable, version, signature) -> misfits found when that version was first seen.
         self._checked: dict[tuple[str, int, str], list[Misfit]] = {}
         self._check_lock = threading.Lock()
@@ -207,13 +220,17 @@ class Pipeline:
         with contextlib.nullcontext() if model_timings is None else _timed(model_timings, stage):
             return self.backend.predict_versioned(ref, inputs, timeout=self.timeout)
 
-    def _ref(self, stage: str, pins: Pins | None, signature: str | None = None) -> ModelRef:
+    def _ref(
+        self, stage: str, pins: Pins | None, signature: str | None = None, servable: str | None = None
+    ) -> ModelRef:
         pin = (pins or {}).get(stage, Pin())
-        return self.config[stage].ref(version=pin.version, label=pin.label, signature=signature)
+        return self.config[stage].ref(version=pin.version, label=pin.label, signature=signature, servable=servable)
 
-    def _metadata(self, stage: str, pins: Pins | None) -> tuple[ModelRef, SignatureMetadata]:
+    def _metadata(
+        self, stage: str, pins: Pins | None, servable: str | None = None
+    ) -> tuple[ModelRef, SignatureMetadata]:
         """The ref of a stage's call and its signature, checked against the stage the first time a version is seen."""
-        ref = self._ref(stage, pins)
+        ref = self._ref(stage, pins, servable=servable)
         meta = self.backend.metadata(ref)
         key = (ref.name, meta.version, ref.signature)
         misfits = self._checked.get(key)
@@ -314,20 +331,30 @@ class Pipeline:
         return max(images.image_size_of(meta.inputs[config.inputs["image"]], config.image.size))
 
     def gallery_size(self, pins: Pins | None = None) -> int | None:
-        """How many faces the search servable holds (None if the pipeline file names no size signature)."""
+        """How many faces the gallery holds, every shard's together (None if the pipeline file names no size
+        signature)."""
+        sizes = self._shard_sizes(pins)
+        return None if sizes is None else sum(sizes.values())
+
+    def _shard_sizes(self, pins: Pins | None) -> dict[str, int] | None:
+        """Each search servable's (each shard's) gallery size, asked once per version."""
         stage = self.config.search
         signature = stage.signatures.get("size")
         if signature is None:
             return None
-        ref = self._ref("search", pins)
-        expected = self.backend.metadata(ref).version  # cached: possibly a version already replaced
-        size = self._gallery_sizes.get((stage.servable, expected))
-        if size is None:
-            # Asked of the ref itself, never of a version pinned from metadata that may be gone by now.
-            out, served = self.backend.predict_versioned(self._ref("search", pins, signature), {}, self.timeout)
-            size = int(np.asarray(out["size"]).reshape(-1)[0])
-            self._gallery_sizes[(stage.servable, expected if served is None else served)] = size
-        return size
+        sizes = {}
+        for servable in stage.servables:
+            ref = self._ref("search", pins, servable=servable)
+            expected = self.backend.metadata(ref).version  # cached: possibly a version already replaced
+            size = self._gallery_sizes.get((servable, expected))
+            if size is None:
+                # Asked of the ref itself, never of a version pinned from metadata that may be gone by now.
+                asked = self._ref("search", pins, signature, servable=servable)
+                out, served = self.backend.predict_versioned(asked, {}, self.timeout)
+                size = int(np.asarray(out["size"]).reshape(-1)[0])
+                self._gallery_sizes[(servable, expected if served is None else served)] = size
+            sizes[servable] = size
+        return sizes
 
     def check_k(self, k: int, pins: Pins | None = None) -> None:
         if not 1 <= k <= MAX_K:
@@ -370,35 +397,101 @@ class Pipeline:
 
     def search(
         self, latent: np.ndarray, k: int, pins: Pins | None = None, model_timings: dict[str, float] | None = None
-    ) -> tuple[list[Match], int]:
-        """The k nearest gallery faces to one face's latent, and the search servable version that answered."""
+    ) -> SearchFound:
+        """The k nearest gallery faces to one face's latent (every shard searched, the k nearest of all kept)."""
+        found = self.search_many(np.asarray(latent)[np.newaxis], k, pins, model_timings)
+        return SearchFound(found.matches[0], found.version, found.missing)
+
+    def search_many(
+        self, latents: np.ndarray, k: int, pins: Pins | None = None, model_timings: dict[str, float] | None = None
+    ) -> SearchFound:
+        """The k nearest gallery faces to each of several latents (``[B, *latent]``), in one call per servable."""
         stage = self.config.search
-        ref, meta = self._metadata("search", pins)
+        if len(stage.servables) == 1:
+            matches, version = self._search_servable(stage.servable, latents, k, pins, model_timings)
+            return SearchFound(matches, version)
+        sizes = self._shard_sizes(pins) or {}
+        with contextlib.nullcontext() if model_timings is None else _timed(model_timings, "search"):
+            futures = {
+                servable: self._shard_pool().submit(
+                    self._search_servable, servable, latents, min(k, sizes.get(servable, k)), pins, None
+                )
+                for servable in stage.servables
+            }
+            answers, missing = {}, []
+            for servable, future in futures.items():
+                try:
+                    answers[servable] = future.result()
+                except (ServingUnavailable, DeadlineExceeded, GatewayError) as exc:
+                    if not stage.partial or not isinstance(exc, ServingUnavailable | DeadlineExceeded):
+                        raise _shard_failed(servable, exc) from exc
+                    missing.append(servable)
+        if not answers:
+            raise ServingUnavailable(f"no shard of the gallery answered ({', '.join(missing)})")
+        merged = [
+            heapq.nsmallest(k, (match for matches, _ in answers.values() for match in matches[query]),
+                            key=lambda match: match.distance)
+            for query in range(len(latents))
+        ]  # fmt: skip
+        return SearchFound(merged, max(version for _, version in answers.values()), tuple(missing))
+
+    def _shard_pool(self) -> ThreadPoolExecutor:
+        """Threads for the shards' calls: their own pool (a search already runs on the backend's, which must not
+        wait on itself)."""
+        with self._check_lock:
+            if self._shards is None:
+                self._shards = ThreadPoolExecutor(
+                    max_workers=4 * len(self.config.search.servables), thread_name_prefix="search-shard"
+                )
+            return self._shards
+
+    def _search_servable(
+        self,
+        servable: str,
+        latents: np.ndarray,
+        k: int,
+        pins: Pins | None,
+        model_timings: dict[str, float] | None,
+    ) -> tuple[list[list[Match]], int]:
+        """One search servable's k nearest faces to each latent, and its version that answered."""
+        stage = self.config.search
+        ref, meta = self._metadata("search", pins, servable=servable)
         latent_spec, k_spec = meta.inputs[stage.inputs["latent"]], meta.inputs[stage.inputs["k"]]
         try:
-            query = fit_latent(latent, latent_spec).astype(latent_spec.dtype, copy=False)
+            fitted = [fit_latent(latent, latent_spec).astype(latent_spec.dtype, copy=False) for latent in latents]
         except ValueError as exc:
             raise PipelineMisfit(
                 self.config.source,
                 [("search", Misfit("search.inputs", str(exc), "index the gallery with the encoder the pipeline uses"))],
             ) from exc
+        batched = latent_spec.shape is None or (latent_spec.shape[0] is None and fitted[0].shape[:1] == (1,))
+        if len(latents) > 1 and not batched:  # a servable of batch one: one call a query
+            answers = [
+                self._search_servable(servable, latent[np.newaxis], k, pins, model_timings) for latent in latents
+            ]
+            return [matches[0] for matches, _ in answers], max(version for _, version in answers)
+        queries = fitted[0] if len(latents) == 1 else np.concatenate(fitted)
         k_value = np.asarray(k, dtype=k_spec.dtype)
         if k_spec.shape is not None and len(k_spec.shape) == 1:
             k_value = k_value.reshape(1)
         out, version = self._predict(
-            "search", ref, {stage.inputs["latent"]: query, stage.inputs["k"]: k_value}, model_timings
+            "search", ref, {stage.inputs["latent"]: queries, stage.inputs["k"]: k_value}, model_timings
         )
         if version is None:  # a backend that does not say which version answered
             version = self.backend.metadata(ref).version
-        distances = _rows(stage, "distances", out, 1)
-        indices = _rows(stage, "indices", out, 1)
-        filenames = _rows(stage, "filenames", out, 1)
-        if not len(distances) == len(indices) == len(filenames):
+        rank = 1 if len(latents) == 1 else 2
+        columns = [_rows(stage, role, out, rank) for role in ("distances", "indices", "filenames")]
+        if len(latents) == 1:
+            columns = [column[np.newaxis] for column in columns]
+        distances, indices, filenames = columns
+        if not distances.shape == indices.shape == filenames.shape or len(distances) != len(latents):
             raise ModelFailure(
-                f"{stage.servable}: {len(distances)} distances, {len(indices)} indices and {len(filenames)} file names"
+                f"{servable}: distances {list(distances.shape)}, indices {list(indices.shape)} and file names "
+                f"{list(filenames.shape)} for {len(latents)} queries"
             )
         matches = [
-            Match(int(i), _text(name), float(d)) for i, name, d in zip(indices, filenames, distances, strict=True)
+            [Match(int(i), _text(name), float(d)) for i, name, d in zip(row_i, row_f, row_d, strict=True)]
+            for row_i, row_f, row_d in zip(indices, filenames, distances, strict=True)
         ]
         return matches, version
 
@@ -533,7 +626,7 @@ class Pipeline:
             with _timed(timings, "search"):
                 found = routing.call("search", lambda pinned: self.search(latents[0], k, pinned, model_timings))
             routing.shadow("search", lambda pinned: self.search(latents[0], k, pinned), found)
-            result.matches, result.versions["search"] = found
+            result.matches, result.versions["search"], result.missing_shards = found
         if meanwhile is not None:
             result.meanwhile = meanwhile(result)
 
@@ -544,3 +637,9 @@ class Pipeline:
             anime = routing.call("translate", lambda pinned: self.translate(crop, pinned, model_timings))
         routing.shadow("translate", lambda pinned: self.translate(crop, pinned), anime)
         return anime
+
+
+def _shard_failed(servable: str, exc: GatewayError) -> GatewayError:
+    """A shard's failure, said as the gallery's: which shard, and what it answered (the same status)."""
+    exc.message = f"the gallery's shard {servable} did not answer: {exc.message}"
+    return exc

@@ -223,8 +223,25 @@ class StageConfig(_Strict):
             )
         return self
 
-    def ref(self, *, version: int | None = None, label: str | None = None, signature: str | None = None) -> ModelRef:
-        return ModelRef(self.servable, version=version, label=label, signature=signature or self.signature)
+    def ref(
+        self,
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        signature: str | None = None,
+        servable: str | None = None,
+    ) -> ModelRef:
+        """A call of this stage: its servable (or one of its shards), version or label, and signature."""
+        return ModelRef(servable or self.servable, version=version, label=label, signature=signature or self.signature)
+
+    @property
+    def servables(self) -> tuple[str, ...]:
+        """Every servable the stage calls (its shards, for a sharded search)."""
+        return (self.servable,)
+
+    def for_servable(self, servable: str) -> StageConfig:
+        """This stage as it calls one of its servables (a shard)."""
+        return self.model_copy(update={"servable": servable})
 
 
 class Cropped(StageConfig):
@@ -325,6 +342,33 @@ class SearchStage(StageConfig):
     outputs: SearchOutputs = SearchOutputs()
     signatures: SearchSignatures = SearchSignatures()
     reading: DistanceReading = DistanceReading()
+    # A gallery split over several servables (build-index --shards N writes them): each is searched at once and
+    # the k nearest of all are merged. Then `servable` only names the gallery (build-index names shards after it).
+    shards: tuple[ServableName, ...] = ()
+    # A shard that cannot answer: the request fails with 503 naming it (false), or the others answer and the
+    # answer says which shard was missing (true).
+    partial: bool = False
+
+    @property
+    def servables(self) -> tuple[str, ...]:
+        return self.shards or (self.servable,)
+
+    @model_validator(mode="after")
+    def _sharded(self) -> SearchStage:
+        if not self.shards:
+            if self.partial:
+                raise ValueError("partial = true needs shards: name the gallery's shard servables, or remove partial")
+            return self
+        if len(self.shards) < 2:
+            raise ValueError(f"shards names {len(self.shards)} servable: a sharded gallery has at least two")
+        if len(set(self.shards)) != len(self.shards):
+            raise ValueError("shards names a servable twice: each shard is its own servable")
+        if self.traffic or self.shadow:
+            raise ValueError(
+                "traffic and shadow split one servable between versions; a sharded gallery's versions move "
+                "together: pin versions with the request's search_version instead, or remove shards"
+            )
+        return self
 
 
 class TranslateInputs(Roles):
@@ -380,7 +424,7 @@ class PipelineConfig(_Strict):
     @property
     def servables(self) -> tuple[str, ...]:
         """Each servable the pipeline calls, once, in stage order: what readiness waits for."""
-        return tuple(dict.fromkeys(stage.servable for stage in self.stages.values()))
+        return tuple(dict.fromkeys(servable for stage in self.stages.values() for servable in stage.servables))
 
     def describe(self) -> dict[str, Any]:
         """The wiring as JSON, for /api/v1/models and check-models."""

@@ -50,8 +50,8 @@ def _config_text(servables: dict[str, Path]) -> str:
 def index_demo_gallery(root: Path, version: int = 1) -> None:
     """Build the demo gallery index (every face of the sample photos) with the detector and encoder just
     exported, served in-process, as the gateway will find and encode faces."""
-    from app.modelzoo import blazeface, encoder, search
-    from app.modelzoo.gallery import build_index
+    from app.gallery.build import BuildRequest, build_gallery
+    from app.modelzoo import blazeface, encoder
     from app.serving.local_backend import LocalBackend
 
     with tempfile.TemporaryDirectory(prefix="demo-gallery-") as scratch:
@@ -60,15 +60,9 @@ def index_demo_gallery(root: Path, version: int = 1) -> None:
         servables = [blazeface.SERVABLE_NAME, encoder.SERVABLE_NAME]
         config.write_text(_config_text({name: root / name for name in servables}), encoding="utf-8")
         gallery = write_demo_gallery(scratch_path / "gallery")
+        request = BuildRequest(folder=gallery, all_faces=True, search="exact", version=version)
         with LocalBackend(config, poll_interval=0) as backend:
-            build_index(
-                gallery,
-                backend,
-                root / search.SERVABLE_NAME,
-                config=demo_pipeline(),
-                all_faces=True,
-                version=version,
-            )
+            build_gallery(request, backend, demo_pipeline(), root)
 
 
 def export_models(root: Path, *, if_missing: bool = False, echo: Callable[[str], None] = print) -> list[str]:

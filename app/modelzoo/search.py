@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from app.modelzoo.export import save_servable, warmup_log
+from app.serving.layout import ExtraFile
 
 SERVABLE_NAME = "latent_search_model"
 SEARCH_SIGNATURE = "serving_default"
@@ -94,8 +95,19 @@ def _gallery_arrays(latents: np.ndarray, filenames: Sequence[str]) -> tuple[np.n
 class LatentSearch(tf.Module):
     """Exact squared-L2 top-k search over a gallery held in non-trainable variables."""
 
-    def __init__(self, latents: np.ndarray, filenames: Sequence[str], name: str | None = "latent_search") -> None:
+    def __init__(
+        self,
+        latents: np.ndarray,
+        filenames: Sequence[str],
+        name: str | None = "latent_search",
+        *,
+        index_stride: int = 1,
+        index_offset: int = 0,
+    ) -> None:
         super().__init__(name=name)
+        # A shard's faces are numbered position * stride + offset (shard i of n: stride n, offset i), so the faces of
+        # every shard of a gallery have indices apart, whatever the other shards hold.
+        self.index_stride, self.index_offset = int(index_stride), int(index_offset)
         flat, norms, names = _gallery_arrays(latents, filenames)
         self.size = int(flat.shape[0])
         self.latent_shape = tuple(int(d) for d in np.shape(latents)[1:])
@@ -184,14 +196,15 @@ class LatentSearch(tf.Module):
         candidates = tf.reduce_sum(tf.gather(blocks, chosen) * own, axis=-1)  # [B, kb, BLOCK_ROWS]
         best = tf.math.top_k(tf.reshape(candidates, [batch, -1]), k=k_num, sorted=True)
         block_of = tf.gather(chosen, best.indices // BLOCK_ROWS, batch_dims=1)
-        indices = block_of * BLOCK_ROWS + best.indices % BLOCK_ROWS
+        positions = block_of * BLOCK_ROWS + best.indices % BLOCK_ROWS
+        indices = positions * self.index_stride + self.index_offset if self.index_stride != 1 else positions
         query_norms = tf.reduce_sum(tf.square(queries), axis=1, keepdims=True)  # [B, 1]
         # Float32 cancellation can leave a true zero (the query is a gallery face) slightly negative.
         distances = tf.maximum(query_norms - best.values, 0.0)
         return {
             "xvals": distances,
             "indices": indices,
-            "filenames": tf.gather(self.filenames.value(), indices),
+            "filenames": tf.gather(self.filenames.value(), positions),
         }
 
     def _gallery_size(self) -> dict[str, tf.Tensor]:
@@ -208,8 +221,10 @@ def export_search_model(
     latents: np.ndarray,
     filenames: Sequence[str],
     *,
-    extra_files: Mapping[str, bytes] | None = None,
+    extra_files: Mapping[str, ExtraFile] | None = None,
     replace: bool = False,
+    index_stride: int = 1,
+    index_offset: int = 0,
 ) -> Path:
     """Write a ``latent_search_model`` version for a gallery: ``latents`` ``[N, *latent_shape]``, one filename each.
 
@@ -218,7 +233,7 @@ def export_search_model(
     first gallery face (k = min(5, N)) and a ``gallery_size`` call when the version
     loads. ``extra_files`` (e.g. thumbnails) go under assets.extra/. Returns ``version_dir``.
     """
-    module = LatentSearch(latents, filenames)
+    module = LatentSearch(latents, filenames, index_stride=index_stride, index_offset=index_offset)
     first = np.ascontiguousarray(np.asarray(latents)[:1], dtype=np.float32)
     warmup = [
         warmup_log(SERVABLE_NAME, {"target_latent": first, "k_num": np.array(min(WARMUP_K, module.size), np.int32)}),

@@ -8,8 +8,11 @@ optionally signed decimal number, nothing looked at inside. The embedded runtime
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Callable
+import shutil
+import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 # absl::SimpleAtoi: optional ASCII whitespace around an optionally signed decimal integer.
@@ -58,3 +61,64 @@ def has_version(base_path: Path) -> bool:
 def next_version(base_path: Path) -> int:
     """One more than the highest version under base_path (1 for none)."""
     return max(list_versions(base_path), default=0) + 1
+
+
+def write_version(version_dir: Path, fill: Callable[[Path], None], *, replace: bool = False) -> Path:
+    """Write a version folder whole or not at all: ``fill(staging)`` writes into a hidden folder beside it, which is
+    then renamed into place, so a server polling the base path never sees half a version. An existing version is an
+    error unless ``replace``; a failed ``fill`` leaves nothing behind."""
+    version_dir = Path(version_dir)
+    if parse_version(version_dir.name) is None or not version_dir.name.isdigit():
+        raise ValueError(f"{version_dir}: a version folder's name must be a whole number")
+    if version_dir.exists() and not replace:
+        raise FileExistsError(f"{version_dir} already exists")
+    version_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = version_dir.parent / f".{version_dir.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        staging.mkdir()
+        fill(staging)
+        if version_dir.exists():
+            retired = version_dir.parent / f".{version_dir.name}.{uuid.uuid4().hex}.old"
+            version_dir.rename(retired)
+            shutil.rmtree(retired, ignore_errors=True)
+        staging.rename(version_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return version_dir
+
+
+ExtraFile = bytes | Path | Callable[[Path], None]
+
+
+def write_extra_files(version_dir: Path, files: Mapping[str, ExtraFile]) -> None:
+    """Files under a (staging) version's assets.extra/, which TF Serving ignores: bytes are written, a Path is linked
+    (copied where links are not possible: a file a new version keeps costs no space), a callable writes its file."""
+    root = (Path(version_dir) / "assets.extra").resolve()
+    for relative, content in files.items():
+        target = (root / relative).resolve()
+        if not target.is_relative_to(root):
+            raise ValueError(f"extra file {relative!r} would land outside assets.extra")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        elif isinstance(content, Path):
+            link_or_copy(content, target)
+        else:
+            content(target)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """A hard link of ``source`` at ``target``, or a copy where the file system cannot link."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """``target`` as a copy of the folder ``source`` made of hard links (copies where links are not possible)."""
+    for folder, _, files in os.walk(source):
+        relative = Path(folder).relative_to(source)
+        (target / relative).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            link_or_copy(Path(folder) / name, target / relative / name)

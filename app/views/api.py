@@ -136,14 +136,15 @@ def openapi_document() -> ResponseReturnValue:
 
 
 def thumbnails() -> GalleryThumbnails:
-    """The thumbnails of the search servable the pipeline file names now (a reload may name another), opened on
-    first use; their index files are cached per version."""
-    servable = serving().pipeline_config.search.servable
+    """The thumbnails of the gallery the pipeline file names now (a reload may name another; every shard of a sharded
+    one), opened on first use."""
+    servables = serving().pipeline_config.search.servables
     opened = current_app.extensions.setdefault(_THUMBNAILS, {})
-    found = opened.get(servable)
+    found = opened.get(servables)
     if found is None:
+        root = settings().servable_root()
         # setdefault: two first requests at once still share one instance.
-        found = opened.setdefault(servable, GalleryThumbnails(settings().servable_root() / servable))
+        found = opened.setdefault(servables, GalleryThumbnails([root / servable for servable in servables]))
     return found
 
 

@@ -172,6 +172,8 @@ def result_json(result: PortraitResult, *, with_images: bool) -> dict:
         version = result.versions.get("search")
         body["matches"] = matches_json(result.matches, version)
         body["gallery_version"] = version
+        if result.missing_shards:  # a partial answer: these shards of the gallery did not answer
+            body["missing_shards"] = list(result.missing_shards)
     if with_images:
         body["crop_jpeg_base64"] = base64.b64encode(images.encode_jpeg(result.crop)).decode("ascii")
         if result.anime is not None:

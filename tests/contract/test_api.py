@@ -15,7 +15,7 @@ from PIL import Image
 from skimage import data
 
 from app import create_app
-from app.modelzoo.gallery import THUMBNAIL_SIZE
+from app.gallery.indexing import THUMBNAIL_SIZE
 from tests.support.double import TFServingDouble
 from tests.support.gateway import demo_serving_dir
 

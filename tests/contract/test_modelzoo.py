@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +13,10 @@ from PIL import Image
 from skimage import data
 
 from app import create_app
+from app.gallery.build import BuildRequest, build_gallery
+from app.gallery.indexing import THUMBNAIL_SIZE, EmptyGallery, collect_faces
+from app.gallery.record import read_names
 from app.modelzoo.demo import demo_pipeline, write_demo_gallery
-from app.modelzoo.gallery import THUMBNAIL_SIZE, EmptyGallery, build_index, collect_faces
 from app.pipeline_config import DEFAULT_PIPELINE
 from app.serving.grpc_backend import GrpcBackend
 from app.serving.layout import list_versions
@@ -123,7 +124,7 @@ def test_each_demo_gallery_face_is_found_again_from_a_changed_copy_of_its_photo(
     queries = collect_faces(changed, demo_backend, config=config, all_faces=True)
     assert len(queries.report.indexed) == DEMO_GALLERY_FACES
     search = DEFAULT_PIPELINE.search
-    found = demo_backend.predict(search.ref(), {"target_latent": queries.latents, "k_num": np.int32(1)})
+    found = demo_backend.predict(search.ref(), {"target_latent": queries.faces.descriptors, "k_num": np.int32(1)})
     names = [name.decode() for name in found["filenames"][:, 0]]
     expected = []
     for entry in queries.report.indexed:  # mirrored: the n-th face from the left was the n-th from the right
@@ -157,9 +158,15 @@ def mixed_gallery(tmp_path: Path) -> Path:
     return folder
 
 
+def _build(folder: Path, backend, root: Path, **options):
+    """build-index over a folder as a new gallery under root/latent_search_model; (report, version folder)."""
+    result = build_gallery(BuildRequest(folder=folder, search="exact", **options), backend, demo_pipeline(), root)
+    return result.report, result.published.shards[0].version_dir
+
+
 def test_build_index_reports_bad_files_and_writes_a_version(demo_backend, mixed_gallery, tmp_path):
     base = tmp_path / "latent_search_model"
-    report = build_index(mixed_gallery, demo_backend, base, config=demo_pipeline())
+    report, version_dir = _build(mixed_gallery, demo_backend, tmp_path)
     assert report.indexed == ["astronaut.jpg", "astronaut_small.webp", "people/camera.png", "portrait.bmp"]
     reasons = dict(report.unreadable)
     assert sorted(reasons) == ["broken.jpg", "disguised.png"]
@@ -167,17 +174,17 @@ def test_build_index_reports_bad_files_and_writes_a_version(demo_backend, mixed_
     assert reasons["disguised.png"] == "not a JPEG, PNG, WebP or BMP image"
     assert report.no_face == ["coffee.jpg"]
     assert report.skipped == ["notes.txt"]
-    assert report.version_dir == base / "1"
-    for index in range(4):
-        with Image.open(report.version_dir / "assets.extra" / thumbnail_name(index)) as thumbnail:
+    assert version_dir == base / "1"
+    for name in report.indexed:
+        with Image.open(version_dir / "assets.extra" / thumbnail_name(name)) as thumbnail:
             assert thumbnail.size == (THUMBNAIL_SIZE, THUMBNAIL_SIZE)
             assert thumbnail.mode == "RGB"
             pixels = np.asarray(thumbnail, np.int16)
     colour = np.abs(pixels[..., 0] - pixels[..., 2]).mean()
     assert colour > 10  # the astronaut's thumbnail is in colour, not grey
     # The same folder twice gives the same index, as the next version.
-    again = build_index(mixed_gallery, demo_backend, base, config=demo_pipeline())
-    assert again.version_dir == base / "2"
+    _, again = _build(mixed_gallery, demo_backend, tmp_path)
+    assert again == base / "2"
     assert _gallery_variables(base / "1") == _gallery_variables(base / "2")
 
 
@@ -186,18 +193,17 @@ def test_build_index_all_faces_makes_an_entry_per_face(demo_backend, tmp_path):
     for extra in sorted(folder.iterdir())[2:]:
         extra.unlink()
     _write(folder / "zz_portrait.jpg", data.astronaut())
-    report = build_index(folder, demo_backend, tmp_path / "index", config=demo_pipeline(), all_faces=True)
+    report, version_dir = _build(folder, demo_backend, tmp_path / "index", all_faces=True)
     assert report.indexed == [*(f"sample1.jpg#{n}" for n in (1, 2, 3)), *(f"sample2.jpg#{n}" for n in (1, 2, 3)),
                               "zz_portrait.jpg#1"]  # fmt: skip
-    index = json.loads((report.version_dir / "assets.extra" / "thumbnails" / "index.json").read_text())
-    assert index["files"] == report.indexed
+    assert read_names(version_dir) == report.indexed  # the record keeps every face, in the folder's order
 
 
 def test_whole_image_keeps_small_pre_cropped_faces(demo_backend, tmp_path):
     folder = tmp_path / "faces"
     for n, face in enumerate(data.lfw_subset()[:3]):
         _write(folder / f"face_{n}.png", (face * 255).astype(np.uint8))
-    report = build_index(folder, demo_backend, tmp_path / "index", config=demo_pipeline(), whole_image=True)
+    report, _ = _build(folder, demo_backend, tmp_path / "index", whole_image=True)
     assert report.indexed == ["face_0.png", "face_1.png", "face_2.png"]
 
 
@@ -209,8 +215,8 @@ def _gallery_variables(version_dir: Path) -> dict[str, list]:
 def test_build_index_on_empty_folder_is_refused(demo_backend, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(EmptyGallery, match="no photo"):
-        build_index(tmp_path / "empty", demo_backend, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+        _build(tmp_path / "empty", demo_backend, tmp_path / "out")
+    assert not list((tmp_path / "out").rglob("saved_model.pb"))
 
 
 # -- the CLI -----------------------------------------------------------------------------------------
@@ -226,7 +232,7 @@ def cli_app(tmp_path, demo_root):
 def test_cli_build_index_then_served_as_new_version(cli_app, mixed_gallery):
     result = cli_app.test_cli_runner().invoke(args=["build-index", str(mixed_gallery)])
     assert result.exit_code == 0, result.output
-    assert "indexed 4 faces from 7 photo(s)" in result.output
+    assert "encoded 4 faces from 7 photos" in result.output
     assert "unreadable: broken.jpg" in result.output
     assert "unreadable: disguised.png: not a JPEG, PNG, WebP or BMP image" in result.output
     assert "image/" not in result.output  # CLI words, not HTTP's
