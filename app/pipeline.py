@@ -18,6 +18,7 @@ once the whole answer is ready. The result names the arm that served each stage.
 from __future__ import annotations
 
 import contextlib
+import copy
 import heapq
 import threading
 import time
@@ -640,6 +641,8 @@ class Pipeline:
 
 
 def _shard_failed(servable: str, exc: GatewayError) -> GatewayError:
-    """A shard's failure, said as the gallery's: which shard, and what it answered (the same status)."""
-    exc.message = f"the gallery's shard {servable} did not answer: {exc.message}"
-    return exc
+    """A shard's failure, said as the gallery's: which shard, and what it answered (the same status and code)."""
+    said = copy.copy(exc)
+    said.message = f"the gallery's shard {servable} did not answer: {exc.message}"
+    said.args = (said.message,)
+    return said

@@ -32,25 +32,29 @@ def read_descriptors(path: Path, *, latent_shape: Sequence[int] | None = None, e
     path = Path(path)
     where = f"{path}:"
     try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [name for name in ("descriptors", "names") if name not in data.files]
-            if missing:
-                raise DescriptorFileError(
-                    f"{where} no array named {' or '.join(missing)} (it has {', '.join(data.files) or 'none'}); "
-                    "save it with np.savez(path, descriptors=..., names=...)"
-                )
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DescriptorFileError(f"{where} cannot be read as a numpy .npz file ({exc})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise DescriptorFileError(f"{where} is a single .npy array: save both arrays with np.savez into an .npz file")
+    with data:
+        missing = [name for name in ("descriptors", "names") if name not in data.files]
+        if missing:
+            raise DescriptorFileError(
+                f"{where} no array named {' or '.join(missing)} (it has {', '.join(data.files) or 'none'}); "
+                "save it with np.savez(path, descriptors=..., names=...)"
+            )
+        try:
             descriptors, names = data["descriptors"], data["names"]
-    except DescriptorFileError:
-        raise
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
+        except ValueError as exc:
+            if "pickle" not in str(exc).lower():
+                raise DescriptorFileError(f"{where} cannot be read ({exc})") from None
             raise DescriptorFileError(
                 f"{where} an array holds Python objects (pickles are never loaded): save names as text, e.g. "
                 "np.array(names, dtype=str)"
             ) from None
-        raise DescriptorFileError(f"{where} not a numpy .npz file ({exc})") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DescriptorFileError(f"{where} cannot be read as a numpy .npz file ({exc})") from None
+        except (OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise DescriptorFileError(f"{where} cannot be read ({exc})") from None
     return check_descriptors(descriptors, names, where=where, latent_shape=latent_shape, encoder=encoder)
 
 

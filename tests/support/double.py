@@ -4,7 +4,8 @@
 the same runtime) with a server interceptor in front of every call:
 
 - ``delay`` seconds before each answer (``delays[name]`` before each call naming one servable only);
-- ``fail_with`` a status code for every call, ``fail_next(n, code)`` for the next n calls only;
+- ``fail_with`` a status code for every call, ``fail_next(n, code)`` for the next n calls only,
+  ``fail_servables[name]`` a status code for every Predict of one servable (a shard that is down);
 - ``cancel_next(n)``: the next n calls are cancelled by the server while in flight (``context.cancel()``), as a
   replica that shuts down mid-call does;
 - ``calls`` counts what arrived, by method name, and ``wait_for_calls(method, n)`` waits until n have;
@@ -34,6 +35,7 @@ class FaultInjector(grpc.ServerInterceptor):
         self.delay = 0.0
         self.delays: dict[str, float] = {}
         self.fail_with: grpc.StatusCode | None = None
+        self.fail_servables: dict[str, grpc.StatusCode] = {}
         self.queued: list[grpc.StatusCode] = []
         self.cancels = 0
         self.calls: Counter[str] = Counter()
@@ -65,7 +67,7 @@ class FaultInjector(grpc.ServerInterceptor):
         with self.lock:
             self.calls[method] += 1
             self.arrived.notify_all()
-            injected = self.queued.pop(0) if self.queued else self.fail_with
+            injected = self.queued.pop(0) if self.queued else self.fail_servables.get(servable, self.fail_with)
             delay = self.delays.get(servable, self.delay)
             cancel = self.cancels > 0
             self.cancels -= cancel
@@ -105,6 +107,10 @@ class TFServingDouble(ModelServer):
         self.faults.fail_with = code
 
     @property
+    def fail_servables(self) -> dict[str, grpc.StatusCode]:
+        return self.faults.fail_servables
+
+    @property
     def calls(self) -> Counter[str]:
         return self.faults.calls
 
@@ -127,6 +133,7 @@ class TFServingDouble(ModelServer):
         with self.faults.lock:
             self.faults.delay, self.faults.fail_with = 0.0, None
             self.faults.delays.clear()
+            self.faults.fail_servables.clear()
             self.faults.queued.clear()
             self.faults.cancels = 0
         self.start()
