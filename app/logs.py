@@ -15,3 +15,10 @@ def configure(level: str) -> None:
     if not root.handlers:
         logging.basicConfig(format=LOG_FORMAT, stream=sys.stderr)
     logging.getLogger("app").setLevel(level)
+
+
+def quiet_command(level: str) -> None:
+    """A command on the CLI prints its own lines: the gateway's INFO lines (servables loading, ...) and TensorFlow's
+    notices stay out of them unless GATEWAY_LOG_LEVEL=DEBUG asks for everything. Warnings and errors still show."""
+    if level.upper() != "DEBUG":
+        logging.getLogger("app").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))

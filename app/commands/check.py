@@ -8,6 +8,7 @@ import click
 from flask import Flask, current_app
 
 from app.errors import GatewayError
+from app.logs import quiet_command
 from app.modelzoo.check import check_models, report_lines
 
 
@@ -19,8 +20,9 @@ def register(app: Flask) -> None:
     @click.option("--no-request", is_flag=True, help="Check metadata only; send no synthetic request.")
     def check_models_command(as_json: bool, no_request: bool) -> None:
         """Check each pipeline servable against the pipeline file; exit 1 on any misfit."""
-        serving = current_app.extensions["serving"]
         settings = current_app.config["GATEWAY_SETTINGS"]
+        quiet_command(settings.log_level)
+        serving = current_app.extensions["serving"]
         try:
             pipeline = serving.pipeline
         except GatewayError as exc:  # e.g. a serving_models.config that cannot be used

@@ -15,6 +15,7 @@ from app.gallery.descriptors import DescriptorFileError
 from app.gallery.indexing import EmptyGallery, Interrupted
 from app.gallery.publish import SEARCH_KINDS
 from app.gallery.record import RecordError
+from app.logs import quiet_command
 from app.modelzoo.demo import export_models
 from app.pipeline_config import PipelineConfig
 from app.serving.tensorflow_import import import_tensorflow
@@ -32,6 +33,7 @@ def register(app: Flask) -> None:
     def export_models_command(if_missing: bool) -> None:
         """Write version 1 of the four demo servables and the demo gallery index into serving_models/."""
         settings: Settings = current_app.config["GATEWAY_SETTINGS"]
+        quiet_command(settings.log_level)
         import_tensorflow(settings.log_level.upper())  # its start-up noise filtered, as the gateway's is
         root = settings.servable_root()
         written = export_models(root, if_missing=if_missing, echo=click.echo)
@@ -105,6 +107,7 @@ def register(app: Flask) -> None:
         patterns = [*remove, *_lines(options.pop("remove_from"))]
         if gallery_dir is not None and not gallery_dir.is_dir():
             raise click.ClickException(f"{gallery_dir} is not a folder")
+        quiet_command(settings.log_level)
         import_tensorflow(settings.log_level.upper())  # its start-up noise filtered, as the gateway's is
         serving = current_app.extensions["serving"]
         config: PipelineConfig = serving.pipeline_config
