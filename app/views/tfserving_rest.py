@@ -15,7 +15,8 @@ NOT_FOUND 404, UNAVAILABLE 503, DEADLINE_EXCEEDED 504, INTERNAL 500 ...) and the
 
 The embedded backend runs them in its runtime; the gRPC backend sends TF Serving GetModelStatus,
 GetModelMetadata, Predict, Classify and Regress (a predict request is typed by the backend's cached
-metadata: no GetModelMetadata per request). The codec is ``app.serving.json_tensors``.
+metadata: no GetModelMetadata per request). The codec is ``app.protocols``' tfserving_reader (the body),
+tfserving_requests (its tensors or examples) and tfserving_answers (the JSON out).
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from flask import Blueprint, Response, request
 from google.protobuf import json_format
 
 from app.errors import GatewayError, ServingStatus
-from app.protocols import tfserving_json as json_tensors
 from app.protocols.json_text import html_safe
+from app.protocols.tfserving_answers import classification_json, predict_response, regression_json
+from app.protocols.tfserving_reader import parse
+from app.protocols.tfserving_requests import examples_input, predict_request
 from app.serving.base import DEFAULT_SIGNATURE, Backend, ModelRef, VersionStatus
 from app.serving.protos.tensorflow_serving.apis import get_model_status_pb2, status_pb2
 from app.views.model_apis import (
@@ -183,7 +186,7 @@ def _ref(name: str, version: int | None, label: str | None, signature: str = "")
 
 def _predict(name: str, version: int | None, label: str | None, body: bytes) -> str:
     """ProcessPredictRequest: the JSON read against the signature's inputs (GetInfoMap), Predict, the JSON out."""
-    doc = json_tensors.parse(body)
+    doc = parse(body)
 
     def input_types(signature: str) -> Mapping[str, int]:
         key = signature or DEFAULT_SIGNATURE
@@ -194,21 +197,21 @@ def _predict(name: str, version: int | None, label: str | None, body: bytes) -> 
                 grpc.StatusCode.INVALID_ARGUMENT, f'Serving signature name: "{key}" not found in signature def'
             ) from None
 
-    parsed = json_tensors.predict_request(doc, input_types)
+    parsed = predict_request(doc, input_types)
     outputs = _backend().predict(_ref(name, version, label, parsed.signature_name), parsed.inputs)
-    return json_tensors.predict_response(outputs, parsed.format)
+    return predict_response(outputs, parsed.format)
 
 
 def _classify(name: str, version: int | None, label: str | None, body: bytes) -> str:
-    signature, examples = json_tensors.examples_input(json_tensors.parse(body))
+    signature, examples = examples_input(parse(body))
     response = _backend().classify(_ref(name, version, label, signature), examples)
-    return json_tensors.classification_json(response.result)
+    return classification_json(response.result)
 
 
 def _regress(name: str, version: int | None, label: str | None, body: bytes) -> str:
-    signature, examples = json_tensors.examples_input(json_tensors.parse(body))
+    signature, examples = examples_input(parse(body))
     response = _backend().regress(_ref(name, version, label, signature), examples)
-    return json_tensors.regression_json(response.result)
+    return regression_json(response.result)
 
 
 def _status(name: str, version: int | None) -> str:

@@ -106,7 +106,7 @@ def test_predict_model_name_version_errors(client, path, message):
     ("path", "body", "words"),
     [
         (f"{MODEL}:predict", "", "JSON Parse error: The document is empty"),
-        (f"{MODEL}:predict", "instances = [1, 2]", "JSON Parse error: Invalid value"),
+        (f"{MODEL}:predict", "instances = [1, 2]", "JSON Parse error: Expecting value at offset: 0"),
         (f"{MODEL}:predict", '{ "instances": ["x", "y"] }', "not of expected type: float"),
         (
             f"{MODEL}/labels/Version_Nonexistent:predict",
