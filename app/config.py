@@ -74,6 +74,25 @@ def _a_file(value: Any) -> Any:
     return value
 
 
+def _servable_targets(value: Any) -> Any:
+    """``name=target;name=target`` as a mapping (GATEWAY_SERVABLE_TARGETS)."""
+    if not isinstance(value, str):
+        return value
+    found: dict[str, str] = {}
+    for entry in (part.strip() for part in value.split(";")):
+        if not entry:
+            continue
+        name, sep, target = (piece.strip() for piece in entry.partition("="))
+        if not sep or not name or not target:
+            raise ValueError(
+                f"must be servable=target pairs separated by ';' (e.g. gallery_0=tfs-0:8500), not {entry!r}"
+            )
+        if name in found:
+            raise ValueError(f"must give each servable one target ({name!r} has two)")
+        found[name] = target
+    return found
+
+
 def _comma_list(value: Any) -> Any:
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(",") if part.strip())
@@ -112,6 +131,8 @@ class Settings(BaseSettings):
 
     backend: Literal["local", "grpc"] = "local"  # "local" (in-process SavedModels) or "grpc" (TF Serving)
     serving_target: str = "localhost:8500"  # host:port, dns:///host:port, or a comma-separated list
+    # Servables that another TF Serving serves (e.g. each shard of a gallery on its own): servable=target;...
+    servable_targets: Annotated[dict[str, str], NoDecode, BeforeValidator(_servable_targets)] = {}
     # GATEWAY_MODEL_CONFIG, the override "model_config": TF Serving's ModelServerConfig text file (pydantic keeps the
     # attribute name model_config for itself, hence the _file).
     model_config_file: Annotated[

@@ -41,6 +41,7 @@ def create_backend(settings: Settings) -> Backend:
             max_attempts=settings.max_attempts,
             metadata_ttl=settings.metadata_ttl,
             async_workers=settings.async_workers,
+            servable_targets=settings.servable_targets,
         )
     from app.serving.tensorflow_import import import_tensorflow
 

@@ -298,3 +298,24 @@ def test_an_interrupted_run_resumes_where_it_stopped(builder, tmp_path) -> None:
     assert resumed.faces.names == whole.faces.names
     np.testing.assert_allclose(resumed.faces.descriptors, whole.faces.descriptors, atol=1e-6)
     assert not work.exists()  # a finished run leaves no work behind
+
+
+def test_each_shard_can_be_on_its_own_server(builder, serving_dir, tmp_path, demo_faces):
+    """GATEWAY_SERVABLE_TARGETS: a shard served by another TF Serving is called there, the rest at the default."""
+    from tests.support.double import TFServingDouble
+
+    root = serving_dir.parent / "serving_models"
+    _build(builder, root, descriptors=_descriptor_file(tmp_path, demo_faces, extra=50), search="exact", shards=2)
+    _sharded_serving(serving_dir, 2)
+    with (
+        TFServingDouble(serving_dir, poll_interval=0, warmup=False) as main,
+        TFServingDouble(serving_dir, poll_interval=0, warmup=False, name="shard-1") as other,
+    ):
+        settings = {"model_config": serving_dir, "backend": "grpc", "serving_target": main.address}
+        app = create_app(settings | {"servable_targets": f"{SEARCH}_1={other.address}", "poll_interval": 0})
+        try:
+            found = app.extensions["serving"].pipeline.search(demo_faces[0].descriptors[0], 5)
+        finally:
+            app.extensions["serving"].close()
+    assert len(found.matches) == 5
+    assert other.calls["Predict"] >= 1 and main.calls["Predict"] >= 1
