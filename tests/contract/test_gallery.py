@@ -181,8 +181,8 @@ def gateway(request, serving_dir: Path) -> Iterator[Flask]:
     made = []
 
     def make() -> Flask:
-        settings, double = gateway_settings(request.param, serving_dir)
-        app = create_app(settings | {"warmup": False})
+        settings, double = gateway_settings(request.param, serving_dir, warmup=False)
+        app = create_app(settings)
         app.double = double
         made.append(app)
         return app
@@ -208,18 +208,60 @@ def test_a_gallery_from_descriptors_serves_and_finds_each_person(gateway, builde
     assert answer.json["matches"][0]["filename"].startswith("people/samples/sample3.jpg-face")
 
 
+def _search_config(serving_dir: Path, names: list[str]) -> Path:
+    """A serving config of the search servables alone (what the shard tests call: no detector to load)."""
+    config = serving_dir.parent / "search.config"
+    blocks = "".join(
+        f'config {{ name: "{name}" base_path: "/models/{name}" model_platform: "tensorflow" }} ' for name in names
+    )
+    config.write_text(f"model_config_list {{ {blocks}}}", encoding="utf-8")
+    return config
+
+
+@pytest.fixture(params=["local", "grpc"])
+def search_backend(request) -> Iterator:
+    """A factory of backends over a config (the double without warmup for grpc); closed after the test."""
+    from app.serving.grpc_backend import GrpcBackend
+    from tests.support.double import TFServingDouble
+
+    made = []
+
+    def make(config: Path, **options):
+        if request.param == "local":
+            backend = LocalBackend(config, poll_interval=0, warmup=False)
+        else:
+            double = TFServingDouble(config, poll_interval=0, warmup=False).start()
+            made.append(double)
+            backend = GrpcBackend(double.address, **options)
+        made.append(backend)
+        return backend
+
+    yield make
+    for item in reversed(made):
+        item.close()
+
+
+def _pipelines(backend, shards: int, *, partial: bool = False):
+    """Pipelines over one backend: the whole gallery's and the sharded one's."""
+    from app.pipeline import Pipeline
+
+    names = ", ".join(f'"{SEARCH}_{index}"' for index in range(shards))
+    base = PIPELINE_FILE.read_text(encoding="utf-8")
+    sharded = base.replace("[search]", f"[search]\nshards = [{names}]\npartial = {str(partial).lower()}", 1)
+    return Pipeline(backend, parse_pipeline_config(base)), Pipeline(backend, parse_pipeline_config(sharded))
+
+
 @pytest.mark.parametrize("shards", [2, 3])
-def test_a_sharded_gallery_answers_as_the_whole_one(gateway, builder, serving_dir, tmp_path, demo_faces, shards):
+def test_a_sharded_gallery_answers_as_the_whole_one(search_backend, builder, serving_dir, tmp_path, demo_faces, shards):
     root = serving_dir.parent / "serving_models"
     descriptors = _descriptor_file(tmp_path, demo_faces, extra=300)
     _build(builder, root, descriptors=descriptors, search="exact")  # the whole gallery, version 2
     result = _build(builder, root, descriptors=descriptors, search="exact", shards=shards)
     assert [shard.servable for shard in result.published.shards] == [f"{SEARCH}_{i}" for i in range(shards)]
     assert sum(shard.faces for shard in result.published.shards) == 322
-    whole = gateway().extensions["serving"].pipeline
-    _sharded_serving(serving_dir, shards)
-    sharded = gateway().extensions["serving"].pipeline
-    assert sharded.config.search.shards and sharded.gallery_size() == 322
+    backend = search_backend(_search_config(serving_dir, [SEARCH, *(f"{SEARCH}_{i}" for i in range(shards))]))
+    whole, sharded = _pipelines(backend, shards)
+    assert sharded.gallery_size() == whole.gallery_size() == 322
     faces, _ = demo_faces
     for latent in faces.descriptors[:8]:
         one, split = whole.search(latent, 10), sharded.search(latent, 10)
@@ -233,35 +275,31 @@ def test_a_sharded_gallery_answers_as_the_whole_one(gateway, builder, serving_di
 
 @pytest.mark.parametrize("partial", [False, True])
 def test_a_shard_that_is_down_is_named(builder, serving_dir, tmp_path, demo_faces, partial):
+    from app.errors import ServingUnavailable
+    from app.serving.grpc_backend import GrpcBackend
     from tests.support.double import TFServingDouble
 
     root = serving_dir.parent / "serving_models"
     _build(builder, root, descriptors=_descriptor_file(tmp_path, demo_faces, extra=100), search="exact", shards=2)
-    _sharded_serving(serving_dir, 2, partial=partial)
-    with TFServingDouble(serving_dir, poll_interval=0, warmup=False) as double:
-        app = create_app({"model_config": serving_dir, "backend": "grpc", "serving_target": double.address,
-                          "poll_interval": 0, "rate_limit": "", "max_attempts": 1})  # fmt: skip
-        try:
-            pipeline = app.extensions["serving"].pipeline
-            pipeline.gallery_size()  # sizes known while both shards answer
-            double.fail_servables[f"{SEARCH}_1"] = grpc.StatusCode.UNAVAILABLE
-            latent = demo_faces[0].descriptors[0]
-            if partial:
-                found = pipeline.search(latent, 5)
-                assert found.missing == (f"{SEARCH}_1",) and len(found.matches) == 5
-            else:
-                from app.errors import ServingUnavailable
-
-                with pytest.raises(ServingUnavailable, match=f"shard {SEARCH}_1 did not answer") as caught:
-                    pipeline.search(latent, 5)
-                assert caught.value.status_code == 503
-        finally:
-            app.extensions["serving"].close()
+    config = _search_config(serving_dir, [f"{SEARCH}_0", f"{SEARCH}_1"])
+    with (
+        TFServingDouble(config, poll_interval=0, warmup=False) as double,
+        GrpcBackend(double.address, max_attempts=1) as backend,
+    ):
+        _, pipeline = _pipelines(backend, 2, partial=partial)
+        pipeline.gallery_size()  # sizes known while both shards answer
+        double.fail_servables[f"{SEARCH}_1"] = grpc.StatusCode.UNAVAILABLE
+        latent = demo_faces[0].descriptors[0]
+        if partial:
+            found = pipeline.search(latent, 5)
+            assert found.missing == (f"{SEARCH}_1",) and len(found.matches) == 5
+        else:
+            with pytest.raises(ServingUnavailable, match=f"shard {SEARCH}_1 did not answer") as caught:
+                pipeline.search(latent, 5)
+            assert caught.value.status_code == 503
 
 
-def test_removing_from_a_sharded_gallery_rewrites_only_the_shard_that_changes(
-    builder, serving_dir, tmp_path, demo_faces
-):
+def test_erasing_from_a_sharded_gallery_rewrites_only_its_shard(builder, serving_dir, tmp_path, demo_faces):
     root = serving_dir.parent / "serving_models"
     _build(builder, root, descriptors=_descriptor_file(tmp_path, demo_faces, extra=200), search="exact", shards=2)
     _sharded_serving(serving_dir, 2)
@@ -302,20 +340,18 @@ def test_an_interrupted_run_resumes_where_it_stopped(builder, tmp_path) -> None:
 
 def test_each_shard_can_be_on_its_own_server(builder, serving_dir, tmp_path, demo_faces):
     """GATEWAY_SERVABLE_TARGETS: a shard served by another TF Serving is called there, the rest at the default."""
+    from app.serving.grpc_backend import GrpcBackend
     from tests.support.double import TFServingDouble
 
     root = serving_dir.parent / "serving_models"
     _build(builder, root, descriptors=_descriptor_file(tmp_path, demo_faces, extra=50), search="exact", shards=2)
-    _sharded_serving(serving_dir, 2)
+    config = _search_config(serving_dir, [f"{SEARCH}_0", f"{SEARCH}_1"])
     with (
-        TFServingDouble(serving_dir, poll_interval=0, warmup=False) as main,
-        TFServingDouble(serving_dir, poll_interval=0, warmup=False, name="shard-1") as other,
+        TFServingDouble(config, poll_interval=0, warmup=False) as main,
+        TFServingDouble(config, poll_interval=0, warmup=False, name="shard-1") as other,
+        GrpcBackend(main.address, servable_targets={f"{SEARCH}_1": other.address}) as backend,
     ):
-        settings = {"model_config": serving_dir, "backend": "grpc", "serving_target": main.address}
-        app = create_app(settings | {"servable_targets": f"{SEARCH}_1={other.address}", "poll_interval": 0})
-        try:
-            found = app.extensions["serving"].pipeline.search(demo_faces[0].descriptors[0], 5)
-        finally:
-            app.extensions["serving"].close()
-    assert len(found.matches) == 5
-    assert other.calls["Predict"] >= 1 and main.calls["Predict"] >= 1
+        _, pipeline = _pipelines(backend, 2)
+        assert len(pipeline.search(demo_faces[0].descriptors[0], 5).matches) == 5
+        assert {m.index % 2 for m in pipeline.search(demo_faces[0].descriptors[0], 40).matches} == {0, 1}
+        assert other.calls["Predict"] >= 1 and main.calls["Predict"] >= 1
