@@ -3,8 +3,9 @@ document's schemas are theirs, so what is sent and what is described cannot drif
 
 A key that has no value is left out of the body, never sent as null: such a field is declared with
 :func:`optional`. A field whose value may be null is required and typed ``X | None`` (``gallery_version``).
-Numbers and lists go through as the views give them (``AnswerBody.body`` dumps in Python mode, and Flask's JSON
-provider writes the text), so a body is the same text it was before these models.
+Values go through as the views give them: ``AnswerBody.body`` dumps in Python mode and Flask's JSON provider writes
+the text (sorted keys, NaN as Flask writes it), as it did before these models; a float field given a whole number
+sends it as a float.
 
 - the JSON API (/api/v1) and operations: :class:`Error`, :class:`SearchResult`, :class:`TranslateResult`,
   :class:`DetectResult`, :class:`ModelsResult`, :class:`Health`, :class:`Readiness`;
@@ -22,6 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app import pipeline
 from app.protocols.v2_tensors import DatatypeName, Parameters
+
+# The error bodies, declared where the app's one error handler renders them, whatever raised the error.
+from app.web.errors import Error as Error
+from app.web.errors import ErrorDetail as ErrorDetail
+from app.web.errors import ProtocolError as ProtocolError
 
 Base64 = Annotated[str, Field(json_schema_extra={"format": "byte"})]
 Timings = Annotated[dict[str, float], Field(description="Milliseconds per pipeline stage")]
@@ -48,26 +54,6 @@ class AnswerBody(BaseModel):
     def body(self) -> dict[str, Any]:
         """The body, ready for ``jsonify``: keys without a value left out."""
         return self.model_dump(by_alias=True)
-
-
-# -- errors ----------------------------------------------------------------------------------------
-
-
-class ErrorDetail(AnswerBody):
-    code: str = Field(examples=["no_face"])
-    message: str
-
-
-class Error(AnswerBody):
-    """Every error of the JSON API, the pages' JSON and the operations endpoints."""
-
-    error: ErrorDetail
-
-
-class ProtocolError(AnswerBody):
-    """Every error of TF Serving's REST API and of the Open Inference Protocol."""
-
-    error: str = Field(description="What went wrong, in the server's words")
 
 
 # -- the face pipeline -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from app.serving import tensors
 from app.serving.base import Backend, ModelRef
 from app.serving.protos.tensorflow_serving.apis import get_model_metadata_pb2
 from app.views.common import upload_deadline
+from app.web.errors import ProtocolError as ProtocolErrorBody
 from app.web.errors import error_body
 from app.web.metrics import LATENCY_BUCKETS, ServableLabels
 from app.web.operations import any_path_converter
@@ -61,7 +62,7 @@ def protocol_surface(blueprint: Blueprint) -> None:
     """Make ``blueprint`` a model surface: ``{"error": ...}`` bodies, its requests counted, ``<everything:...>`` in its
     rules. Call it before the blueprint's first rule."""
     any_path_converter(blueprint)
-    error_body(blueprint, lambda error: {"error": error.message})
+    error_body(blueprint, lambda error: ProtocolErrorBody(error=error.message).model_dump())
     blueprint.record_once(_init_app)
     blueprint.after_request(_count)
 
