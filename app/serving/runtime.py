@@ -47,6 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from app.errors import ServingStatus
+from app.serving import examples as example_calls
 from app.serving import warmup as warmups
 from app.serving.base import DEFAULT_SIGNATURE, ModelMetadata, VersionStatus
 from app.serving.layout import version_folders
@@ -534,7 +535,7 @@ class ModelRuntime:
         classification signature; the version that answered, and the ``classes`` and/or ``scores`` outputs."""
         servable = self._resolve(name, version, label)
         try:
-            return servable.version, examples.classify(servable, signature, examples, timeout)
+            return servable.version, example_calls.classify(servable, signature, examples, timeout)
         finally:
             servable.release()
 
@@ -552,7 +553,7 @@ class ModelRuntime:
         answered and its ``outputs`` tensor."""
         servable = self._resolve(name, version, label)
         try:
-            return servable.version, examples.regress(servable, signature, examples, timeout)
+            return servable.version, example_calls.regress(servable, signature, examples, timeout)
         finally:
             servable.release()
 
