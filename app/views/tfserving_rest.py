@@ -153,11 +153,13 @@ def _runs() -> tuple[Operation, ...]:
 
 @declare(*_reads(), needs_key=True)
 def read(path: str = "") -> Response:
+    """GET: a model's status or metadata (TF Serving's patterns read the path; anything else is malformed)."""
     return _handle()
 
 
 @declare(*_runs(), needs_key=True, rate_limited=True, runs_models=True)
 def run(path: str = "") -> Response:
+    """POST: predict, classify or regress."""
     return _handle()
 
 
