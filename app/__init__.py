@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping
 from typing import IO, Any
 
-from flask import Flask, Request
+from flask import Flask, Request, Response
 
 from app.config import PROJECT_ROOT, Settings
 
@@ -51,6 +51,14 @@ class GatewayFlask(Flask):
         if value and not self.debug_allowed:
             raise DebugRefused(self.debug_refusal)
         Flask.debug.fset(self, value)  # type: ignore[attr-defined]
+
+    def make_default_options_response(self) -> Response:
+        """Flask's answer to OPTIONS, its Allow naming what the routes of the path answer, not a catch-all's methods."""
+        from app.web.operations import allowed_methods
+
+        response = self.response_class()
+        response.allow.update(allowed_methods())
+        return response
 
     def run(self, *args: Any, **options: Any) -> None:
         if options.get("use_debugger") and not self.debug_allowed:

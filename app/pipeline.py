@@ -73,15 +73,6 @@ class Face:
     score: float
     keypoints: tuple[tuple[float, float], ...] | None = None
 
-    def to_dict(self) -> dict:
-        body: dict[str, Any] = {
-            "box": {"ymin": self.box[0], "xmin": self.box[1], "ymax": self.box[2], "xmax": self.box[3]},
-            "score": self.score,
-        }
-        if self.keypoints is not None:
-            body["keypoints"] = [{"y": y, "x": x} for y, x in self.keypoints]
-        return body
-
 
 @dataclass(frozen=True)
 class Match:
@@ -91,9 +82,6 @@ class Match:
     index: int
     filename: str
     distance: float
-
-    def to_dict(self) -> dict:
-        return {"index": self.index, "filename": self.filename, "distance": self.distance}
 
 
 class SearchFound(NamedTuple):

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,7 +48,14 @@ from pydantic import (
 )
 
 from app.images import FACE_CROP_SCALE
-from app.serving.base import DEFAULT_SIGNATURE, ModelRef
+from app.serving.base import (
+    DEFAULT_SIGNATURE,
+    LABEL_RULE,
+    MAX_VERSION_DIGITS,
+    SERVABLE_NAME_PATTERN,
+    ModelRef,
+    is_label,
+)
 
 __all__ = [
     "DEFAULT_PIPELINE",
@@ -70,11 +76,8 @@ __all__ = [
 
 PIPELINE_FILENAME = "pipeline.toml"
 STAGE_NAMES = ("detect", "encode", "search", "translate")
-ServableName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.-]+$")]
+ServableName = Annotated[str, Field(min_length=1, max_length=256, pattern=SERVABLE_NAME_PATTERN)]
 TensorAlias = Annotated[str, Field(min_length=1, max_length=256)]
-# An arm of a rollout: a version label as TF Serving takes it, or a version number (digits only).
-_ARM_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-MAX_VERSION_DIGITS = 18
 TOTAL_WEIGHT = 100
 
 
@@ -83,10 +86,9 @@ def arm_pin(name: str) -> tuple[int | None, str | None]:
 
     Raises ValueError, in the pipeline file's words, for a name that is neither.
     """
-    if not isinstance(name, str) or not _ARM_PATTERN.match(name):
-        raise ValueError(
-            f"{name!r} is neither a version label (1-64 of the characters A-Z a-z 0-9 _ . -) nor a version number"
-        )
+    # An arm is a version label as TF Serving takes it, or a version number (digits only, which a label may be too).
+    if not is_label(name):
+        raise ValueError(f"{name!r} is neither a version label ({LABEL_RULE}) nor a version number")
     if name.isascii() and name.isdigit():
         if len(name) > MAX_VERSION_DIGITS:
             raise ValueError(f"version {name} has more than {MAX_VERSION_DIGITS} digits")

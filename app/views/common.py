@@ -7,7 +7,7 @@ import contextlib
 import socket
 import threading
 from collections.abc import Iterator, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from flask import Request, current_app, url_for
 from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
@@ -16,12 +16,17 @@ from app import images
 from app.config import Settings
 from app.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
 from app.pipeline import Match, Pipeline, PortraitResult
+from app.views import answers
 from app.views.params import Params, read_params
 from app.web.extensions import serving
 from app.web.security import client_identity
 
 UPLOAD_FIELD = "image_file"
+# What a run of the pipeline on a photo can answer besides 200 (and 422, no face, where it needs one).
+PHOTO_ERRORS = (400, 404, 408, 413, 415, 502, 503, 504)
+SERVER_TIMING = "Server-Timing"
 P = TypeVar("P", bound=Params)
+A = TypeVar("A", bound=answers.PortraitResult)
 
 
 def settings() -> Settings:
@@ -159,26 +164,27 @@ def data_url(media_type: str, content: bytes) -> str:
     return f"data:{media_type};base64,{base64.b64encode(content).decode('ascii')}"
 
 
-def result_json(result: PortraitResult, *, with_images: bool) -> dict:
-    """The JSON body of a pipeline result; images as base64 PNG/JPEG when asked for."""
-    body: dict = {
-        "face": result.face.to_dict(),
-        "faces": [face.to_dict() for face in result.faces],
-        "image": {"width": result.photo.original_size[0], "height": result.photo.original_size[1]},
+def portrait_answer(model: type[A], result: PortraitResult, *, with_images: bool, **extra: Any) -> A:
+    """A pipeline result as ``model`` (a search's, a translation's ...); the face crop and anime image as base64
+    JPEG/PNG when asked for."""
+    fields: dict[str, Any] = {
+        "face": answers.Face.of(result.face),
+        "faces": [answers.Face.of(face) for face in result.faces],
+        "image": answers.ImageSize.of(result.photo),
         "timings_ms": timings_ms(result.timings),
         "arms": dict(result.arms),
     }
     if result.matches is not None:
         version = result.versions.get("search")
-        body["matches"] = matches_json(result.matches, version)
-        body["gallery_version"] = version
+        fields["matches"] = matches_answer(result.matches, version)
+        fields["gallery_version"] = version
         if result.missing_shards:  # a partial answer: these shards of the gallery did not answer
-            body["missing_shards"] = list(result.missing_shards)
+            fields["missing_shards"] = list(result.missing_shards)
     if with_images:
-        body["crop_jpeg_base64"] = base64.b64encode(images.encode_jpeg(result.crop)).decode("ascii")
+        fields["crop_jpeg_base64"] = base64.b64encode(images.encode_jpeg(result.crop)).decode("ascii")
         if result.anime is not None:
-            body["anime_png_base64"] = base64.b64encode(images.encode_png(result.anime)).decode("ascii")
-    return body
+            fields["anime_png_base64"] = base64.b64encode(images.encode_png(result.anime)).decode("ascii")
+    return model(**fields, **extra)
 
 
 def thumbnail_url(match: Match, gallery_version: int | None) -> str:
@@ -186,6 +192,14 @@ def thumbnail_url(match: Match, gallery_version: int | None) -> str:
     return url_for("api.gallery_thumbnail", name=match.filename, version=gallery_version)
 
 
-def matches_json(matches: list[Match], gallery_version: int | None) -> list[dict]:
+def matches_answer(matches: list[Match], gallery_version: int | None) -> list[answers.Match]:
     """Matches for a JSON body, each with the URL of its thumbnail."""
-    return [{**match.to_dict(), "thumbnail_url": thumbnail_url(match, gallery_version)} for match in matches]
+    return [
+        answers.Match(
+            index=match.index,
+            filename=match.filename,
+            distance=match.distance,
+            thumbnail_url=thumbnail_url(match, gallery_version),
+        )
+        for match in matches
+    ]

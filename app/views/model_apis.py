@@ -17,26 +17,19 @@ from dataclasses import dataclass
 
 from flask import Blueprint, Flask, Request, Response, current_app, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from werkzeug.routing import PathConverter
 
 from app.errors import BadInput, GatewayError, UnknownSignature
 from app.serving import tensors
 from app.serving.base import Backend, ModelRef
 from app.serving.protos.tensorflow_serving.apis import get_model_metadata_pb2
 from app.views.common import upload_deadline
+from app.web.errors import ProtocolError as ProtocolErrorBody
 from app.web.errors import error_body
 from app.web.metrics import LATENCY_BUCKETS, ServableLabels
+from app.web.operations import any_path_converter
 
 _METRICS = "model_api_metrics"
 _KNOWN = "model_api_servables"
-
-
-class AnyPath(PathConverter):
-    """The rest of a path, whatever it holds: Werkzeug's ``path`` stops at a newline (a decoded %0A), and a
-    surface answers for every path under its prefix."""
-
-    regex = "(?s:.+)"
-    part_isolating = False  # it spans slashes (Werkzeug guesses otherwise from a regex without "/")
 
 
 class ProtocolError(GatewayError):
@@ -68,8 +61,8 @@ class ModelApiMetrics:
 def protocol_surface(blueprint: Blueprint) -> None:
     """Make ``blueprint`` a model surface: ``{"error": ...}`` bodies, its requests counted, ``<everything:...>`` in its
     rules. Call it before the blueprint's first rule."""
-    blueprint.record_once(lambda state: state.app.url_map.converters.setdefault("everything", AnyPath))
-    error_body(blueprint, lambda error: {"error": error.message})
+    any_path_converter(blueprint)
+    error_body(blueprint, lambda error: ProtocolErrorBody(error=error.message).model_dump())
     blueprint.record_once(_init_app)
     blueprint.after_request(_count)
 

@@ -11,9 +11,10 @@ from flask.typing import ResponseReturnValue
 from app import images
 from app.pipeline import MAX_K, Face, PortraitResult
 from app.rollout import DEFAULT_ARM
-from app.views import common
+from app.views import answers, common
 from app.views.params import PageParams
 from app.web.errors import wants_json
+from app.web.operations import declare
 
 bp = Blueprint("pages", __name__)
 
@@ -47,12 +48,15 @@ def upload_form_defaults() -> dict:
     return {"upload_form": upload_form_context()}
 
 
+# The pages are for browsers: declared for what guards them, not in the API's OpenAPI document.
 @bp.get("/")
+@declare()
 def index() -> str:
     return render_template("index.html")
 
 
 @bp.post("/detect_face/image")
+@declare(rate_limited=True, runs_models=True)  # no key: the browser page has none to send
 def detect_face() -> ResponseReturnValue:
     """Run the pipeline on one uploaded photo: the result page, or JSON for ``Accept: application/json``."""
     data, params = common.read_photo_request(PageParams, request)
@@ -63,7 +67,8 @@ def detect_face() -> ResponseReturnValue:
     result = common.pipeline().run(data, k=k, pins=params.pins(), meanwhile=meanwhile, client=common.client())
     headers = {"Server-Timing": common.server_timing(page_timings(result), result.arms)}
     if as_json:
-        return jsonify(common.result_json(result, with_images=True)), 200, headers
+        answer = common.portrait_answer(answers.SearchResult, result, with_images=True)
+        return jsonify(answer.body()), 200, headers
     page = render_template("result.html", upload_form=upload_form_context(k), **result_context(result))
     return page, 200, headers
 

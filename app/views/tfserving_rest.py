@@ -36,8 +36,9 @@ from app.protocols.json_text import html_safe
 from app.protocols.tfserving_answers import classification_json, predict_response, regression_json
 from app.protocols.tfserving_reader import parse
 from app.protocols.tfserving_requests import examples_input, predict_request
-from app.serving.base import DEFAULT_SIGNATURE, Backend, ModelRef, VersionStatus
+from app.serving.base import DEFAULT_SIGNATURE, Backend, ModelRef, VersionStatus, is_label
 from app.serving.protos.tensorflow_serving.apis import get_model_status_pb2, status_pb2
+from app.views import answers
 from app.views.model_apis import (
     ProtocolError,
     SignatureNotFound,
@@ -47,7 +48,9 @@ from app.views.model_apis import (
     signature_defs,
     signature_tensors,
 )
+from app.views.params import TfsModelPath
 from app.web.extensions import serving
+from app.web.operations import Answer, JsonBody, Operation, declare
 
 bp = Blueprint("tfserving_rest", __name__)
 protocol_surface(bp)
@@ -60,7 +63,6 @@ STATUS_PATH = re.compile(
     rb"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:\/(metadata))?", re.IGNORECASE
 )
 _INT64_MAX = 2**63 - 1
-_LABEL = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # what a label can be at all (ModelRef's rule)
 
 # ToHTTPStatusCode (http_server.cc).
 HTTP_STATUS = {
@@ -86,8 +88,90 @@ _STATE = get_model_status_pb2.ModelVersionStatus.State
 _ERROR_CODE = status_pb2.StatusProto.DESCRIPTOR.fields_by_name["error_code"].enum_type
 
 
-# Every path under /v1/ comes here, as it goes to TF Serving's handler; the view reads the path as TF Serving does.
-def handle(path: str = "") -> Response:
+# -- the routes: every path under /v1/ comes here, as it goes to TF Serving's handler ----------------------------
+
+_TAGS = ("tfserving",)
+# What the surface answers besides 200 (ToHTTPStatusCode of the gRPC codes): reading a model, and running one.
+_READS = (400, 404, 500, 503, 504)
+_RUNS = (400, 404, 408, 413, 500, 501, 503, 504)
+_PINS = (("", ""), ("/versions/{version}", "Version"), ("/labels/{label}", "Label"))
+_VERBS = (
+    (
+        "predict",
+        answers.PredictRequest,
+        answers.PredictResponse,
+        "Runs a signature on tensors given as rows or columns",
+    ),
+    ("classify", answers.ExamplesRequest, answers.ClassifyResponse, "Classifies tf.Examples"),
+    ("regress", answers.ExamplesRequest, answers.RegressResponse, "Regresses tf.Examples"),
+)
+
+
+def _surface_operation(operation_id: str, path: str, summary: str, **details: object) -> Operation:
+    return Operation(
+        operation_id, summary, tags=_TAGS, path=path, path_params=TfsModelPath, error_model=answers.ProtocolError,
+        **details,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def _reads() -> tuple[Operation, ...]:
+    """The paths GET answers: a model's status and its metadata, by name, version or label."""
+    operations = []
+    for pin, suffix in _PINS:
+        base = f"/v1/models/{{model_name}}{pin}"
+        operations += [
+            _surface_operation(
+                f"tfservingStatus{suffix}",
+                base,
+                "The versions and their states (GetModelStatus); a label is ignored, as TF Serving does",
+                answers={200: Answer("GetModelStatusResponse as JSON", answers.TfsModelStatus)},
+                errors=_READS,
+            ),
+            _surface_operation(
+                f"tfservingMetadata{suffix}",
+                f"{base}/metadata",
+                "The model's signatures (GetModelMetadata)",
+                answers={200: Answer("GetModelMetadataResponse as JSON", answers.TfsModelMetadata)},
+                errors=_READS,
+            ),
+        ]
+    return tuple(operations)
+
+
+def _runs() -> tuple[Operation, ...]:
+    """The paths POST answers: predict, classify and regress, by name, version or label."""
+    return tuple(
+        _surface_operation(
+            f"tfserving{verb.title()}{suffix}",
+            f"/v1/models/{{model_name}}{pin}:{verb}",
+            summary,
+            body=JsonBody(request_model),
+            answers={200: Answer(f"{verb.title()} result", response_model)},
+            errors=_RUNS,
+        )
+        for pin, suffix in _PINS
+        for verb, request_model, response_model, summary in _VERBS
+    )
+
+
+@declare(*_reads(), needs_key=True)
+def read(path: str = "") -> Response:
+    """GET: a model's status or metadata (TF Serving's patterns read the path; anything else is malformed)."""
+    return _handle()
+
+
+@declare(*_runs(), needs_key=True, rate_limited=True, runs_models=True)
+def run(path: str = "") -> Response:
+    """POST: predict, classify or regress."""
+    return _handle()
+
+
+@declare(needs_key=True)  # a CORS preflight, or "Malformed request"
+def other(path: str = "") -> Response:
+    return _handle()
+
+
+def _handle() -> Response:
     try:
         return _process(request.method, _raw_path())
     except ServingStatus as exc:
@@ -98,11 +182,10 @@ def handle(path: str = "") -> Response:
         raise gateway_error(exc) from exc
 
 
-for _endpoint, _methods in (("read", ["GET"]), ("run", ["POST"]), ("other", ["PUT", "DELETE", "PATCH", "OPTIONS"])):
-    # "run" is the one that runs models: app.web.security counts it in the rate limit.
+for _view, _methods in ((read, ["GET"]), (run, ["POST"]), (other, ["PUT", "DELETE", "PATCH", "OPTIONS"])):
     for _rule in ("/v1/", "/v1/<everything:path>"):
         bp.add_url_rule(
-            _rule, _endpoint, handle, methods=_methods,
+            _rule, _view.__name__, _view, methods=_methods,
             merge_slashes=False, strict_slashes=False, provide_automatic_options=False,
         )  # fmt: skip
 
@@ -178,7 +261,7 @@ def _backend() -> Backend:
 
 
 def _ref(name: str, version: int | None, label: str | None, signature: str = "") -> ModelRef:
-    if label is not None and not _LABEL.match(label):
+    if label is not None and not is_label(label):
         # No model config can give such a label, so no server knows it.
         raise status_error(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {label}")
     return ModelRef(name, version, label, signature or DEFAULT_SIGNATURE)

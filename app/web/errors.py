@@ -1,4 +1,5 @@
-"""Error pages and error JSON: content negotiation, and the one handler every GatewayError goes through."""
+"""Error pages and error JSON: content negotiation, the one handler every GatewayError goes through, and the
+models of the error bodies (the OpenAPI document's ``Error`` and ``ProtocolError``)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,35 @@ from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
+from pydantic import BaseModel, ConfigDict, Field
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from app.errors import GatewayError, PayloadTooLarge
 
 log = logging.getLogger(__name__)
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(examples=["no_face"])
+    message: str
+
+
+class Error(BaseModel):
+    """Every error of the JSON API, the pages' JSON and the operations endpoints."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: ErrorDetail
+
+
+class ProtocolError(BaseModel):
+    """Every error of TF Serving's REST API and of the Open Inference Protocol (``error_body``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: str = Field(description="What went wrong, in the server's words")
 
 
 def init_app(app: Flask) -> None:
@@ -48,7 +73,7 @@ def render_error(error: GatewayError) -> ResponseReturnValue:
     if body is not None:
         return jsonify(body(error)), error.status_code, headers
     if wants_json():
-        return jsonify(error.to_dict()), error.status_code, headers
+        return jsonify(Error.model_validate(error.to_dict()).model_dump()), error.status_code, headers
     page = render_template("error.html", error=error, status=error.status_code)
     return page, error.status_code, headers
 

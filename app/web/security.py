@@ -1,18 +1,20 @@
-"""Abuse resistance: a per-client rate limit on the pipeline, API keys on /api/, security headers, no debug mode.
+"""Abuse resistance: a per-client rate limit on the pipeline, API keys on the API, security headers, no debug mode.
 
 :func:`init_app` wires it all to one app; nothing is created at import time.
 
-- One flask-limiter limit (``GATEWAY_RATE_LIMIT``) shared by the endpoints that run models and
-  counted per client: the API key when a valid one was presented, else the client address
-  (``GATEWAY_TRUSTED_PROXIES`` hops of X-Forwarded-For are believed, never more). Over it: 429
+- One flask-limiter limit (``GATEWAY_RATE_LIMIT``) shared by the routes declared ``rate_limited``
+  (``app.web.operations``: those that run models) and counted per client: the API key when a valid
+  one was presented, else the client address (``GATEWAY_TRUSTED_PROXIES`` hops of X-Forwarded-For
+  are believed, never more). Over it: 429
   ``rate_limited`` with Retry-After, as JSON or as the error page.
 - The count lives in ``GATEWAY_RATE_LIMIT_STORAGE``: memory:// (per worker) or Redis (shared by
   every worker and pod). A Redis that stops answering costs one request its socket timeout, then
   each worker counts on its own (one warning) and flask-limiter re-checks the store with back-off
   (1 to 32 s); when it answers again, the shared count resumes (one more line in the log).
-- With ``GATEWAY_API_KEYS``/``GATEWAY_API_KEYS_FILE`` set, /api/, /v1/ and /v2/ answer 401 without a valid
-  key (``Authorization: Bearer <key>`` or ``X-API-Key``), except the gallery thumbnails, which the
-  open browser page shows, the OpenAPI document, which says how to authenticate, and /v2/health.
+- With ``GATEWAY_API_KEYS``/``GATEWAY_API_KEYS_FILE`` set, the routes declared ``needs_key`` (the JSON API,
+  unknown paths under it included, and the model surfaces /v1 and /v2) answer 401 without a valid key
+  (``Authorization: Bearer <key>`` or ``X-API-Key``). Open: the pages, the gallery thumbnails, which the
+  open browser page shows, the OpenAPI document, which says how to authenticate, health and metrics.
 - Security headers on every response; the pages satisfy the Content-Security-Policy (no inline
   script or style, images from the gateway or data: URLs).
 - JSON escapes ``<``, ``>`` and ``&``, so that no client- or gallery-given string appears raw.
@@ -42,20 +44,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from app.config import ENV_PREFIX, RATE_LIMIT_STORAGE_TIMEOUT, Settings, redacted_storage_uri
 from app.errors import RateLimited, Unauthorized
 from app.protocols.json_text import html_safe
+from app.web.operations import current_route
 
 log = logging.getLogger(__name__)
 
-# The endpoints that run models: the only ones a client can make expensive. The photo endpoints, and the model
-# surfaces' predict/classify/regress (TF Serving's REST API) and infer (the Open Inference Protocol).
-PIPELINE_ENDPOINTS = frozenset(
-    {"api.search", "api.translate", "api.detect", "pages.detect_face", "tfserving_rest.run", "inference_v2.infer"}
-)
-# Where keys are asked for: the JSON API and the model surfaces.
-KEYED_PATHS = ("/api/", "/v1/", "/v2/")
-# Open with keys set: the browser page shows thumbnails; the document says how to authenticate; health is for probes.
-OPEN_API_ENDPOINTS = frozenset(
-    {"api.gallery_thumbnail", "api.openapi_document", "inference_v2.live", "inference_v2.ready"}
-)
 API_KEY_HEADER = "X-API-Key"
 REALM = "portrait gateway"
 CONTENT_SECURITY_POLICY = "; ".join(
@@ -136,7 +128,7 @@ def debug_refusal() -> str:
 
 
 class ApiKeys:
-    """The keys that open /api/. None configured: the API is open."""
+    """The keys that open the routes declared ``needs_key``. None configured: they are open."""
 
     def __init__(self, keys: Iterable[str]) -> None:
         self._keys = tuple(key.encode("ascii") for key in keys)
@@ -159,9 +151,12 @@ class ApiKeys:
         return found
 
     def check_request(self) -> None:
-        """Before each request: a valid key for /api/ when keys are set; remembers it as the client's identity."""
-        keyed = request.path.startswith(KEYED_PATHS) or request.path == "/v2"
-        if not self.required or not keyed or request.endpoint in OPEN_API_ENDPOINTS:
+        """Before each request: a valid key for a route that needs one, when keys are set; remembers it as the
+        client's identity."""
+        if not self.required:
+            return
+        route = current_route()
+        if route is None or not route.needs_key:
             return
         presented = presented_key(request)
         if presented is None:
@@ -196,6 +191,11 @@ def _render_unauthorized(error: Unauthorized) -> ResponseReturnValue:
 # -- the rate limit --------------------------------------------------------------------------------
 
 
+def _not_rate_limited() -> bool:
+    route = current_route()
+    return route is None or not route.rate_limited
+
+
 def client_identity() -> str:
     """Who the rate limit counts: the valid API key presented, else the client address."""
     return g.get("client_identity") or f"addr:{request.remote_addr or 'unknown'}"
@@ -216,7 +216,7 @@ def storage_options(storage_uri: str) -> dict[str, Any]:
 
 
 class ClientRateLimit:
-    """One limit per client, shared by the pipeline endpoints; X-RateLimit-* headers on their responses."""
+    """One limit per client, shared by the routes declared ``rate_limited``; X-RateLimit-* headers on their answers."""
 
     def __init__(self, limit: str, storage_uri: str) -> None:
         self.storage_uri = storage_uri
@@ -234,7 +234,7 @@ class ClientRateLimit:
             swallow_errors=True,  # and should even that fail, the request goes through (logged), never a 500
             key_prefix="portrait-gateway",
         )
-        self.limiter.request_filter(lambda: request.endpoint not in PIPELINE_ENDPOINTS)
+        self.limiter.request_filter(_not_rate_limited)
         self._store_lost = False
         self._store_lock = threading.Lock()
 
