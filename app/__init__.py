@@ -89,7 +89,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Imported here, not at module level: the serving stack pulls in TensorFlow, which light
     # users of the package (the config reader, the CLI's help) should not pay for.
     from app import commands
-    from app.views import api, inference_v2, ops, pages, tfserving_rest
+    from app.views import api, inference_v2, ops, pages, seldon, tfserving_rest
     from app.web import errors
     from app.web.extensions import Serving
     from app.web.metrics import GatewayMetrics
@@ -103,6 +103,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(ops.bp)
     app.register_blueprint(tfserving_rest.bp)  # TF Serving's REST API, /v1/
     app.register_blueprint(inference_v2.bp)  # the Open Inference Protocol, /v2/
+    app.register_blueprint(seldon.bp)  # Seldon's prediction protocol, /seldon/<namespace>/<servable>/api/v1.0/
     security.init_app(app, settings)
     errors.init_app(app)
     return app

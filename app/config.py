@@ -131,6 +131,8 @@ class Settings(BaseSettings):
 
     backend: Literal["local", "grpc"] = "local"  # "local" (in-process SavedModels) or "grpc" (TF Serving)
     serving_target: str = "localhost:8500"  # host:port, dns:///host:port, or a comma-separated list
+    # The servable Seldon's /api/v1.0/predictions goes to (the /seldon/<namespace>/<servable>/... paths name theirs).
+    seldon_servable: str | None = None
     # Servables that another TF Serving serves (e.g. each shard of a gallery on its own): servable=target;...
     servable_targets: Annotated[dict[str, str], NoDecode, BeforeValidator(_servable_targets)] = {}
     # GATEWAY_MODEL_CONFIG, the override "model_config": TF Serving's ModelServerConfig text file (pydantic keeps the

@@ -343,3 +343,44 @@ class TfsSignatures(BaseModel):
 class TfsModelMetadata(BaseModel):
     model_spec: TfsModelSpec
     metadata: TfsSignatures
+
+
+# -- Seldon's protocol (/seldon/<namespace>/<servable>/api/v1.0/predictions) ----------------------------------
+
+
+class SeldonStatus(BaseModel):
+    """Seldon's status of a failed prediction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: int = Field(description="The HTTP status")
+    info: str = Field(description="What went wrong")
+    reason: str = Field(description="MICROSERVICE_BAD_DATA (the request) or MICROSERVICE_INTERNAL_ERROR")
+    status: Literal["FAILURE"]
+
+
+class SeldonError(AnswerBody):
+    """Every error of the Seldon surface, whoever raised it (key check, rate limit, size limit, the model)."""
+
+    status: SeldonStatus
+
+
+class SeldonAnswerData(BaseModel):
+    """``data``: the output in the request's kind, the request's names echoed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    names: list[str]
+    ndarray: list[Any] | None = optional("The output as nested lists (a request in ndarray)")
+    tensor: dict[str, Any] | None = optional("The output as {shape, values} (a request in tensor)")
+    tftensor: dict[str, Any] | None = optional("The output as a TensorProto in JSON (a request in tftensor)")
+
+
+class SeldonAnswer(AnswerBody):
+    """A SeldonMessage: ``data`` (or ``jsonData``, TF Serving's REST answer, for a ``jsonData`` request), ``meta``."""
+
+    data: SeldonAnswerData | None = optional()
+    json_data: Any = optional("TF Serving's REST answer to a jsonData request", alias="jsonData")
+    meta: dict[str, Any] = Field(description="puid and tags echoed (a puid made when none came); requestPath")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)

@@ -12,7 +12,7 @@ SignatureDefs asked afresh (:func:`signature_defs`).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from flask import Blueprint, Flask, Request, Response, current_app, g, request
@@ -49,7 +49,7 @@ class ModelApiMetrics:
         self.requests = Counter(
             "gateway_model_api_requests_total",
             "Requests to the model surfaces (tfserving_rest: TF Serving's REST API, inference_v2: the Open "
-            "Inference Protocol) by surface, servable, method and HTTP status",
+            "Inference Protocol, seldon: Seldon's protocol) by surface, servable, method and HTTP status",
             ["surface", "servable", "method", "status"], registry=registry,
         )  # fmt: skip
         self.latency = Histogram(
@@ -58,11 +58,11 @@ class ModelApiMetrics:
         )  # fmt: skip
 
 
-def protocol_surface(blueprint: Blueprint) -> None:
-    """Make ``blueprint`` a model surface: ``{"error": ...}`` bodies, its requests counted, ``<everything:...>`` in its
-    rules. Call it before the blueprint's first rule."""
+def protocol_surface(blueprint: Blueprint, body: Callable[[GatewayError], dict] | None = None) -> None:
+    """Make ``blueprint`` a model surface: its errors in its protocol's body (default ``{"error": ...}``), its
+    requests counted, ``<everything:...>`` in its rules. Call it before the blueprint's first rule."""
     any_path_converter(blueprint)
-    error_body(blueprint, lambda error: ProtocolErrorBody(error=error.message).model_dump())
+    error_body(blueprint, body or (lambda error: ProtocolErrorBody(error=error.message).model_dump()))
     blueprint.record_once(_init_app)
     blueprint.after_request(_count)
 

@@ -40,6 +40,7 @@ TAGS = {
         "tensorflow_model_server 2.20 answers it: its JSON, its status codes, its messages"
     ),
     "inference-v2": "The Open Inference Protocol (KServe v2), for every servable",
+    "seldon": "Seldon Core's prediction protocol, for every servable (the path of Seldon's ingress and clients)",
 }
 
 # What each error status means wherever it is answered, and the name of the gateway's own answer for it.

@@ -131,6 +131,16 @@ DetectParams = create_model("DetectParams", __base__=Params, **_pin_fields(("det
 PageParams = create_model("PageParams", __base__=Params, k=_K_FIELD, **_pin_fields(STAGE_NAMES))
 
 
+class SeldonParams(Params):
+    """What Seldon's TF Serving proxy takes as its parameters, per request here."""
+
+    signature_name: str | None = Field(None, min_length=1, description="The signature to run (default serving_default)")
+    model_input: str | None = Field(
+        None, min_length=1, description="The input the tensor goes to (default: the only one)"
+    )
+    model_output: str | None = Field(None, min_length=1, description="The output sent back (default: the only one)")
+
+
 # -- path parameters and headers, as the document describes them (the views read them themselves) ---------------
 
 
@@ -146,6 +156,13 @@ class InferencePath(BaseModel):
 
     model_name: ModelName
     model_version: str = Field(min_length=1, description="A version number, or a version label")
+
+
+class SeldonPath(BaseModel):
+    """Seldon's ingress path: the namespace (not looked at) and the servable."""
+
+    namespace: str = Field(min_length=1, description="The Seldon namespace (any: the gateway serves one set)")
+    model_name: ModelName
 
 
 class TfsModelPath(BaseModel):

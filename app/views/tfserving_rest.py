@@ -267,6 +267,19 @@ def _ref(name: str, version: int | None, label: str | None, signature: str = "")
     return ModelRef(name, version, label, signature or DEFAULT_SIGNATURE)
 
 
+def predict_text(name: str, version: int | None, label: str | None, body: bytes) -> str:
+    """A TF Serving REST predict body answered as TF Serving's REST API answers it (its JSON text), its failures as
+    the REST API's ProtocolError (the Seldon surface passes ``jsonData`` through this)."""
+    try:
+        return _predict(name, version, label, body)
+    except ServingStatus as exc:
+        raise status_error(exc.status, exc.message) from exc
+    except ProtocolError:
+        raise
+    except GatewayError as exc:
+        raise gateway_error(exc) from exc
+
+
 def _predict(name: str, version: int | None, label: str | None, body: bytes) -> str:
     """ProcessPredictRequest: the JSON read against the signature's inputs (GetInfoMap), Predict, the JSON out."""
     doc = parse(body)

@@ -54,7 +54,8 @@ def test_document_describes_every_route(local_app, document):
     catch-all that answers unknown API paths)."""
     routes = {}
     for rule in local_app.url_map.iter_rules():
-        if (rule.rule.startswith("/api/") and "<everything:" not in rule.rule) or rule.rule in ("/healthz", "/readyz"):
+        surface = rule.rule.startswith(("/api/", "/seldon/")) and "<everything:" not in rule.rule
+        if surface or rule.rule in ("/healthz", "/readyz"):
             path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
             routes.setdefault(path, set()).update(m.lower() for m in rule.methods - {"HEAD", "OPTIONS"})
     # The model surfaces (/v1, /v2) are checked against their own routes in tests/contract/test_rest_api.py.
