@@ -105,7 +105,9 @@ for _endpoint, _methods in (("read", ["GET"]), ("run", ["POST"]), ("other", ["PU
 
 
 def status_error(code: grpc.StatusCode, message: str, *, retry_after: float | None = None) -> ProtocolError:
-    return ProtocolError(HTTP_STATUS.get(code, 500), message, retry_after=retry_after)
+    error = ProtocolError(HTTP_STATUS.get(code, 500), message, retry_after=retry_after)
+    error.serving_status = ServingStatus(code, message)  # the status it stands for (the model server counts them)
+    return error
 
 
 def gateway_error(error: GatewayError) -> ProtocolError:
