@@ -6,6 +6,9 @@ order), so that a flag added, dropped or retyped in the product's table is caugh
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from app.model_server import __main__ as entry
@@ -176,3 +179,10 @@ def test_main_answers_a_wrong_flag_with_one_line_and_the_usage(capsys):
 def test_main_help_prints_the_usage(capsys):
     assert entry.main(["--help"]) == 0
     assert capsys.readouterr().out == flags.usage()
+
+
+def test_the_docs_table_says_what_the_server_does_with_every_flag():
+    """docs/model-server.md's table is read against FLAGS: each flag once, honoured/ignored/refused as the code does."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "model-server.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `--(\w+)` \|[^|]*\| (honoured|ignored|refused)\b", page, re.M))
+    assert rows == {flag.name: flag.how for flag in flags.FLAGS}
