@@ -92,7 +92,10 @@ def test_a_boolean_flag_does_not_swallow_the_next_flag():
         (["serve"], "unknown argument: serve"),
         (["-port=1"], "unknown argument: -port=1"),
         (["--port=85OO"], "Couldn't interpret value 85OO for flag port. It takes a whole number."),
-        (["--port=99999999999"], "Couldn't interpret value 99999999999 for flag port. It is out of range for an int32."),
+        (
+            ["--port=99999999999"],
+            "Couldn't interpret value 99999999999 for flag port. It is out of range for an int32.",
+        ),
         (["--enable_batching=yes"], "Couldn't interpret value yes for flag enable_batching. Use true or false."),
         (["--port"], "--port needs a value: --port=<int32>"),
         (["--model_name", "--port=1"], "--model_name needs a value: --model_name=<string>"),
