@@ -28,7 +28,7 @@ def test_the_page_counts_requests_by_status_and_times_the_successful_ones():
     metrics.examples("half_plus_two", 3)
     page = metrics.page()
     lines = page.splitlines()
-    assert ":tensorflow:serving:request_count{model_name=\"half_plus_two\",status=\"OK\"} 2" in lines
+    assert ':tensorflow:serving:request_count{model_name="half_plus_two",status="OK"} 2' in lines
     assert ':tensorflow:serving:request_count{model_name="half_plus_two",status="NOT_FOUND"} 1' in lines
     assert ':tensorflow:serving:request_count{model_name="",status="INVALID_ARGUMENT"} 1' in lines
     assert "# TYPE :tensorflow:serving:request_latency histogram" in lines
@@ -51,9 +51,7 @@ def test_prometheus_reads_the_page():
     families = {family.name: family for family in text_string_to_metric_families(metrics.page())}
     count = families[":tensorflow:serving:request_count"]
     assert count.type == "counter"
-    assert [(s.labels, s.value) for s in count.samples] == [
-        ({"model_name": "m", "status": "OK"}, 1.0)
-    ]
+    assert [(s.labels, s.value) for s in count.samples] == [({"model_name": "m", "status": "OK"}, 1.0)]
     runtime = families[":tensorflow:serving:runtime_latency"]
     assert runtime.type == "histogram"
     assert {s.labels.get("runtime") for s in runtime.samples} == {"TF1"}
