@@ -222,6 +222,7 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Predict(self, request, context):
         started = time.perf_counter()
         if not request.HasField("model_spec"):
+            self._recorded("Predict", "", started, grpc.StatusCode.INVALID_ARGUMENT)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
         spec = request.model_spec
         version, label = _version_and_label(spec)
@@ -272,6 +273,7 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         """One Classify or Regress call: ``run`` is the runtime's, ``fill`` writes its outputs into ``response``."""
         started = time.perf_counter()
         if not request.HasField("model_spec"):
+            self._recorded(api, "", started, grpc.StatusCode.INVALID_ARGUMENT)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
         spec = request.model_spec
         version, label = _version_and_label(spec)
