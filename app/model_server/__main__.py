@@ -47,35 +47,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in warnings:
         log.warning("%s", warning)
 
-    from app.serving.tensorflow_import import import_tensorflow
-
-    import_tensorflow("INFO")
-    from app.model_server.server import Server, StartError
-
-    try:
-        server = Server(flags).start()
-    except StartError as exc:
-        print(f"Failed to start server. Error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROGRAM}: interrupted while starting", file=sys.stderr)
-        return 130
-
-    stopping = threading.Event()
+    loaded, stopping = threading.Event(), threading.Event()
 
     def stop_on(signum: int, _frame: object) -> None:
+        if not loaded.is_set() and not stopping.is_set():
+            stopping.set()
+            raise StartInterrupted(signum)  # TensorFlow or the models are loading: give up, nothing is served yet
         if stopping.is_set():
             log.warning("already stopping (signal %d)", signum)
-        stopping.set()
+        stopping.set()  # serving (or opening the ports): drained below
 
     signal.signal(signal.SIGTERM, stop_on)
     signal.signal(signal.SIGINT, stop_on)
+    try:
+        from app.serving.tensorflow_import import import_tensorflow
+
+        import_tensorflow("INFO")
+        from app.model_server.server import Server, StartError
+
+        try:
+            server = Server(flags).load()
+            loaded.set()
+            server.serve()
+        except StartError as exc:
+            print(f"Failed to start server. Error: {exc}", file=sys.stderr)
+            return 1
+    except StartInterrupted as exc:
+        print(f"{PROGRAM}: stopped by signal {exc.signum} while loading", file=sys.stderr)
+        return 0
     while not stopping.wait(1.0):  # a timed wait: the signal handler runs between two
         pass
     log.info("stopping: the ports take no new calls; calls in flight have %g s to finish", DRAIN_SECONDS)
     server.stop(DRAIN_SECONDS)
     log.info("stopped")
     return 0
+
+
+class StartInterrupted(BaseException):
+    """SIGTERM or SIGINT came while loading. A BaseException, as KeyboardInterrupt is: no ``except Exception`` on the
+    way (a warmup record's runner, say) takes it for a failure of its own."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
 
 
 def _print_version() -> int:

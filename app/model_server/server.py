@@ -119,9 +119,19 @@ class Server:
 
     def start(self) -> Server:
         """Load the models, then open the ports. Raises StartError (one line) when the server cannot start."""
+        return self.load().serve()
+
+    def load(self) -> Server:
+        """Load the models: returns once every configured model has a version available (StartError if one failed).
+        Anything raised meanwhile (a signal's exception too) leaves nothing loaded."""
+        self.runtime = self._runtime()
+        return self
+
+    def serve(self) -> Server:
+        """Open the gRPC port, then the REST port. Raises StartError when one cannot be had (both closed then)."""
         flags = self.flags
+        assert self.runtime is not None, "load() first"
         try:
-            self.runtime = self._runtime()
             self.grpc = ModelServer(
                 runtime=self.runtime,
                 host=ALL_ADDRESSES,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -16,11 +17,12 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
 
 from tests.support.model_api_servables import export_half_plus_two
-from tests.support.model_server import export_sleeper, model_server, run_once
+from tests.support.model_server import REPO, command, export_sleeper, model_server, run_once
 from tests.support.programs import port_open
+from tests.support.servables import write_warmup
 
 pytestmark = pytest.mark.slow
 DEADLINE = 30.0
@@ -143,3 +145,26 @@ def test_batching_merges_concurrent_predicts_and_refuses_what_tf_serving_cannot_
         with pytest.raises(grpc.RpcError) as too_large:
             stub.Predict(request([[1.0]] * 5), DEADLINE)
         assert too_large.value.details() == "Task size 5 is larger than maximum input batch size 4"
+
+
+def test_sigterm_while_the_models_load_gives_up_the_start_and_exits_0(tmp_path):
+    """A warmup record that takes two seconds, and says when it started: SIGTERM then stops the loading server."""
+    marker = tmp_path / "warming-up"
+    version = export_sleeper(tmp_path / "models" / "sleeper" / "1")
+    log = prediction_log_pb2.PredictionLog()
+    log.predict_log.request.CopyFrom(sleeper_request(marker, 2.0))
+    write_warmup(version, [log])
+    process = subprocess.Popen(
+        command(["--port=1", "--model_name=sleeper", f"--model_base_path={version.parent}"]),
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(marker, timeout=120)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, output[-3000:]
+    assert output.strip().splitlines()[-1] == "python -m app.model_server: stopped by signal 15 while loading"
