@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import requests
 import tensorflow as tf
 from google.protobuf import text_format
 from prometheus_client.parser import text_string_to_metric_families
@@ -75,8 +76,14 @@ def configured(models: Path, tmp_path_factory) -> Iterator[RunningModelServer]:
     config.write_text(config_text(models, "half_plus_two", "half_plus_three"), encoding="utf-8")
     monitoring = folder / "monitoring.config"
     monitoring.write_text('prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n')
-    arguments = [f"--model_config_file={config}", f"--monitoring_config_file={monitoring}"]
+    arguments = [
+        f"--model_config_file={config}",
+        f"--monitoring_config_file={monitoring}",
+        "--rest_api_enable_cors_support",
+        f"--grpc_socket_path={folder / 'grpc.sock'}",
+    ]
     with model_server(arguments, folder) as server:
+        server.socket = folder / "grpc.sock"  # type: ignore[attr-defined]
         yield server
 
 
@@ -186,6 +193,36 @@ def test_the_prometheus_page_counts_requests_as_tf_serving_names_them(configured
     if promtool:  # Prometheus's own linter reads the page too (Debian's prometheus package)
         checked = subprocess.run([promtool, "check", "metrics"], input=page, capture_output=True, text=True)
         assert "error" not in (checked.stdout + checked.stderr).lower(), checked.stdout + checked.stderr
+
+
+def test_cors_headers_and_paths_outside_the_api(configured, single):
+    """--rest_api_enable_cors_support adds TF Serving's three headers to API answers, errors included; a path that is
+    neither the API nor the Prometheus page is 404."""
+    port = configured.rest_port
+    answer = requests.post(f"http://127.0.0.1:{port}/v1/models/nope:predict", data="{}", timeout=DEADLINE)
+    assert answer.status_code == 404
+    assert answer.headers["Access-Control-Allow-Origin"] == "*"
+    assert answer.headers["Access-Control-Allow-Methods"] == "POST, GET"
+    assert answer.headers["Access-Control-Allow-Headers"] == "Content-Type"
+    preflight = requests.options(
+        f"http://127.0.0.1:{port}/v1/models/half_plus_two:predict", headers={"Origin": "https://a.example"}, timeout=5
+    )
+    assert preflight.status_code == 200 and preflight.headers["Access-Control-Allow-Origin"] == "*"
+    assert (
+        "Access-Control-Allow-Origin"
+        not in requests.get(f"http://127.0.0.1:{single.rest_port}/v1/models/half_plus_two", timeout=5).headers
+    )
+    assert requests.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 404
+    assert (
+        requests.get(f"http://127.0.0.1:{single.rest_port}/monitoring/prometheus/metrics", timeout=5).status_code == 404
+    )
+
+
+def test_grpc_on_the_unix_socket_too(configured):
+    with grpc.insecure_channel(f"unix:{configured.socket}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        result = stub.Predict(predict_request("half_plus_three", [1.0]), DEADLINE)
+    assert tf.make_ndarray(result.outputs["y"]).tolist() == [3.5]
 
 
 # -- gRPC: the official stubs, as a seed-style client calls them ---------------------------------------------------
