@@ -361,25 +361,23 @@ class ModelRuntime:
         return every if every > 0 else None
 
     def _poll_loop(self) -> None:
-        """Poll the base paths and the config file, each on its own clock (a config pass polls the paths too)."""
+        """Poll the base paths and the config file, each on its own clock (a config pass polls the paths too); a
+        clock restarts when its pass has ended, so a slow pass (a version loading) is not followed by another at
+        once."""
         paths_every, config_every = self._paths_every(), self._config_every()
         started = time.monotonic()
         next_paths = started + paths_every if paths_every else math.inf
         next_config = started + config_every if config_every else math.inf
         while not self._stop.wait(max(0.0, min(next_paths, next_config) - time.monotonic())):
-            now = time.monotonic()
-            with_config = now >= next_config
-            if with_config:
-                next_config = now + config_every  # type: ignore[operator]
-                next_paths = now + paths_every if paths_every else math.inf
-            elif now >= next_paths:
-                next_paths = now + paths_every  # type: ignore[operator]
-            else:
-                continue
+            with_config = time.monotonic() >= next_config
             try:
                 self.poll_once(config=with_config)
             except Exception:  # the poller must outlive any one bad pass
                 log.exception("model polling pass failed")
+            ended = time.monotonic()
+            next_paths = ended + paths_every if paths_every else math.inf
+            if with_config:
+                next_config = ended + config_every  # type: ignore[operator]
 
     def _sync(self) -> None:
         """Poll every base path, then bring each model's versions to what its policy aspires to."""
