@@ -16,13 +16,19 @@ gateway talks to this server. Output tensors go out the way TF Serving sends the
 compatibility"); ``response_form="content"`` answers with ``tf.make_tensor_proto`` instead
 (``tensor_content``, as ``kAsProtoContent`` roughly would).
 
+MultiInference runs the classify/regress signatures of its tasks over one set of examples
+(multi_inference_helper.cc: the servable the first task names). With ``metrics``, Predict, Classify
+and Regress are counted and timed as TF Serving counts them (``app.model_server.monitoring``).
+
 ``interceptors`` are gRPC server interceptors run before every call (the tests inject faults
-with one, ``tests/support/double.py``).
+with one, ``tests/support/double.py``). ``options`` are more gRPC server arguments
+(``--grpc_channel_arguments``); ``unix_socket`` adds a listening socket (``--grpc_socket_path``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,7 @@ from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
@@ -45,7 +52,9 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from app.errors import ServingStatus, wire_message
+from app.model_server.monitoring import ServingMetrics
 from app.serving.base import fill_classification_result, fill_regression_result
+from app.serving.examples import CLASSIFY_METHOD
 from app.serving.model_config import ModelConfigError, parse_model_config
 from app.serving.runtime import ModelRuntime
 from app.serving.tensors import row_of_dtype
@@ -67,11 +76,14 @@ class ModelServer:
         runtime: ModelRuntime | None = None,
         poll_interval: float = 0.2,
         host: str = "127.0.0.1",
-        port: int = 0,
+        port: int | None = 0,
         name: str = "serving",
         response_form: str = "field",
         max_threads: int = DEFAULT_MAX_THREADS,
         interceptors: Sequence[grpc.ServerInterceptor] = (),
+        options: Sequence[tuple[str, Any]] = (),
+        unix_socket: str | None = None,
+        metrics: ServingMetrics | None = None,
         **runtime_options: Any,
     ) -> None:
         if response_form not in ("field", "content"):
@@ -90,10 +102,15 @@ class ModelServer:
         self.port = port
         self.max_threads = max_threads
         self.interceptors = list(interceptors)
+        self.options = list(options)
+        self.unix_socket = unix_socket
+        self.metrics = metrics
         self._server: grpc.Server | None = None
 
     @property
     def address(self) -> str:
+        if self.port is None:
+            return f"unix:{self.unix_socket}"
         return f"{self.host}:{self.port}"
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -108,14 +125,16 @@ class ModelServer:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
+                *self.options,
             ],
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(self), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(self), server)
-        bound = server.add_insecure_port(f"{self.host}:{self.port}")
-        if bound == 0:
-            raise RuntimeError(f"could not bind {self.host}:{self.port}")
-        self.port = bound
+        if self.port is not None:
+            bound = _bind(server, f"{self.host}:{self.port}")
+            self.port = bound
+        if self.unix_socket:
+            _bind(server, f"unix:{self.unix_socket}")
         server.start()
         self._server = server
         return self
@@ -145,6 +164,16 @@ class ModelServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _bind(server: grpc.Server, address: str) -> int:
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio raises where older versions returned 0
+        bound = 0
+    if bound == 0:
+        raise RuntimeError(f"could not bind {address} (in use, or not an address of this host)")
+    return bound
 
 
 def _abort(context: grpc.ServicerContext, exc: ServingStatus) -> None:
@@ -185,8 +214,15 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, server: ModelServer) -> None:
         self.server = server
 
+    def _recorded(self, api: str, name: str, started: float, code: grpc.StatusCode) -> None:
+        """RecordModelRequestCount and RecordRequestLatency, as PredictionServiceImpl calls them."""
+        if self.server.metrics is not None:
+            self.server.metrics.request(name, api, "GRPC", code.name, time.perf_counter() - started)
+
     def Predict(self, request, context):
+        started = time.perf_counter()
         if not request.HasField("model_spec"):
+            self._recorded("Predict", "", started, grpc.StatusCode.INVALID_ARGUMENT)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
         spec = request.model_spec
         version, label = _version_and_label(spec)
@@ -203,7 +239,10 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 decode=tf.make_ndarray,
             )
         except ServingStatus as exc:
+            self._recorded("Predict", spec.name, started, exc.status)
             _abort(context, exc)
+        if self.server.metrics is not None:
+            self.server.metrics.runtime(spec.name, "Predict", time.perf_counter() - started)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = spec.name
         response.model_spec.version.value = served
@@ -213,25 +252,28 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 _as_proto_field(value, response.outputs[alias])
             else:
                 response.outputs[alias].CopyFrom(tf.make_tensor_proto(value))
+        self._recorded("Predict", spec.name, started, grpc.StatusCode.OK)
         return response
 
     def Classify(self, request, context):
         """TensorflowClassificationServiceImpl::Classify: the runtime's classifier.cc checks, MakeModelSpec's answer."""
         return self._examples_call(
-            request, context, self.server.runtime.classify,
+            "Classify", request, context, self.server.runtime.classify,
             classification_pb2.ClassificationResponse(), fill_classification_result,
         )  # fmt: skip
 
     def Regress(self, request, context):
         """TensorflowRegressionServiceImpl::Regress, likewise."""
         return self._examples_call(
-            request, context, self.server.runtime.regress,
+            "Regress", request, context, self.server.runtime.regress,
             regression_pb2.RegressionResponse(), fill_regression_result,
         )  # fmt: skip
 
-    def _examples_call(self, request, context, run, response, fill):
+    def _examples_call(self, api: str, request, context, run: Callable[..., Any], response, fill):
         """One Classify or Regress call: ``run`` is the runtime's, ``fill`` writes its outputs into ``response``."""
+        started = time.perf_counter()
         if not request.HasField("model_spec"):
+            self._recorded(api, "", started, grpc.StatusCode.INVALID_ARGUMENT)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
         spec = request.model_spec
         version, label = _version_and_label(spec)
@@ -241,9 +283,33 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 signature=spec.signature_name or "serving_default", timeout=context.time_remaining(),
             )  # fmt: skip
         except ServingStatus as exc:
+            self._recorded(api, spec.name, started, exc.status)
             _abort(context, exc)
+        if self.server.metrics is not None:
+            self.server.metrics.runtime(spec.name, api, time.perf_counter() - started)
+            self.server.metrics.examples(spec.name, _example_count(request.input))
         _answered_spec(response.model_spec, spec, served)
         fill(response.result, outputs)
+        self._recorded(api, spec.name, started, grpc.StatusCode.OK)
+        return response
+
+    def MultiInference(self, request, context):
+        """PredictionServiceImpl::MultiInference: no request metrics (TF Serving records none for it), the
+        example count as TensorFlowMultiInferenceRunner records it."""
+        try:
+            served, results = self.server.runtime.multi_inference(request, timeout=context.time_remaining())
+        except ServingStatus as exc:
+            _abort(context, exc)
+        if self.server.metrics is not None:
+            self.server.metrics.examples(request.tasks[0].model_spec.name, _example_count(request.input))
+        response = inference_pb2.MultiInferenceResponse()
+        for spec, method, outputs in results:
+            result = response.results.add()
+            if method == CLASSIFY_METHOD:
+                fill_classification_result(result.classification_result, outputs)
+            else:
+                fill_regression_result(result.regression_result, outputs)
+            _answered_spec(result.model_spec, spec, served)
         return response
 
     def GetModelMetadata(self, request, context):
@@ -304,7 +370,11 @@ class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
         text = text_format.MessageToString(request.config)
         try:
             config = parse_model_config(
-                text, path=runtime.config_path, models_root=runtime.models_root, check_paths=False
+                text,
+                path=runtime.config_path or "<ReloadConfigRequest>",
+                models_root=runtime.models_root,
+                container_prefix=runtime.container_prefix,
+                check_paths=False,
             )
             runtime.apply_config(config)
         except ModelConfigError as exc:
@@ -312,6 +382,15 @@ class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
         except ServingStatus as exc:
             _abort(context, exc)
         return model_management_pb2.ReloadConfigResponse()
+
+
+def _example_count(examples) -> int:
+    kind = examples.WhichOneof("kind")
+    if kind == "example_list":
+        return len(examples.example_list.examples)
+    if kind == "example_list_with_context":
+        return len(examples.example_list_with_context.examples)
+    return 0
 
 
 def reload_request(config_text: str) -> model_management_pb2.ReloadConfigRequest:

@@ -153,8 +153,34 @@ def regress(
     return values[0]
 
 
-def multi_inference(servable: LoadedVersion, request) -> list[np.ndarray]:
-    """TensorFlowMultiInferenceRunner::Infer: several classify/regress signatures over one set of examples."""
+def multi_inference(servable: LoadedVersion, request, timeout: float | None = None) -> list[np.ndarray]:
+    """TensorFlowMultiInferenceRunner::Infer: several classify/regress signatures over one set of examples; the
+    values of every output tensor the tasks name, in the order of their sorted names."""
+    return _multi_inference(servable, request, timeout)[2]
+
+
+def multi_inference_results(
+    servable: LoadedVersion, request, timeout: float | None = None
+) -> list[tuple[object, str, dict[str, np.ndarray] | np.ndarray]]:
+    """MultiInference as the PredictionService answers it: per task, in order, its model spec, its method name and
+    its outputs (``classes``/``scores`` by key for a classification, the ``outputs`` tensor for a regression)."""
+    tasks, names, values = _multi_inference(servable, request, timeout)
+    by_name = dict(zip(names, values, strict=True))
+    results: list[tuple[object, str, dict[str, np.ndarray] | np.ndarray]] = []
+    for task, (method, signature) in zip(request.tasks, tasks, strict=True):
+        if method == CLASSIFY_METHOD:
+            outputs = {
+                key: by_name[signature.outputs[key].name] for key in ("classes", "scores") if key in signature.outputs
+            }
+            results.append((task.model_spec, method, outputs))
+        else:
+            results.append((task.model_spec, method, by_name[signature.outputs["outputs"].name]))
+    return results
+
+
+def _multi_inference(
+    servable: LoadedVersion, request, timeout: float | None
+) -> tuple[list[tuple[str, meta_graph_pb2.SignatureDef]], list[str], list[np.ndarray]]:
     model_name = ""
     seen: set[str] = set()
     inputs: set[str] = set()
@@ -184,11 +210,11 @@ def multi_inference(servable: LoadedVersion, request) -> list[np.ndarray]:
         tasks.append((task.method_name, signature))
     examples = serialized_examples(request.input)
     names = sorted(outputs)
-    values = servable.run(dict.fromkeys(sorted(inputs), examples), names)
+    values = servable.run(dict.fromkeys(sorted(inputs), examples), names, timeout)
     for method, signature in tasks:
         check = check_classification if method == CLASSIFY_METHOD else check_regression
         check(signature, len(examples), names, values)
-    return values
+    return tasks, names, values
 
 
 def _debug(signature: meta_graph_pb2.SignatureDef) -> str:

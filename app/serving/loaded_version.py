@@ -22,6 +22,7 @@ from tensorflow.python.client import pywrap_tf_session
 
 from app.errors import ServingStatus
 from app.serving.base import DEFAULT_SIGNATURE, ModelMetadata, metadata_from_signature_defs
+from app.serving.batching import BatchingSession
 
 SAVED_MODEL_TAGS = ("serve",)
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -91,6 +92,8 @@ class LoadedVersion:
         self._refs = 0
         self._retired = False
         self._ref_lock = threading.Lock()
+        #: Set when the server batches this version's runs (``--enable_batching``): runs go through it.
+        self.batching: BatchingSession | None = None
 
     def acquire(self) -> None:
         with self._ref_lock:
@@ -105,6 +108,8 @@ class LoadedVersion:
 
     def retire(self) -> None:
         """Close the session once the last request using this version has finished."""
+        if self.batching is not None:
+            self.batching.close()
         with self._ref_lock:
             self._retired = True
             close = self._refs == 0
@@ -123,6 +128,13 @@ class LoadedVersion:
         return found
 
     def run(self, feeds: Mapping[str, Any], fetches: list[str], timeout: float | None = None) -> list[np.ndarray]:
+        """One step of the session by tensor names: through the batching session when this version batches (its
+        runs are then merged with others of the same tensors), else on its own (:meth:`run_alone`)."""
+        if self.batching is not None:
+            return self.batching.run(feeds, fetches, timeout)
+        return self.run_alone(feeds, fetches, timeout)
+
+    def run_alone(self, feeds: Mapping[str, Any], fetches: list[str], timeout: float | None = None) -> list[np.ndarray]:
         """One step of the session by tensor names, through TensorFlow's C API as TF Serving's C++ session runs.
 
         The arrays go in as they are: a float64 array fed to a float input fails in the session

@@ -34,6 +34,7 @@ version it started on: versions are reference-counted and closed after their las
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
@@ -50,9 +51,15 @@ from app.errors import ServingStatus
 from app.serving import examples as example_runs
 from app.serving import warmup as warmups
 from app.serving.base import DEFAULT_SIGNATURE, ModelMetadata, VersionStatus
+from app.serving.batching import Batching
 from app.serving.layout import version_folders
 from app.serving.loaded_version import LoadedVersion
-from app.serving.model_config import ServableConfig, ServingConfig, load_model_config
+from app.serving.model_config import (
+    DEFAULT_CONTAINER_PREFIX,
+    ServableConfig,
+    ServingConfig,
+    load_model_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,37 +113,60 @@ class _PollFailed(Exception):
 
 
 class ModelRuntime:
-    """Loads, serves, polls and unloads the servables of one serving_models.config. Thread-safe."""
+    """Loads, serves, polls and unloads the servables of one serving_models.config. Thread-safe.
+
+    The config is read from ``config_path``, or given as ``config`` (``tensorflow_model_server
+    --model_name --model_base_path``: one model, no file). Base paths under ``container_prefix``
+    map onto ``models_root`` (the gateway's embedded backend); ``container_prefix=""`` takes every
+    path as written, as the model server does. The base paths are polled every ``poll_interval``
+    seconds (``--file_system_poll_wait_seconds``; 0: once, at start), the config file every
+    ``config_poll_interval`` seconds (``--model_config_file_poll_wait_seconds``; 0: never again;
+    None: with every poll of the base paths). ``batching`` batches the runs of the versions it
+    chooses (``--enable_batching``); the runtime closes it with itself.
+    """
 
     def __init__(
         self,
-        config_path: str | Path,
+        config_path: str | Path | None,
         *,
+        config: ServingConfig | None = None,
         models_root: Path | None = None,
+        container_prefix: str = DEFAULT_CONTAINER_PREFIX,
         poll_interval: float = 1.0,
+        config_poll_interval: float | None = None,
         warmup: bool = True,
         session_threads: int = 0,
+        session_config: tf.compat.v1.ConfigProto | None = None,
         poll: bool = True,
         max_load_retries: int = DEFAULT_MAX_LOAD_RETRIES,
         load_retry_interval: float = DEFAULT_LOAD_RETRY_INTERVAL,
         allow_labels_for_unavailable: bool = False,
         force_allow_labels_for_unavailable: bool = False,
+        batching: Batching | None = None,
     ) -> None:
         if max_load_retries < 0:
             raise ValueError(f"max_load_retries must be 0 or more, got {max_load_retries}")
-        self.config_path = Path(config_path)
+        if config_path is None and config is None:
+            raise ValueError("give a config file or a config")
+        self.config_path = Path(config_path) if config_path is not None else None
         self.models_root = models_root
+        self.container_prefix = container_prefix
         self.poll_interval = poll_interval
+        self.config_poll_interval = config_poll_interval
         self.warmup = warmup
         self.max_load_retries = max_load_retries
         self.load_retry_interval = load_retry_interval
         self.allow_labels_for_unavailable = allow_labels_for_unavailable
         self.force_allow_labels_for_unavailable = force_allow_labels_for_unavailable
-        self._session_config = tf.compat.v1.ConfigProto(
-            intra_op_parallelism_threads=session_threads,
-            inter_op_parallelism_threads=session_threads,
-            allow_soft_placement=True,
-        )
+        self.batching = batching
+        if session_config is None:
+            session_config = tf.compat.v1.ConfigProto(
+                intra_op_parallelism_threads=session_threads,
+                inter_op_parallelism_threads=session_threads,
+            )
+        self._session_config = tf.compat.v1.ConfigProto()
+        self._session_config.CopyFrom(session_config)
+        self._session_config.allow_soft_placement = True
         self._lock = threading.Lock()  # guards what requests read: models, harness states, labels, states
         self._manager = threading.RLock()  # one config change, load or unload at a time, as TF Serving's manager
         self._models: dict[str, _Model] = {}
@@ -149,11 +179,14 @@ class ModelRuntime:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         try:
-            self._start(load_model_config(self.config_path, models_root=models_root))
+            if config is None:
+                assert self.config_path is not None
+                config = load_model_config(self.config_path, models_root=models_root, container_prefix=container_prefix)
+            self._start(config)
         except BaseException:
             self.close()
             raise
-        if poll and poll_interval > 0:
+        if poll and (self._paths_every() or self._config_every()):
             self._poller = threading.Thread(target=self._poll_loop, name="model-poller", daemon=True)
             self._poller.start()
 
@@ -183,9 +216,19 @@ class ModelRuntime:
             raise ServingStatus(grpc.StatusCode.UNKNOWN, _not_available("model(s)", unavailable))
 
     def reload_config(self) -> None:
-        """Read the config file again and apply it; raises as ``apply_config`` or ModelConfigError (unreadable)."""
+        """Read the config file again and apply it; raises as ``apply_config`` or ModelConfigError (unreadable).
+        Without a config file (one model given as ``config``) there is nothing to read: it polls the base paths."""
+        if self.config_path is None:
+            with self._manager:
+                self._sync()
+            return
         try:
-            config = load_model_config(self.config_path, models_root=self.models_root, check_paths=False)
+            config = load_model_config(
+                self.config_path,
+                models_root=self.models_root,
+                container_prefix=self.container_prefix,
+                check_paths=False,
+            )
             self.apply_config(config)
         except ConfigRefused as exc:
             self.config_refusal = f"{self.config_path}: {exc.status.name}: {exc.message}"
@@ -286,8 +329,13 @@ class ModelRuntime:
 
     # -- polling (FileSystemStoragePathSource) and the manager (AspiredVersionsManager) --------------
 
-    def poll_once(self) -> None:
-        """One polling pass: re-apply the config file, then look for new and removed versions."""
+    def poll_once(self, *, config: bool = True) -> None:
+        """One polling pass: re-apply the config file (unless ``config`` is False), then look for new and removed
+        versions."""
+        if not config or self.config_path is None:
+            with self._manager:
+                self._sync()
+            return
         try:
             self.reload_config()
             return  # applying it polled the base paths too
@@ -303,12 +351,33 @@ class ModelRuntime:
         with self._manager:
             self._sync()
 
+    def _paths_every(self) -> float | None:
+        return self.poll_interval if self.poll_interval > 0 else None
+
+    def _config_every(self) -> float | None:
+        if self.config_path is None:
+            return None
+        every = self.poll_interval if self.config_poll_interval is None else self.config_poll_interval
+        return every if every > 0 else None
+
     def _poll_loop(self) -> None:
-        while not self._stop.wait(self.poll_interval):
+        """Poll the base paths and the config file, each on its own clock (a config pass polls the paths too); a
+        clock restarts when its pass has ended, so a slow pass (a version loading) is not followed by another at
+        once."""
+        paths_every, config_every = self._paths_every(), self._config_every()
+        started = time.monotonic()
+        next_paths = started + paths_every if paths_every else math.inf
+        next_config = started + config_every if config_every else math.inf
+        while not self._stop.wait(max(0.0, min(next_paths, next_config) - time.monotonic())):
+            with_config = time.monotonic() >= next_config
             try:
-                self.poll_once()
+                self.poll_once(config=with_config)
             except Exception:  # the poller must outlive any one bad pass
                 log.exception("model polling pass failed")
+            ended = time.monotonic()
+            next_paths = ended + paths_every if paths_every else math.inf
+            if with_config:
+                next_config = ended + config_every  # type: ignore[operator]
 
     def _sync(self) -> None:
         """Poll every base path, then bring each model's versions to what its policy aspires to."""
@@ -433,6 +502,8 @@ class ModelRuntime:
     def _load_once(self, name: str, version: int, path: Path) -> LoadedVersion:
         servable = LoadedVersion(name, version, path, self._session_config)
         try:
+            if self.batching is not None:  # before warmup: TF Serving warms the batching session up
+                servable.batching = self.batching.session_for(path, servable.run_alone)
             if self.warmup:
                 warmups.run_warmup(servable)
         except ServingStatus:
@@ -557,6 +628,25 @@ class ModelRuntime:
         finally:
             servable.release()
 
+    def multi_inference(
+        self, request: Any, *, timeout: float | None = None
+    ) -> tuple[int, list[tuple[Any, str, dict[str, np.ndarray] | np.ndarray]]]:
+        """MultiInference (multi_inference_helper.cc): the servable named by the first task's model spec runs every
+        task's classify or regress signature over one set of examples. Returns the version that answered and, per
+        task, its model spec, method name and outputs (classes/scores by key, or the regression tensor)."""
+        spec = request.tasks[0].model_spec if request.tasks else None
+        name = spec.name if spec is not None else ""
+        version = label = None
+        if spec is not None:
+            choice = spec.WhichOneof("version_choice")
+            version = spec.version.value if choice == "version" else None
+            label = spec.version_label if choice == "version_label" else None
+        servable = self._resolve(name, version, label)
+        try:
+            return servable.version, example_runs.multi_inference_results(servable, request, timeout)
+        finally:
+            servable.release()
+
     def metadata(self, name: str, *, version: int | None = None, label: str | None = None) -> ModelMetadata:
         servable = self._resolve(name, version, label)
         try:
@@ -592,6 +682,8 @@ class ModelRuntime:
                 for harness in sorted(model.harnesses.values(), key=lambda h: h.version):
                     if harness.state == "ready":
                         self._unload(model, harness)
+        if self.batching is not None:
+            self.batching.close()
 
 
 def _not_available(what: str, failed: list[tuple[str, VersionStatus]]) -> str:

@@ -191,7 +191,9 @@ for _view, _methods in ((read, ["GET"]), (run, ["POST"]), (other, ["PUT", "DELET
 
 
 def status_error(code: grpc.StatusCode, message: str, *, retry_after: float | None = None) -> ProtocolError:
-    return ProtocolError(HTTP_STATUS.get(code, 500), message, retry_after=retry_after)
+    error = ProtocolError(HTTP_STATUS.get(code, 500), message, retry_after=retry_after)
+    error.serving_status = ServingStatus(code, message)  # the status it stands for (the model server counts them)
+    return error
 
 
 def gateway_error(error: GatewayError) -> ProtocolError:
