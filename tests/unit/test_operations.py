@@ -51,7 +51,7 @@ def test_the_keys_and_the_rate_limit_guard_what_the_declarations_say(app: Flask)
         "api.search", "api.translate", "api.detect", "api.models", "api.unknown",
         "tfserving_rest.read", "tfserving_rest.run", "tfserving_rest.other",
         "inference_v2.server_metadata", "inference_v2.model_metadata", "inference_v2.model_ready",
-        "inference_v2.infer", "inference_v2.unknown",
+        "inference_v2.infer", "inference_v2.unknown", "seldon.predict", "seldon.unknown",
     }  # fmt: skip
     assert limited == {
         "api.search",
@@ -60,6 +60,7 @@ def test_the_keys_and_the_rate_limit_guard_what_the_declarations_say(app: Flask)
         "pages.detect_face",
         "tfserving_rest.run",
         "inference_v2.infer",
+        "seldon.predict",
     }
     # The limit is for what a client can make expensive: every limited route runs models, and the other way round.
     runs_models = {endpoint for endpoint, route in routes.items() if route is not None and route.runs_models}
