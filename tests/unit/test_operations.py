@@ -91,7 +91,7 @@ def test_the_document_is_generated_valid_and_its_ids_unique(app: Flask) -> None:
     assert document["paths"]["/healthz"]["get"]["security"] == []
     # Every documented path and method reaches the route that declares the operation.
     adapter = app.url_map.bind("localhost")
-    samples = {"name": "a.png", "model_name": "m", "model_version": "1", "version": "1", "label": "stable"}
+    samples = {"name": "a.png", "model_name": "m", "model_version": "1", "version": "1", "label": "l", "namespace": "n"}
     for path, item in document["paths"].items():
         for method, operation in item.items():
             endpoint, _ = adapter.match(path.format(**samples), method=method.upper())
