@@ -58,4 +58,7 @@ FROM base AS gateway
 COPY requirements-gateway.txt ./
 RUN pip install --no-cache-dir -r requirements-gateway.txt
 COPY --from=source /app/ /app/
+# This image has no TensorFlow, so it cannot run the embedded backend (the app's default): it is a client
+# of TF Serving. GATEWAY_SERVING_TARGET says where that is (compose sets dns:///serving:8500).
+ENV GATEWAY_BACKEND=grpc
 USER gateway
