@@ -32,6 +32,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,8 @@ class TFServingDouble:
         runtime: ModelRuntime | None = None,
         poll_interval: float = 0.2,
         port: int = 0,
+        host: str = "127.0.0.1",
+        server_options: Sequence[tuple[str, Any]] = (),
         name: str = "serving",
         response_form: str = "field",
         **runtime_options: Any,
@@ -91,6 +94,8 @@ class TFServingDouble:
         self.runtime = runtime
         self.name = name
         self.response_form = response_form
+        self.host = host
+        self.server_options = tuple(server_options)  # as TF Serving's --grpc_channel_arguments
         self.port = port
         self.delay = 0.0
         self.delays: dict[str, float] = {}
@@ -102,7 +107,7 @@ class TFServingDouble:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -115,13 +120,14 @@ class TFServingDouble:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
+                *self.server_options,
             ],
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(self), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(self), server)
-        bound = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        bound = server.add_insecure_port(f"{self.host}:{self.port}")
         if bound == 0:
-            raise RuntimeError(f"could not bind 127.0.0.1:{self.port}")
+            raise RuntimeError(f"could not bind {self.host}:{self.port}")
         self.port = bound
         server.start()
         self._server = server
