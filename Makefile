@@ -8,7 +8,7 @@ PORT ?= 8000
 GATEWAY_BIND ?= $(HOST):$(PORT)
 FLASK := $(BIN)/flask --app app
 
-.PHONY: venv run test lint format clean export index check-models
+.PHONY: venv run test lint format clean export index check-models compose-smoke
 
 venv: $(VENV)/.installed
 
@@ -49,3 +49,8 @@ index: venv
 # Check every servable against pipeline.toml; exits 1 on a misfit (CHECK_ARGS=--json for CI).
 check-models: venv
 	$(FLASK) check-models $(CHECK_ARGS)
+
+# docker-compose.yaml built and run for real on a private Docker engine, checked, then removed (as root, with
+# Debian's docker.io and debootstrap; no registry or GPU needed): scripts/compose_smoke.py, docs/deployment.md.
+compose-smoke: venv
+	$(BIN)/python -m scripts.compose_smoke $(SMOKE_ARGS)
