@@ -112,7 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    stopping.wait()
+    # Python runs signal handlers in the main thread only, when it runs bytecode. A SIGTERM that the kernel hands
+    # to one of gRPC's or TensorFlow's threads does not interrupt a wait without a timeout: it would hang until
+    # docker stop's SIGKILL (seen in the smoke test: exit 137). So the main thread looks up every half second.
+    while not stopping.wait(0.5):
+        pass
     log.info("stopping: new calls refused, calls in flight answered for up to %.0f s", STOP_GRACE_S)
     grpc_server.stop(grace=STOP_GRACE_S)
     if rest_server is not None:
