@@ -117,7 +117,13 @@ def check_stack(gateway: str, serving_rest: str, photo: Path) -> list[tuple[str,
 
     def api_search() -> str:
         answer = search(gateway, photo)
-        return f"{len(answer['matches'])} matches from gallery version {answer['gallery_version']}"
+        # The thumbnail comes out of the search servable's folder, which the gateway mounts read-only.
+        thumbnail = answer["matches"][0]["thumbnail_url"]
+        status, content_type, body = request(f"{gateway}{thumbnail}")
+        expect(status, body)
+        if content_type != "image/jpeg" or not body.startswith(b"\xff\xd8"):
+            raise CheckFailed(f"thumbnail {thumbnail}: {content_type}, {body[:20]!r}")
+        return f"{len(answer['matches'])} matches from gallery version {answer['gallery_version']}, thumbnail JPEG"
 
     def api_models() -> str:
         answer = json_of(*request(f"{gateway}/api/v1/models"))
@@ -198,7 +204,11 @@ class Traffic:
         threads = [threading.Thread(target=self.client, name=f"client-{i}") for i in range(self.clients)]
         for thread in threads:
             thread.start()
-        self.stopping.wait(max_s)
+        # Short waits: the SIGTERM handler runs in this thread, and only once it wakes (the kernel may hand the
+        # signal to a client thread, which does not interrupt a long wait here).
+        deadline = time.monotonic() + max_s
+        while not self.stopping.wait(0.5) and time.monotonic() < deadline:
+            pass
         self.stopping.set()
         for thread in threads:
             thread.join()
