@@ -12,7 +12,7 @@ SERVING_REST_PORT ?= 8501
 MODEL_SERVER_CONFIG := serving_models.model-server.config
 FLASK := $(BIN)/flask --app app
 
-.PHONY: venv run model-server run-grpc test test-fast test-unit lint format clean export index check-models deploy-files
+.PHONY: venv run model-server run-grpc test test-fast test-unit lint format clean export index check-models deploy-files compose-smoke
 
 venv: $(VENV)/.installed
 
@@ -85,3 +85,8 @@ check-models: venv
 # (deploy/k8s, deploy/kserve, deploy/seldon) generate their ConfigMaps from; the tests fail until they match.
 deploy-files: venv
 	$(BIN)/python scripts/sync_deploy_files.py
+
+# docker-compose.yaml built and run for real on a private Docker engine, checked, then removed (as root, with
+# Debian's docker.io and debootstrap; no registry or GPU needed): scripts/compose_smoke.py, docs/deployment.md.
+compose-smoke: venv
+	$(BIN)/python -m scripts.compose_smoke $(SMOKE_ARGS)

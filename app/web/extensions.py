@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import logging
 import os
 import threading
@@ -42,6 +43,14 @@ def create_backend(settings: Settings) -> Backend:
             metadata_ttl=settings.metadata_ttl,
             async_workers=settings.async_workers,
             servable_targets=settings.servable_targets,
+        )
+    if importlib.util.find_spec("tensorflow") is None:
+        # The thin gateway (requirements-gateway.txt, the image's default target) has no TensorFlow: say what to
+        # set instead of a ModuleNotFoundError in every worker.
+        raise ValueError(
+            "GATEWAY_BACKEND=local runs the models in this process and needs TensorFlow, which is not installed "
+            "here (the thin gateway): set GATEWAY_BACKEND=grpc and GATEWAY_SERVING_TARGET=<TF Serving host>:8500, "
+            "or install requirements.txt"
         )
     from app.serving.tensorflow_import import import_tensorflow
 

