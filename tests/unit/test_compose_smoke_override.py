@@ -50,4 +50,3 @@ def test_the_model_server_is_the_tools_image_run_with_the_base_files_tf_serving_
     assert serving["entrypoint"] == ["python", "-m", "app.model_server"]
     assert all(flag.startswith("--") for flag in base["serving"]["command"])
     assert "volumes" not in serving  # the base file's mounts: nothing of the tests goes into the stack
-
