@@ -31,13 +31,11 @@ import yaml
 from app.config import Settings
 from app.serving.model_config import parse_model_config
 from tests.support import programs
+from tests.support.k8s import find, mounted_file, reaches, validate
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 OVERLAYS = ("gpu", "cpu")
-# The Kubernetes version the manifests are written for; kubernetes-validate (pinned in requirements-dev.txt)
-# carries its schemas. A newer cluster serves every API used here too (none is deprecated in 1.32).
-KUBERNETES_VERSION = "1.32.0"
 TF_SERVING_IMAGES = {"gpu": "tensorflow/serving:2.20.0-gpu", "cpu": "tensorflow/serving:2.20.0"}
 DEFAULT_SERVABLES = ("face_detection", "twingan_latent_encoder", "latent_search_model", "ugatit_selfie2anime")
 HEALTHCHECK = "/config/healthcheck.sh"
@@ -66,12 +64,6 @@ def rendered(request: pytest.FixtureRequest, kubectl: str) -> tuple[str, list[di
     result = render(kubectl, request.param)
     assert result.returncode == 0, result.stderr
     return request.param, [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
-def find(docs: list[dict], kind: str, name: str) -> dict:
-    matches = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
-    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} found"
-    return matches[0]
 
 
 def config_map(docs: list[dict], prefix: str) -> dict:
@@ -110,26 +102,7 @@ def pipeline_servables() -> tuple[str, ...]:
     )
 
 
-def mounted_file(docs: list[dict], spec: dict, container_spec: dict, path: str) -> str:
-    """The text of ``path`` inside a container, when a generated ConfigMap provides it; fails otherwise."""
-    for mount in container_spec.get("volumeMounts", []):
-        folder = mount["mountPath"].rstrip("/") + "/"
-        if path.startswith(folder):
-            volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
-            assert "configMap" in volume, f"{path} is on volume {mount['name']}, not a ConfigMap"
-            data = find(docs, "ConfigMap", volume["configMap"]["name"])["data"]
-            key = path.removeprefix(folder)
-            assert key in data, f"{path}: ConfigMap {volume['configMap']['name']} has no key {key!r}"
-            return data[key]
-    pytest.fail(f"nothing is mounted at {path}")
-
-
 # -- rendering and validation -----------------------------------------------------------------------
-
-
-def validate(doc: dict) -> None:
-    """Strict validation: unknown fields are errors, and so is a kind the schemas do not know."""
-    kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
 def test_every_rendered_document_validates_strictly(rendered: tuple[str, list[dict]]) -> None:
@@ -338,52 +311,6 @@ def test_only_the_gateway_reaches_tf_serving_and_redis(rendered: tuple[str, list
         assert set(peer) == {"podSelector"}  # this namespace's pods only
         assert peer["podSelector"]["matchLabels"].items() <= gateway_labels.items()
         assert rule["ports"] == [{"protocol": "TCP", "port": port}]
-
-
-def _selects(selector: dict, labels: dict[str, str]) -> bool:
-    assert set(selector) <= {"matchLabels"}, f"only matchLabels is modelled here: {selector}"
-    return selector.get("matchLabels", {}).items() <= labels.items()
-
-
-def _names_of(port: int, named: dict[str, int]) -> list[str]:
-    return [name for name, number in named.items() if number == port]
-
-
-def reaches(docs: list[dict], namespace: str, labels: dict[str, str], deployment: str, port: int) -> bool:
-    """Whether the rendered NetworkPolicies let a pod (``namespace``, ``labels``) open TCP ``port`` on the pods of
-    ``deployment``, as Kubernetes decides it: pods no Ingress policy selects take anything; otherwise some rule
-    of a policy that selects them must admit both the port and the pod."""
-    template = find(docs, "Deployment", deployment)["spec"]["template"]
-    target = template["metadata"]["labels"]
-    named = {p["name"]: p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
-    policies = [
-        doc for doc in docs
-        if doc["kind"] == "NetworkPolicy" and "Ingress" in doc["spec"]["policyTypes"]
-        and _selects(doc["spec"]["podSelector"], target)
-    ]  # fmt: skip
-    if not policies:
-        return True
-    source_namespace = {"kubernetes.io/metadata.name": namespace}  # every namespace carries its name as a label
-    for policy in policies:
-        for rule in policy["spec"].get("ingress", []):
-            ports = rule.get("ports")  # none: every port; an entry without a port: every port of its protocol
-            if ports is not None and not any(
-                entry.get("protocol", "TCP") == "TCP" and entry.get("port", port) in (port, *_names_of(port, named))
-                for entry in ports
-            ):
-                continue
-            peers = rule.get("from")
-            if peers is None:
-                return True
-            for peer in peers:
-                assert "ipBlock" not in peer, "ipBlock peers are not modelled here"
-                if "namespaceSelector" in peer:
-                    same_namespace = _selects(peer["namespaceSelector"], source_namespace)
-                else:
-                    same_namespace = namespace == policy["metadata"]["namespace"]
-                if same_namespace and _selects(peer.get("podSelector", {}), labels):
-                    return True
-    return False
 
 
 def test_every_prometheus_scrape_job_reaches_the_port_it_scrapes(rendered: tuple[str, list[dict]]) -> None:
