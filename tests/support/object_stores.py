@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import programs
+from tests.support import programs
 
 ACCESS_KEY = "portrait-access-key"
 SECRET_KEY = "portrait-secret-key-0123456789"
