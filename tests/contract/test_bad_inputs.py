@@ -41,7 +41,8 @@ pytestmark = pytest.mark.slow
 API = "/api/v1/search"
 PAGE = "/detect_face/image"
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
-MAX_UPLOAD = Settings.max_upload_bytes  # the default GATEWAY_MAX_UPLOAD_BYTES, which the demo app runs with
+# The default GATEWAY_MAX_UPLOAD_BYTES, which the demo app runs with.
+MAX_UPLOAD = Settings.model_fields["max_upload_bytes"].default
 MARKER = "portrait-bad-input-marker"  # in every hostile file name, so a file written under it can be found
 HOSTILE_NAMES = {
     "traversal": f"../../etc/{MARKER}.jpg".encode(),
