@@ -35,9 +35,9 @@ from tests.support.rollouts import (
     model_config_text,
     refusal,
     use_pipeline,
-    wait_for,
     with_rollout,
 )
+from tests.support.waiting import wait_for
 
 SMALL_PHOTO = jpeg(data.astronaut(), side=96)  # detect runs in a few ms: hundreds of requests stay quick
 OTHER_GALLERY = [f"elsewhere/face_{i:02d}.jpg" for i in range(30)]
