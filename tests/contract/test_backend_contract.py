@@ -19,6 +19,7 @@ from app.errors import BadInput, UnknownLabel, UnknownModel, UnknownSignature, U
 from app.serving.base import Backend, ModelRef
 from app.serving.runtime import ModelRuntime
 from tests.support import servables
+from tests.support.waiting import wait_for
 
 X = np.array([0.0, 1.0, -4.0, 10.5], dtype=np.float32)
 
@@ -223,50 +224,42 @@ def test_a_shape_the_signature_does_not_declare_is_fed_as_it_is(shared_backend):
 POLL = 0.2
 
 
-def _wait_for(condition, timeout: float) -> float:
-    """Seconds until condition() held; fails the test after timeout."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(0.02)
-    return time.monotonic() - started
-
-
 def test_new_version_under_load_is_served_without_failures(make_backend, config_path):
     backend = make_backend(config_path, poll_interval=POLL)
     ref = ModelRef("half_plus_latest")
     failures: list[BaseException] = []
-    answers: set[float] = set()
+    answers: list[float] = []
     stop = threading.Event()
 
     def hammer() -> None:
         while not stop.is_set():
             try:
-                answers.add(float(backend.predict(ref, {"x": np.zeros([1], np.float32)})["y"][0]))
+                answers.append(float(backend.predict(ref, {"x": np.zeros([1], np.float32)})["y"][0]))
             except BaseException as exc:  # every failure counts, whatever its kind
                 failures.append(exc)
+
+    def old_version_state() -> str | None:
+        return {s.version: s.state for s in backend.model_status("half_plus_latest")}.get(2)
 
     threads = [threading.Thread(target=hammer) for _ in range(4)]
     for thread in threads:
         thread.start()
     try:
-        time.sleep(0.3)
+        wait_for(lambda: len(answers) >= 20, 10, "calls answered before the new version")
         servables.export_half_plus(config_path.parent / "serving_models" / "half_plus" / "3", offset=4.0)
         written = time.monotonic()
-
-        def served() -> bool:
-            return 4.0 in answers
-
-        _wait_for(served, timeout=10)
+        wait_for(lambda: 4.0 in answers, 10, "the new version serving")
         took = time.monotonic() - written
-        time.sleep(0.3)
+        # The old version is unloaded under the same load, and calls go on being answered after it.
+        wait_for(old_version_state, 10, "version 2 unloaded", until=lambda state: state == "END")
+        unloaded_at = len(answers)
+        wait_for(lambda: len(answers) >= unloaded_at + 20, 10, "calls answered after the unload")
     finally:
         stop.set()
         for thread in threads:
             thread.join()
     assert failures == []
-    assert answers >= {3.0, 4.0}
+    assert set(answers) == {3.0, 4.0}
     # Served within two poll intervals of the write, plus the time to load one small model.
     assert took < 2 * POLL + 1.5
     states = {s.version: s.state for s in backend.model_status("half_plus_latest")}
@@ -280,7 +273,7 @@ def test_removed_version_is_unloaded(make_backend, config_path):
     def unloaded() -> bool:
         return {s.version: s.state for s in backend.model_status("half_plus")}.get(2) == "END"
 
-    _wait_for(unloaded, timeout=5)
+    wait_for(unloaded, 5, "version 2 unloaded")
     with pytest.raises(UnknownVersion):
         backend.predict(ModelRef("half_plus", version=2), {"x": X})
     np.testing.assert_allclose(backend.predict(ModelRef("half_plus"), {"x": X})["y"], 0.5 * X + 2)
@@ -296,14 +289,14 @@ def test_label_moves_when_config_file_changes(make_backend, config_path):
     def moved() -> bool:
         return float(backend.predict(ref, {"x": X})["y"][0]) == 3.0
 
-    _wait_for(moved, timeout=5)
+    wait_for(moved, 5, "stable answered by version 2")
 
 
 def test_label_onto_unloaded_version_is_refused(make_backend, config_path):
     backend = make_backend(config_path, poll_interval=POLL)
     servables.give_labels(runtime_of(backend))
     config_path.write_text(servables.labelled_config({"stable": 9, "canary": 1}))
-    _wait_for(lambda: runtime_of(backend).config_refusal is not None, timeout=5)
+    wait_for(lambda: runtime_of(backend).config_refusal is not None, 5, "the config refused")
     assert "version 9 of model half_plus" in runtime_of(backend).config_refusal
     # The file is refused whole: canary's move, valid on its own, is not applied either.
     np.testing.assert_allclose(backend.predict(ModelRef("half_plus", label="stable"), {"x": X})["y"], 0.5 * X + 2)
@@ -321,7 +314,7 @@ def test_model_added_and_removed_with_config(make_backend, config_path):
         except UnknownModel:
             return False
 
-    _wait_for(swapped, timeout=5)
+    wait_for(swapped, 5, "echo available")
     np.testing.assert_array_equal(backend.predict(ModelRef("echo"), {"x": X})["y"], X)
     with pytest.raises(UnknownModel):
         backend.predict(ModelRef("identity"), {"x": X})
@@ -332,5 +325,6 @@ def test_model_added_and_removed_with_config(make_backend, config_path):
 def test_broken_config_file_keeps_current_models(make_backend, config_path):
     backend = make_backend(config_path, poll_interval=POLL)
     config_path.write_text("model_config_list { config { name: ")
-    time.sleep(4 * POLL)
+    # The poller has read the broken file (and said why it does not apply), not merely slept through polls.
+    wait_for(lambda: runtime_of(backend).config_refusal, 5, "the broken file refused")
     np.testing.assert_allclose(backend.predict(ModelRef("half_plus"), {"x": X})["y"], 0.5 * X + 3)

@@ -21,7 +21,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -596,6 +596,8 @@ class Trickle:
     answer: bytes = b""
     outcome: str = "still open"
     seconds: float = 0.0
+    #: Set once the head (and the first byte of the body, if any) has been sent: the server has it to read.
+    sending: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
         started = time.monotonic()
@@ -606,6 +608,7 @@ class Trickle:
                 try:
                     if self.send_body:
                         conn.sendall(b"\xff")
+                    self.sending.set()
                     chunk = conn.recv(65536)
                 except TimeoutError:
                     continue
@@ -673,7 +676,8 @@ def test_trickled_uploads_are_cut_off_and_others_are_served(live: LiveServer) ->
     for thread in threads:
         thread.start()
     try:
-        time.sleep(0.5)  # the slow clients are in
+        for trickle in trickles:  # the slow clients are in
+            assert trickle.sending.wait(10), (trickle.outcome, "a slow client never got its request out")
         started = time.monotonic()
         assert live.get("/healthz", timeout=5)[0] == 200
         assert time.monotonic() - started < 2.0

@@ -49,6 +49,9 @@ SERVABLES = {
     "thresholded_search": "thresholded_search",
     "vector_generator": "vector_generator",
 }
+# What PIPELINE wires; a gateway is configured with these alone unless a test needs more (each servable the
+# model server loads costs a test its load, and the detectors take seconds).
+PIPELINE_SERVABLES = ("ssd_faces", "tf1_encoder", "tutorial_search", "anime_generator")
 PIPELINE = """
 [detect]
 servable = "ssd_faces"
@@ -151,21 +154,27 @@ def user_models(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> Pa
     return root
 
 
-def _serving_dir(root: Path, user_models: Path, pipeline: str) -> Path:
-    shutil.copytree(user_models, root / "serving_models")
+def _serving_dir(root: Path, user_models: Path, pipeline: str, servables=PIPELINE_SERVABLES) -> Path:
+    """A config serving ``servables`` (copies of the users' own) beside ``pipeline`` as pipeline.toml."""
+    for name in servables:
+        shutil.copytree(user_models / name, root / "serving_models" / name)
     config = root / "serving_models.config"
-    config.write_text(_config_text(SERVABLES), encoding="utf-8")
+    config.write_text(_config_text(servables), encoding="utf-8")
     (root / "pipeline.toml").write_text(pipeline, encoding="utf-8")
     return config
 
 
 @pytest.fixture(scope="module", params=["local", "grpc"])
 def byom_app(request, tmp_path_factory, user_models) -> Iterator[Flask]:
-    """The gateway over the users' servables, wired by PIPELINE alone, on the local backend or through the double."""
-    config = _serving_dir(tmp_path_factory.mktemp("byom-app"), user_models, PIPELINE)
+    """The gateway over the users' servables, wired by PIPELINE alone, on the local backend or through the double.
+
+    The double serves pixel_faces too, for the pixel-detector gateways that share it (``pixel_app``)."""
+    servables = PIPELINE_SERVABLES + (("pixel_faces",) if request.param == "grpc" else ())
+    config = _serving_dir(tmp_path_factory.mktemp("byom-app"), user_models, PIPELINE, servables)
     settings, double = gateway_settings(request.param, config)
     app = create_app(settings)
     app.config["TESTING"] = True
+    app.kind, app.double = request.param, double
     serving(app).start()  # the servables are checked against the pipeline file, as gunicorn does at boot
     yield app
     serving(app).close()
@@ -283,18 +292,20 @@ PIXEL_COUNTS = {
 }
 
 
-@pytest.fixture(scope="module", params=[(kind, count) for kind in ("local", "grpc") for count in PIXEL_COUNTS])
-def pixel_app(request, tmp_path_factory, user_models) -> Iterator[Flask]:
-    kind, count = request.param
-    pipeline = _pipeline(PIPELINE, PIXEL_COUNTS[count])
-    config = _serving_dir(tmp_path_factory.mktemp("byom-pixel"), user_models, pipeline)
-    settings, double = gateway_settings(kind, config)
+@pytest.fixture(scope="module", params=PIXEL_COUNTS)
+def pixel_app(request, tmp_path_factory, user_models, byom_app) -> Iterator[Flask]:
+    """A gateway whose detect stage is pixel_faces, on byom_app's backend kind: in-process over its own servables,
+    or through byom_app's double (which serves pixel_faces too)."""
+    pipeline = _pipeline(PIPELINE, PIXEL_COUNTS[request.param])
+    servables = ("pixel_faces", *PIPELINE_SERVABLES[1:])
+    config = _serving_dir(tmp_path_factory.mktemp("byom-pixel"), user_models, pipeline, servables)
+    settings, _ = gateway_settings("local", config)
+    if byom_app.kind == "grpc":
+        settings.update(backend="grpc", serving_target=byom_app.double.address)
     app = create_app(settings)
     serving(app).start()
     yield app
     serving(app).close()
-    if double is not None:
-        double.close()
 
 
 def test_a_detector_with_pixel_xyxy_boxes_no_batch_and_a_scalar_or_no_count(pixel_app, byom_app):
@@ -383,11 +394,12 @@ MISFITS = {
 
 @pytest.fixture(scope="module")
 def misfit_root(tmp_path_factory, user_models) -> Path:
-    """One copy of the users' servables for every misfit case (each writes only its own pipeline file)."""
+    """One copy of the users' servables for every misfit case (each writes only its own pipeline file); all but
+    pixel_faces, which no case wires."""
     root = tmp_path_factory.mktemp("byom-misfits")
     shutil.copytree(user_models, root / "serving_models")
     config = root / "serving_models.config"
-    config.write_text(_config_text(SERVABLES), encoding="utf-8")
+    config.write_text(_config_text(name for name in SERVABLES if name != "pixel_faces"), encoding="utf-8")
     return config
 
 

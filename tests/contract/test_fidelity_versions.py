@@ -34,8 +34,8 @@ from tests.support.fidelity import (
     servers,  # noqa: F401  (fixture)
     start_server,
     states,
-    wait_for,
 )
+from tests.support.waiting import wait_for
 
 X = np.array([0.0, 1.0, -4.0], dtype=np.float32)
 LATEST = ModelRef("half_plus_latest")
@@ -46,6 +46,12 @@ pytestmark = pytest.mark.parametrize("kind", KINDS)
 
 def _half_plus(config_path):
     return config_path.parent / "serving_models" / "half_plus"
+
+
+def _retries(caplog: pytest.LogCaptureFixture, model: str, version: int) -> list[str]:
+    """The load retries of ``version`` of ``model`` that the server has logged so far."""
+    servable = f"{{name: {model} version: {version}}}"
+    return [m for m in caplog.messages if m.startswith("Retrying of Loading servable: " + servable)]
 
 
 def _answer(backend, ref: ModelRef = LATEST) -> float:
@@ -77,14 +83,15 @@ def test_broken_version_published_under_load_keeps_the_good_one_serving(kind, se
     for thread in threads:
         thread.start()
     try:
-        time.sleep(0.3)
+        wait_for(lambda: len(answers) >= 25, 10, "calls answered before version 3")
         before = len(answers)
         broken = publish(_half_plus(config_path), 3, broken_copy_of(_half_plus(config_path) / "2"))
         # Version 3 is LOADING for only ~0.4 s (three tries): too short to be sure to see it while 8 clients keep
         # the GIL busy. Its end, the retries logged and the calls answered meanwhile say it was tried under load.
         wait_for(lambda: states(server.backend, "half_plus_latest")[0][:2] == (3, "END"), 10, "version 3 given up")
         during = len(answers) - before
-        time.sleep(0.3)
+        given_up = len(answers)
+        wait_for(lambda: len(answers) >= given_up + 25, 10, "calls answered after version 3 was given up")
     finally:
         stop.set()
         for thread in threads:
@@ -96,12 +103,7 @@ def test_broken_version_published_under_load_keeps_the_good_one_serving(kind, se
     status = server.backend.model_status("half_plus_latest")
     assert [(s.version, s.state, s.error_code) for s in status] == [(3, "END", "DATA_LOSS"), (2, "AVAILABLE", "OK")]
     assert status[0].error_message == f"Can't parse {broken / 'saved_model.pb'} as binary proto"
-    retries = [
-        r.getMessage()
-        for r in caplog.records
-        if "Retrying of Loading servable: {name: half_plus_latest" in r.getMessage()
-    ]
-    assert retries == [
+    assert _retries(caplog, "half_plus_latest", 3) == [
         "Retrying of Loading servable: {name: half_plus_latest version: 3} retry: 1",
         "Retrying of Loading servable: {name: half_plus_latest version: 3} retry: 2",
     ]
@@ -140,13 +142,14 @@ def test_a_failed_version_is_not_tried_again_under_its_number_but_a_newer_one_is
     wait_for(lambda: _answer(server.backend) == 2.0, 5, "version 4 served")
 
 
-def test_a_load_retried_until_its_files_arrive_succeeds(kind, servers, config_path):  # noqa: F811
+def test_a_load_retried_until_its_files_arrive_succeeds(kind, servers, config_path, caplog):  # noqa: F811
     """RetryOnLoadErrorFinallySucceeds: the version folder appears empty, its files land during the retries."""
+    caplog.set_level(logging.INFO, logger="app.serving.runtime")
     server = servers(kind, config_path, max_load_retries=20, load_retry_interval=0.1)
     base = _half_plus(config_path)
     (base / "3").mkdir()
     wait_for(lambda: (3, "LOADING", "OK") in states(server.backend, "half_plus_latest"), 5, "version 3 loading")
-    time.sleep(0.3)  # a few failed tries
+    wait_for(lambda: _retries(caplog, "half_plus_latest", 3)[1:], 5, "two failed tries of version 3")
     shutil.copytree(base / "1", base / "3", dirs_exist_ok=True)
     wait_for(lambda: _answer(server.backend) == 2.0, 5, "version 3 (a copy of 1) served")
     assert states(server.backend, "half_plus_latest")[0] == (3, "AVAILABLE", "OK")
@@ -343,6 +346,8 @@ def test_without_config_polling_the_file_is_read_once(kind, servers, config_path
     """testModelConfigReloadWithZeroPollPeriod: with no poll period the server keeps its first config."""
     server = servers(kind, config_path, poll_interval=0)
     config_path.write_text(servables.CONFIG.replace('name: "identity"', 'name: "echo"'), encoding="utf-8")
+    # The sleep is the test: a poll that never happens has no event to wait for, so wait out three of the
+    # poll intervals the other tests run with, and see the first config still serving.
     time.sleep(3 * POLL)
     np.testing.assert_array_equal(server.backend.predict(ModelRef("identity"), {"x": X})["y"], X)
 

@@ -28,7 +28,8 @@ from tensorflow_serving.apis import (
 
 from app.serving.base import ModelRef
 from tests.support import servables
-from tests.support.fidelity import KINDS, Server, publish, start_server, wait_for
+from tests.support.fidelity import KINDS, Server, publish, start_server
+from tests.support.waiting import wait_for
 
 CONFIG = 'model_config_list { config { name: "tf1" base_path: "/models/tf1" model_platform: "tensorflow" } }\n'
 WARMUP = Path("assets.extra") / "tf_serving_warmup_requests"

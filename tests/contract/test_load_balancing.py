@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +15,7 @@ from app.serving.grpc_backend import GrpcBackend
 from app.serving.runtime import ModelRuntime
 from tests.support.double import TFServingDouble
 from tests.support.gateway import make_serving_dir
+from tests.support.waiting import wait_for
 
 X = np.arange(8, dtype=np.float32)
 REF = ModelRef("half_plus", version=1)
@@ -42,10 +42,12 @@ def _target(doubles: list[TFServingDouble]) -> str:
 
 def _warm_up(backend: GrpcBackend, doubles: list[TFServingDouble]) -> None:
     """Call until every replica has answered once: round_robin only uses subchannels that are connected."""
-    deadline = time.monotonic() + 5
-    while not all(d.calls["Predict"] for d in doubles):
-        assert time.monotonic() < deadline, "not every replica became reachable"
+
+    def calls_after_one_more() -> list[int]:
         backend.predict(REF, {"x": X})
+        return [d.calls["Predict"] for d in doubles]
+
+    wait_for(calls_after_one_more, 5, "Predict calls at every replica", until=all, every=0)
     for double in doubles:
         double.calls.clear()
 

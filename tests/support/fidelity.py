@@ -8,7 +8,6 @@ TF Serving flags (the runtime's keyword arguments), and each test states one exp
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,13 +132,3 @@ def broken_copy_of(source: Path) -> Callable[[Path], None]:
 def states(backend: Backend, name: str) -> list[tuple[int, str, str]]:
     """(version, state, error code) as the server lists them, newest first."""
     return [(status.version, status.state, status.error_code) for status in backend.model_status(name)]
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> float:
-    """Seconds until ``condition()`` is true; fails the test after ``timeout``."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"not within {timeout}s: {what}")
-        time.sleep(0.02)
-    return time.monotonic() - started

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +21,7 @@ from app.pipeline_config import parse_pipeline_config
 from app.web.extensions import serving
 from tests.support.double import TFServingDouble
 from tests.support.gateway import PIPELINE_FILE
+from tests.support.waiting import wait_for
 
 POLL = 0.2  # seconds between the servers' looks at the disk and config, and the gateway's at the pipeline file
 
@@ -78,24 +78,18 @@ def use_pipeline(app: Flask, text: str, timeout: float = 10.0) -> None:
     path = serving(app).pipeline_file.path
     path.write_text(text, encoding="utf-8")
     wanted = parse_pipeline_config(text).model_dump()
-    deadline = time.monotonic() + timeout
-    while serving(app).pipeline_config.model_dump() != wanted:
-        assert time.monotonic() < deadline, serving(app).pipeline_file.refused
-        time.sleep(POLL / 4)
+
+    def look() -> tuple[dict, str | None]:
         serving(app).pipeline  # noqa: B018  (a request's look at the file)
+        return serving(app).pipeline_config.model_dump(), serving(app).pipeline_file.refused
+
+    wait_for(look, timeout, "the new pipeline file in force (config, refusal)", until=lambda seen: seen[0] == wanted)
 
 
 def refusal(app: Flask) -> str | None:
     """Why the running gateway refused its pipeline file, after a request's look at it (None: not refused)."""
     serving(app).pipeline  # noqa: B018
     return serving(app).pipeline_file.refused
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(POLL / 4)
 
 
 def metric(app: Flask, name: str, **labels: str) -> float:

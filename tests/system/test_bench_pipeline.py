@@ -3,6 +3,7 @@ per-model-call timings in Server-Timing that its overhead figure is computed fro
 
 from __future__ import annotations
 
+import functools
 import http.server
 import io
 import json
@@ -22,6 +23,7 @@ from werkzeug.test import EnvironBuilder
 
 from tests.support import harness
 from tests.support.gateway import demo_serving_dir, run_benchmark
+from tests.support.waiting import wait_for
 
 # -- harness -----------------------------------------------------------------------------------------
 
@@ -58,10 +60,8 @@ def test_tree_rss_counts_children():
     child = subprocess.Popen([sys.executable, "-c", "import sys; b = bytes([1]) * (64 << 20); sys.stdin.read()"],
                              stdin=subprocess.PIPE)  # fmt: skip
     try:
-        deadline = 50
-        while harness.tree_rss(child.pid) < 64 << 20 and deadline:
-            threading.Event().wait(0.1)
-            deadline -= 1
+        rss = functools.partial(harness.tree_rss, child.pid)
+        wait_for(rss, 5, "the child's 64 MiB resident", until=lambda resident: resident >= 64 << 20, every=0.1)
         assert harness.tree_rss(os.getpid()) >= alone + (64 << 20) * 0.9
     finally:
         child.communicate(b"")

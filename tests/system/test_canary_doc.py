@@ -29,7 +29,8 @@ from app.modelzoo.demo import DEMO_GALLERY_FOLDER
 from app.web.extensions import serving
 from tests.support import programs
 from tests.support.gateway import BACKEND_KINDS, PIPELINE_CONFIG, demo_serving_dir
-from tests.support.rollouts import ASTRONAUT, address, gateway, metric, use_pipeline, wait_for, with_rollout
+from tests.support.rollouts import ASTRONAUT, address, gateway, metric, use_pipeline, with_rollout
+from tests.support.waiting import wait_for
 
 DOC = PROJECT_ROOT / "docs" / "canary.md"
 BLOCK = re.compile(

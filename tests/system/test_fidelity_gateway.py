@@ -24,8 +24,9 @@ from app.errors import ServingUnavailable
 from app.serving import local_backend
 from tests.support import servables
 from tests.support.double import TFServingDouble
-from tests.support.fidelity import POLL, broken_copy_of, publish, wait_for
+from tests.support.fidelity import POLL, broken_copy_of, publish
 from tests.support.harness import free_port
+from tests.support.waiting import wait_for
 
 REFUSED = "Request to assign label to version 2 of model half_plus, which is not currently available for inference"
 

@@ -23,7 +23,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -124,6 +124,8 @@ class Trickle:
     outcome: str = "still open"
     answer: bytes = b""
     seconds: float = 0.0
+    #: Set once the head and the first drip have been sent.
+    sending: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
         started = time.monotonic()
@@ -136,6 +138,7 @@ class Trickle:
                     if self.drips is None or sent < self.drips:
                         conn.sendall(b"a")
                         sent += 1
+                    self.sending.set()
                     chunk = conn.recv(65536)
                 except TimeoutError:
                     continue
@@ -153,7 +156,7 @@ class Trickle:
         thread = threading.Thread(target=self.run)
         thread.start()
         try:
-            time.sleep(0.3)  # it is in, and sending
+            assert self.sending.wait(10), (self.outcome, "the slow client never got its request out")
             yield self
         finally:
             thread.join(timeout=self.give_up_after + 5)
@@ -216,7 +219,7 @@ def test_a_steadily_trickled_body_stays_in_nginx(stack: Stack) -> None:
         for _ in range(3):
             status, seconds = request(stack.nginx.port, "GET", "/healthz")
             assert (status, seconds < 1.0) == (200, True), seconds
-            time.sleep(0.5)
+            time.sleep(0.5)  # a pace, not a wait: the three requests are spread over the trickle's life
     assert trickle.outcome == "still open" and trickle.answer == b""
     assert stack.gateway_log().count("access ") == before + 3
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from collections import Counter
@@ -22,6 +21,7 @@ import yaml
 
 from app.web.metrics import GatewayMetrics
 from tests.support import harness, programs
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 RULES_DIR = REPO / "deploy" / "prometheus"
@@ -178,26 +178,26 @@ def test_prometheus_scrapes_two_workers_and_the_sums_match_the_traffic(prometheu
             }
             selector = f'job="{JOB}",route!~"/metrics|/healthz"'
             promql = f"sum by (route, method, status) (gateway_http_requests_total{{{selector}}})"
-            deadline = time.monotonic() + 30
-            while True:
-                seen = {
+
+            def counts() -> dict[tuple[str, str, str], float]:
+                return {
                     (r["metric"]["route"], r["metric"]["method"], r["metric"]["status"]): float(r["value"][1])
                     for r in query(port, promql)
                 }
-                if seen == expected or time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
-            assert seen == expected
+
+            wait_for(counts, 30, "the requests counted in Prometheus", until=lambda seen: seen == expected, every=0.5)
+
             # Every rule group loaded and evaluated without error against the real series.
-            deadline = time.monotonic() + 15
-            while True:
+            def rule_groups() -> list[dict]:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=5) as response:
-                    groups = json.load(response)["data"]["groups"]
+                    return json.load(response)["data"]["groups"]
+
+            def evaluated(groups: list[dict]) -> bool:
                 rules = [rule for group in groups for rule in group["rules"]]
-                evaluated = all(rule.get("lastEvaluation", "").startswith("20") for rule in rules)
-                if evaluated or time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
+                return all(rule.get("lastEvaluation", "").startswith("20") for rule in rules)
+
+            groups = wait_for(rule_groups, 15, "every rule evaluated", until=evaluated, every=0.5)
+            rules = [rule for group in groups for rule in group["rules"]]
             assert {group["name"] for group in groups} == {"portrait-gateway.recording", "portrait-gateway.alerts"}
             assert [rule["name"] for rule in rules if rule["health"] != "ok"] == []
             assert query(port, f'up{{job="{JOB}"}}')[0]["value"][1] == "1"

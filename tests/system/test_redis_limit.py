@@ -30,6 +30,7 @@ from limits.storage import storage_from_string
 from app.config import Settings
 from app.web.security import storage_options
 from tests.support import harness, programs
+from tests.support.waiting import wait_for
 
 LIMIT = "10/minute"
 ALLOWED = 415  # the junk body is refused only after the limit let the request through
@@ -104,16 +105,13 @@ def served_by(server: harness.Server, client: str) -> Counter:
 
 def wait_for_log(server: harness.Server, predicate, timeout: float, poke=None) -> str:
     """The server's log once ``predicate(log)`` holds, calling ``poke()`` meanwhile; fails after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        log = server.log_path.read_text(errors="replace")
-        if predicate(log):
-            return log
-        if time.monotonic() > deadline:
-            pytest.fail(f"the log never showed what was waited for:\n{log[-3000:]}")
+
+    def log() -> str:
         if poke is not None:
             poke()
-        time.sleep(0.1)
+        return server.log_path.read_text(errors="replace")
+
+    return wait_for(log, timeout, "the log to show what was waited for", until=predicate, every=0.1)
 
 
 def test_two_workers_share_one_count_in_redis(redis_server_binary: str, tmp_path: Path) -> None:

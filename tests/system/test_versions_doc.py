@@ -21,7 +21,8 @@ import yaml
 from app.config import PROJECT_ROOT
 from app.serving.base import ModelRef
 from tests.support import servables
-from tests.support.fidelity import KINDS, Server, servers, states, wait_for  # noqa: F401  (servers: a fixture)
+from tests.support.fidelity import KINDS, Server, servers, states  # noqa: F401  (servers: a fixture)
+from tests.support.waiting import wait_for
 
 DOC = PROJECT_ROOT / "docs" / "versions-and-labels.md"
 BLOCK = re.compile(r"<!-- procedure: (?P<step>[\w ]+) -->\n```\n(?P<config>.*?)```", re.DOTALL)
