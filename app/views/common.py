@@ -27,6 +27,7 @@ PHOTO_ERRORS = (400, 404, 408, 413, 415, 502, 503, 504)
 SERVER_TIMING = "Server-Timing"
 P = TypeVar("P", bound=Params)
 A = TypeVar("A", bound=answers.PortraitResult)
+F = TypeVar("F", answers.FacesSearchResult, answers.FacesTranslateResult)
 
 
 def settings() -> Settings:
@@ -185,6 +186,35 @@ def portrait_answer(model: type[A], result: PortraitResult, *, with_images: bool
         if result.anime is not None:
             fields["anime_png_base64"] = base64.b64encode(images.encode_png(result.anime)).decode("ascii")
     return model(**fields, **extra)
+
+
+def faces_answer(model: type[F], result: PortraitResult, *, with_crops: bool) -> F:
+    """A run over the faces a request chose (``faces=all``, ``face=<index>``) as ``model``: one entry of ``results``
+    per face, in ``faces`` order, with its matches and anime image where the run made them, and its crop as base64
+    JPEG when asked for."""
+    version = result.versions.get("search")
+    results = []
+    for face in result.per_face:
+        entry: dict[str, Any] = {"face": face.index}
+        if face.matches is not None:
+            entry["matches"] = matches_answer(face.matches, version)
+        if with_crops:
+            entry["crop_jpeg_base64"] = base64.b64encode(images.encode_jpeg(face.crop)).decode("ascii")
+        if face.anime is not None:
+            entry["anime_png_base64"] = base64.b64encode(images.encode_png(face.anime)).decode("ascii")
+        results.append(entry)
+    fields: dict[str, Any] = {
+        "faces": [answers.Face.of(face) for face in result.faces],
+        "image": answers.ImageSize.of(result.photo),
+        "results": results,
+        "timings_ms": timings_ms(result.timings),
+        "arms": dict(result.arms),
+    }
+    if result.matches is not None:
+        fields["gallery_version"] = version
+        if result.missing_shards:
+            fields["missing_shards"] = list(result.missing_shards)
+    return model(**fields)
 
 
 def thumbnail_url(match: Match, gallery_version: int | None) -> str:
