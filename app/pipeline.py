@@ -54,8 +54,6 @@ __all__ = [
 ]
 
 MAX_K = 100
-# A JPEG is first decoded at a reduced scale with at least this long side (Pillow draft).
-DRAFT_MIN_SIDE = 800
 # Faces encoded per call when the encoder takes any batch (build-index).
 ENCODE_BATCH = 16
 # Which faces a run answers for: the best (None), every face (EVERY_FACE), or one by its position in ``faces``.
@@ -273,11 +271,12 @@ class Pipeline:
 
     # -- stages ------------------------------------------------------------------------------------
 
-    def decode(self, data: bytes) -> Photo:
-        """Decode an upload; a large JPEG at a reduced scale (a crop is re-read at full size if it needs it)."""
+    def decode(self, data: bytes, min_side: int = 0) -> Photo:
+        """Decode an upload; a large JPEG at a reduced scale whose long side is still the detector's ``max_side``, or
+        ``min_side`` if larger (what the caller shows of the photo); a crop is re-read at full size if it needs it."""
         started = time.perf_counter()
         pixels, original = images.decode_photo(
-            data, max_pixels=self.max_pixels, draft_size=(DRAFT_MIN_SIDE, DRAFT_MIN_SIDE)
+            data, max_pixels=self.max_pixels, min_side=max(self.config.detect.max_side, min_side)
         )
         return Photo(pixels, original, {"decode": time.perf_counter() - started}, data=data)
 
@@ -581,6 +580,7 @@ class Pipeline:
         meanwhile: Callable[[PortraitResult], Any] | None = None,
         client: str | None = None,
         faces: FaceChoice = None,
+        photo_side: int = 0,
     ) -> PortraitResult:
         """The whole chain; the search and translation branches run concurrently. 422 when no face is found.
 
@@ -588,6 +588,9 @@ class Pipeline:
         more than ``max_faces``), or one by its position in the detector's list, best first (400 past its end).
         Several faces go to the encoder as one batch and to each search servable as one call (the translator
         too, unless its batch dimension is fixed); ``k`` and the pins apply to each face.
+
+        ``photo_side``: the long side the caller needs of ``result.photo.pixels`` (a page showing the photo); a
+        large JPEG is decoded no smaller than that, nor than the detector's ``max_side``.
 
         ``client`` is who asks (an API key's digest or an address): it keeps each stage with a traffic
         split on one arm for that client (None: an arm drawn at random). Shadow copies are sent once
@@ -602,7 +605,7 @@ class Pipeline:
         started = time.perf_counter()
         routing = self.rollouts.route(client, pins)
         try:
-            return self._run(routing, started, data, k, search, translate, meanwhile, faces)
+            return self._run(routing, started, data, k, search, translate, meanwhile, faces, photo_side)
         finally:
             routing.start_shadows()
 
@@ -616,10 +619,11 @@ class Pipeline:
         translate: bool,
         meanwhile: Callable[[PortraitResult], Any] | None,
         choice: FaceChoice,
+        photo_side: int,
     ) -> PortraitResult:
         if search:
             routing.call("search", lambda pinned: self.check_k(k, pinned), counted=False)
-        photo = self.decode(data)
+        photo = self.decode(data, photo_side)
         timings = dict(photo.timings)
         model_timings: dict[str, float] = {}
         with _timed(timings, "detect"):

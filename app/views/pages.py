@@ -66,7 +66,13 @@ def detect_face() -> ResponseReturnValue:
     # The page's photo and face images are encoded while the translation runs (shown_images needs no request).
     meanwhile = None if as_json else shown_images
     result = common.pipeline().run(
-        data, k=k, pins=params.pins(), meanwhile=meanwhile, client=common.client(), faces=choice
+        data,
+        k=k,
+        pins=params.pins(),
+        meanwhile=meanwhile,
+        client=common.client(),
+        faces=choice,
+        photo_side=PHOTO_MAX_SIDE,
     )
     headers = {"Server-Timing": common.server_timing(page_timings(result), result.arms)}
     if as_json:
