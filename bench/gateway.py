@@ -16,17 +16,18 @@ and serves them to gateways under gunicorn (the project's gunicorn.conf.py, ``GA
 default, as the issue measured on 2 cores) on both backends: ``local`` (each worker loads them) and ``grpc``
 (one model server, ``python -m bench.gateway serve-models``, a process of its own). The same run measures the
 gateway of another revision (``--before``, default the revision this work started from), extracted with
-``git archive`` and served the same way, so the before/after figures share the machine's load; the two take
-turns run by run (ABBA).
+``git archive`` and served the same way, so the before/after figures share the machine's load.
 
 Each measured: ``api`` (POST /api/v1/search, multipart, k=5) and ``page`` (POST /detect_face/image, the HTML
 result page), 1 MP and 12 MP JPEGs of skimage's astronaut, 1 client and 8 (keep-alive connections), each for
-``--seconds``. Then, this revision only, the six-face photo (the astronaut tiled 3 x 2, 1 MP): the default
-answer (the best face) against ``faces=all``, on the API.
+``--seconds``, the revisions taking turns in ``--rounds`` slices. Besides latency and throughput at the client,
+each measurement gives the CPU time gunicorn's processes spent per request: on a shared machine, the steadiest
+figure. Then, this revision only, the six-face photo (the astronaut tiled 3 x 2, 1 MP) on the API: the default
+answer (the best face) against ``faces=all``.
 
-Targets (ISSUE 27; 2 cores): 1 MP API p50 at 1 client <= 8 ms; 1 MP API throughput at 8 clients >= 2x the
-``--before`` revision's (the issue measured 157 req/s); ``faces=all`` on six faces <= 1.8x the one-face answer's
-p50. The machine is shared: figures move with its load; the ratios measured side by side move less.
+Targets (issue 27; 2 cores): 1 MP API p50 at 1 client <= 8 ms; 1 MP API throughput at 8 clients >= 2x the
+``--before`` revision's (the issue measured 157 req/s); ``faces=all`` on six faces <= 1.8x the one-face answer
+(p50 and CPU per request). The machine is shared: figures move with its load; ratios measured side by side less.
 
     .venv/bin/python -m bench.gateway                        # writes bench/results/gateway.json
     .venv/bin/python -m bench.gateway --smoke --json /tmp/g.json   # tiny: the script works
@@ -49,7 +50,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tests.support import harness
@@ -292,26 +293,42 @@ def breakdown(replies: list[harness.Reply]) -> dict[str, float]:
     return found
 
 
-def measure(
-    server: harness.Server, request: harness.Request, check, concurrency: int, args: argparse.Namespace
-) -> dict:
-    """One run: latency and throughput at the client, Server-Timing medians, and the CPU time the gateway (gunicorn's
-    master and workers) spent per request, a figure the machine's load hardly moves."""
-    cpu = harness.tree_cpu_seconds(server.pid)
-    result = harness.drive(
-        server.port,
-        _always(request),
-        concurrency,
-        count=args.max_requests,
-        duration=args.seconds,
-        keep_replies=True,
-        check=check,
-    )
-    cpu = harness.tree_cpu_seconds(server.pid) - cpu
-    summary = result.summary()
-    summary["cpu_ms_per_request"] = round(cpu * 1000 / max(1, result.requests), 2)
-    summary["server_timing_ms"] = breakdown(result.replies)
-    return summary
+Variant = tuple[harness.Server, harness.Request, Callable[[harness.Reply], str | None]]
+
+
+def compare(variants: dict[str, Variant], concurrency: int, args: argparse.Namespace) -> dict[str, dict]:
+    """Each variant (a server and the request it gets) driven by ``concurrency`` clients for ``args.seconds``, in
+    ``args.rounds`` slices that take turns (A B B A ...), so that the machine's load, which drifts, weighs on all
+    alike. Per variant: latency and throughput at the client, Server-Timing medians, and the CPU time the gateway
+    (gunicorn's master and workers) spent per request, a figure the load hardly moves."""
+    pooled = {name: harness.RunResult(concurrency) for name in variants}
+    cpu = dict.fromkeys(variants, 0.0)
+    for turn in range(args.rounds):
+        for name in list(variants) if turn % 2 == 0 else list(variants)[::-1]:
+            server, request, check = variants[name]
+            before = harness.tree_cpu_seconds(server.pid)
+            result = harness.drive(
+                server.port,
+                _always(request),
+                concurrency,
+                count=args.max_requests,
+                duration=args.seconds / args.rounds,
+                keep_replies=True,
+                check=check,
+            )
+            cpu[name] += harness.tree_cpu_seconds(server.pid) - before
+            into = pooled[name]
+            into.latencies += result.latencies
+            into.errors.update(result.errors)
+            into.replies += result.replies
+            into.seconds += result.seconds
+    found = {}
+    for name, result in pooled.items():
+        summary = result.summary()
+        summary["cpu_ms_per_request"] = round(cpu[name] * 1000 / max(1, result.requests), 2)
+        summary["server_timing_ms"] = breakdown(result.replies)
+        found[name] = summary
+    return found
 
 
 # -- the run -----------------------------------------------------------------------------------------------
@@ -326,12 +343,14 @@ def run(args: argparse.Namespace) -> dict:
             "load_average_at_start": os.getloadavg(),
             "workers": int(os.environ.get("GATEWAY_WORKERS", "2")),
             "threads": int(os.environ.get("GATEWAY_THREADS", "8")),
-            "seconds_per_run": args.seconds,
+            "seconds_per_variant": args.seconds,
+            "rounds": args.rounds,
             "before": args.before,
             "k": K,
         },
         "photos": {label: len(jpeg) for label, jpeg in photos.items()} | {"six_faces": len(six_faces)},
         "runs": {},
+        "rss_mb": {},
         "every_face": {},
     }
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as work:
@@ -361,6 +380,10 @@ def run(args: argparse.Namespace) -> dict:
                     for name, root in roots.items()
                 }
                 results["runs"][backend] = measure_revisions(servers, photos, args)
+                # Resident memory after the runs (gunicorn's master and workers): what keeping freed memory costs.
+                results["rss_mb"][backend] = {
+                    name: round(harness.tree_rss(s.pid) / harness.MB, 1) for name, s in servers.items()
+                }
                 harness.log(f"{backend}: every face of six ...")
                 results["every_face"][backend] = measure_every_face(servers["after"], six_faces, args)
     results["ratios"] = ratios(results)
@@ -370,7 +393,6 @@ def run(args: argparse.Namespace) -> dict:
 
 def measure_revisions(servers: dict[str, harness.Server], photos: dict[str, bytes], args: argparse.Namespace) -> dict:
     found: dict = {}
-    turn = 0
     for endpoint in args.endpoints:
         for label, photo in photos.items():
             request, check = request_for(endpoint, photo), check_for(endpoint)
@@ -379,14 +401,11 @@ def measure_revisions(servers: dict[str, harness.Server], photos: dict[str, byte
                 if warm.errors:
                     raise RuntimeError(f"{name} fails on {endpoint} {label}: {dict(warm.errors)}\n{server.log_tail()}")
             for concurrency in args.concurrency:
-                order = list(servers) if turn % 2 == 0 else list(servers)[::-1]
-                turn += 1
-                for name in order:
-                    harness.log(f"  {endpoint} {label} c={concurrency} {name} ...")
-                    summary = measure(servers[name], request, check, concurrency, args)
-                    found.setdefault(endpoint, {}).setdefault(label, {}).setdefault(str(concurrency), {})[name] = (
-                        summary
-                    )
+                harness.log(f"  {endpoint} {label} c={concurrency} ...")
+                variants = {name: (server, request, check) for name, server in servers.items()}
+                found.setdefault(endpoint, {}).setdefault(label, {})[str(concurrency)] = compare(
+                    variants, concurrency, args
+                )
     return found
 
 
@@ -394,20 +413,14 @@ def measure_every_face(server: harness.Server, photo: bytes, args: argparse.Name
     """The six-face photo on the API: the best face (today's answer) against every face, taking turns."""
     pin = f"?detect_version={SIX_FACE_VERSION}"
     variants = {
-        "one_face": (request_for("api", photo, pin), check_for("api", 1)),
-        "every_face": (request_for("api", photo, pin + "&faces=all"), check_for("api", 6)),
+        "one_face": (server, request_for("api", photo, pin), check_for("api", 1)),
+        "every_face": (server, request_for("api", photo, pin + "&faces=all"), check_for("api", 6)),
     }
-    for name, (request, check) in variants.items():
+    for name, (_, request, check) in variants.items():
         warm = harness.drive(server.port, _always(request), 1, count=args.warmup, check=check)
         if warm.errors:
             raise RuntimeError(f"{name} fails: {dict(warm.errors)}")
-    found: dict = {}
-    for turn, concurrency in enumerate(args.concurrency):
-        order = list(variants) if turn % 2 == 0 else list(variants)[::-1]
-        for name in order:
-            request, check = variants[name]
-            found.setdefault(str(concurrency), {})[name] = measure(server, request, check, concurrency, args)
-    return found
+    return {str(concurrency): compare(variants, concurrency, args) for concurrency in args.concurrency}
 
 
 def ratios(results: dict) -> dict:
@@ -508,6 +521,11 @@ def report(results: dict) -> str:
                 f"{every['cpu_ms_per_request']:.1f}: {every['p50_ms'] / one['p50_ms']:.2f}x the p50, "
                 f"{every['cpu_ms_per_request'] / one['cpu_ms_per_request']:.2f}x the CPU"
             )
+    for backend, by_revision in results["rss_mb"].items():
+        lines.append(
+            f"resident memory after the runs, {backend}: "
+            + ", ".join(f"{n} {mb:.0f} MB" for n, mb in by_revision.items())
+        )
     lines.append("Server-Timing medians (ms), 1 client:")
     for backend, by_endpoint in results["runs"].items():
         for endpoint, by_photo in by_endpoint.items():
@@ -575,7 +593,8 @@ def main(argv: list[str] | None = None) -> int:
         "--before", default=BEFORE, help=f"the revision to compare with (default {BEFORE}); '' for none"
     )
     parser.add_argument("--backends", default="local,grpc", help="comma-separated: local, grpc (default both)")
-    parser.add_argument("--seconds", type=float, default=6.0, help="seconds each measured run lasts")
+    parser.add_argument("--seconds", type=float, default=6.0, help="seconds each variant of a measurement is driven")
+    parser.add_argument("--rounds", type=int, default=3, help="slices a measurement's variants take turns in")
     parser.add_argument("--endpoints", default="api,page", help="comma-separated: api, page (default both)")
     parser.add_argument("--megapixels", default="1,12", help="comma-separated photo sizes (default 1,12)")
     parser.add_argument("--clients", default="1,8", help="comma-separated client counts (default 1,8)")
@@ -593,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--endpoints: unknown {', '.join(sorted(unknown))} (api, page)")
     if args.smoke:
         args.megapixels, args.concurrency, args.warmup = (0.25, 1.0), (1, 2), 2
-        args.seconds, args.max_requests = min(args.seconds, 0.5), 6
+        args.seconds, args.max_requests, args.rounds = min(args.seconds, 0.5), 6, 2
         out = Path(args.json) if args.json else None
     else:
         args.megapixels = tuple(float(mp) for mp in args.megapixels.split(","))

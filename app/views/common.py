@@ -20,6 +20,7 @@ from app.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
 from app.pipeline import Match, Pipeline, PortraitResult
 from app.views import answers
 from app.views.params import Params, read_params
+from app.web.alarms import Alarms
 from app.web.extensions import serving
 from app.web.security import client_identity
 
@@ -29,6 +30,7 @@ PHOTO_ERRORS = (400, 404, 408, 413, 415, 502, 503, 504)
 SERVER_TIMING = "Server-Timing"
 THUMBNAIL_URLS = 10_000  # thumbnail URLs an app remembers (each is built once: see thumbnail_url)
 _THUMBNAIL_URL_TABLE = "thumbnail_urls"
+_ALARMS = "alarms"
 P = TypeVar("P", bound=Params)
 A = TypeVar("A", bound=answers.PortraitResult)
 F = TypeVar("F", answers.FacesSearchResult, answers.FacesTranslateResult)
@@ -125,9 +127,7 @@ def upload_deadline(request: Request) -> Iterator[None]:
         with contextlib.suppress(OSError):  # the client may be gone already
             client.shutdown(socket.SHUT_RD)
 
-    timer = threading.Timer(seconds, cut_off)
-    timer.daemon = True
-    timer.start()
+    timer = alarms().after(seconds, cut_off)
     try:
         yield
     except Exception as exc:
@@ -138,6 +138,14 @@ def upload_deadline(request: Request) -> Iterator[None]:
         timer.cancel()
     if expired.is_set():  # the body ended early, but the parser took it quietly
         raise RequestTimeout(f"the request body did not arrive within {seconds:g} seconds")
+
+
+def alarms() -> Alarms:
+    """The app's alarms (one watcher thread per worker for every request's deadline)."""
+    found = current_app.extensions.get(_ALARMS)
+    if found is None:
+        found = current_app.extensions.setdefault(_ALARMS, Alarms("upload-deadlines"))
+    return found
 
 
 def _clip(text: str, limit: int) -> str:
