@@ -10,6 +10,7 @@ from typing import IO, Any
 from flask import Flask, Request, Response
 
 from app.config import PROJECT_ROOT, Settings
+from app.web.multipart import OnePassFormParser
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +18,11 @@ log = logging.getLogger(__name__)
 class InMemoryRequest(Request):
     """Keeps uploaded files in memory (bounded by MAX_CONTENT_LENGTH): an upload never touches the disk.
 
-    Werkzeug would spool any file part over 500 KB to a temporary file.
+    Werkzeug would spool any file part over 500 KB to a temporary file. A multipart body of the usual
+    shape is split in one pass (app.web.multipart).
     """
+
+    form_data_parser_class = OnePassFormParser
 
     def _get_file_stream(
         self,

@@ -30,6 +30,10 @@ DEFAULT_RATE_LIMIT = "100/second;3000/minute"
 RATE_LIMIT_STORAGE_TIMEOUT = 0.25
 REDIS_TIMEOUT_PARAMETERS = ("socket_timeout", "socket_connect_timeout")
 MIN_API_KEY_LENGTH = 16
+# Faces a request may ask about at once (GATEWAY_MAX_FACES), and the most that setting may allow: every face's
+# crop travels in one encoder call.
+DEFAULT_MAX_FACES = 16
+MAX_FACES_LIMIT = 64
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -161,6 +165,8 @@ class Settings(BaseSettings):
     max_pixels: AtLeastOne = 50_000_000  # larger photos are refused with 413
     max_upload_bytes: AtLeastOne = 20 * 1024 * 1024  # larger request bodies are refused with 413
     default_k: Annotated[int, Field(ge=1, le=100)] = 5  # gallery matches when the request does not say
+    # faces a request may ask about at once (faces=all): a photo with more gets a 400
+    max_faces: Annotated[int, Field(ge=1, le=MAX_FACES_LIMIT)] = DEFAULT_MAX_FACES
     upload_timeout: NonNegative = 60.0  # seconds a request body may take to arrive (under gunicorn), then 408; 0 = none
     # Abuse resistance (app/web/security.py).
     rate_limit: str = DEFAULT_RATE_LIMIT  # per client, shared by the pipeline endpoints; "" = no limit

@@ -8,6 +8,7 @@ the text (sorted keys, NaN as Flask writes it), as it did before these models; a
 sends it as a float.
 
 - the JSON API (/api/v1) and operations: :class:`Error`, :class:`SearchResult`, :class:`TranslateResult`,
+  their forms for every face or a chosen one :class:`FacesSearchResult`, :class:`FacesTranslateResult`,
   :class:`DetectResult`, :class:`ModelsResult`, :class:`Health`, :class:`Readiness`;
 - the Open Inference Protocol (/v2): :class:`V2ServerMetadata`, :class:`V2Health`, :class:`V2ModelMetadata`,
   :class:`V2ModelReady`, :class:`V2InferenceResponse`, errors :class:`ProtocolError`;
@@ -138,6 +139,54 @@ class TranslateResult(PortraitResult):
     """The face and its anime-style translation."""
 
     anime_png_base64: Base64 = Field(description="The anime-style face as a PNG")
+
+
+# -- every face, or one chosen (faces=all, face=<index>) ----------------------------------------------
+
+FacePosition = Annotated[int, Field(ge=0, description="The face's position in `faces` (best first, from 0)")]
+
+
+class FaceMatches(AnswerBody):
+    """One face's matches, nearest first."""
+
+    face: FacePosition
+    matches: list[Match]
+    crop_jpeg_base64: Base64 | None = optional("The face crop as a JPEG, when asked for (`images=1`)")
+    anime_png_base64: Base64 | None = optional("The anime-style face as a PNG (the page's JSON)")
+
+
+class FacesSearchResult(AnswerBody):
+    """The gallery faces nearest to each face asked about (`faces=all` or `face=<index>`): one entry of `results`
+    per face, in `faces` order."""
+
+    faces: list[Face] = Field(description="Every face found, best first")
+    image: ImageSize
+    results: list[FaceMatches]
+    gallery_version: int | None = Field(description="The gallery version that answered (null: not said)")
+    missing_shards: list[str] | None = optional(
+        "Shards of a sharded gallery that did not answer: the matches are those of the others (only with "
+        "`partial = true` in the pipeline file)"
+    )
+    timings_ms: Timings
+    arms: Arms
+
+
+class FaceTranslation(AnswerBody):
+    """One face's anime-style translation."""
+
+    face: FacePosition
+    anime_png_base64: Base64 = Field(description="The anime-style face as a PNG")
+
+
+class FacesTranslateResult(AnswerBody):
+    """The anime-style translation of each face asked about (`faces=all` or `face=<index>`): one entry of `results`
+    per face, in `faces` order."""
+
+    faces: list[Face] = Field(description="Every face found, best first")
+    image: ImageSize
+    results: list[FaceTranslation]
+    timings_ms: Timings
+    arms: Arms
 
 
 # -- the servables ---------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from flask.typing import ResponseReturnValue
 from werkzeug import exceptions as http
 
 from app import images
-from app.errors import GatewayError
+from app.errors import BadInput, GatewayError
+from app.pipeline import EVERY_FACE
 from app.pipeline_check import check_pipeline
 from app.serving.base import Backend, VersionStatus
 from app.thumbnails import GalleryThumbnails
@@ -24,6 +25,7 @@ from app.views.common import (
     PHOTO_ERRORS,
     SERVER_TIMING,
     client,
+    faces_answer,
     k_of,
     pipeline,
     portrait_answer,
@@ -59,22 +61,34 @@ _LATEST_CACHE = "public, max-age=60"
     "Gallery faces nearest to the face in a photo",
     description=(
         "Detects the best face, encodes it and returns the k nearest gallery faces, nearest first, each with the URL "
-        "of its thumbnail."
+        "of its thumbnail. With `faces=all` (every face) or `face=<index>` (one face), the answer has one entry "
+        "of `results` per face instead (`FacesSearchResult`); the encoder and the search are called once for all."
     ),
     tags=("portrait",),
     query=SearchParams,
     body=PHOTO,
-    answers={200: Answer("The face and its matches", answers.SearchResult, headers=(SERVER_TIMING,))},
+    answers={
+        200: Answer(
+            "The face and its matches; with `faces` or `face`, the matches of each face",
+            (answers.SearchResult, answers.FacesSearchResult),
+            headers=(SERVER_TIMING,),
+        )
+    },
     errors=(*PHOTO_ERRORS, 422),
     needs_key=True,
     rate_limited=True,
     runs_models=True,
 )
 def search() -> ResponseReturnValue:
-    """The k gallery faces nearest to the best face of the photo, each with a thumbnail URL."""
+    """The k gallery faces nearest to the best face of the photo (or to each face asked for), each with a thumbnail
+    URL."""
     data, params = read_photo_request(SearchParams, request, allow_raw_body=True)
-    result = pipeline().run(data, k=k_of(params), pins=params.pins(), translate=False, client=client())
-    answer = portrait_answer(answers.SearchResult, result, with_images=params.images)
+    choice = params.face_choice()
+    result = pipeline().run(data, k=k_of(params), pins=params.pins(), translate=False, client=client(), faces=choice)
+    if params.asks_for_faces():
+        answer = faces_answer(answers.FacesSearchResult, result, with_crops=params.images)
+    else:
+        answer = portrait_answer(answers.SearchResult, result, with_images=params.images)
     return _timed(jsonify(answer.body()), result.timings, result.arms)
 
 
@@ -84,14 +98,18 @@ def search() -> ResponseReturnValue:
     "The face in a photo as an anime-style image",
     description=(
         "A PNG by default; JSON with the PNG in base64 and the face box with `?format=json` or "
-        "`Accept: application/json`."
+        "`Accept: application/json`. With `face=<index>`, that face instead of the best. With `faces=all`, JSON with "
+        "one entry of `results` per face (`FacesTranslateResult`; so is `face=<index>` as JSON)."
     ),
     tags=("portrait",),
     query=TranslateParams,
     body=PHOTO,
     answers={
         200: Answer(
-            "The translated face", answers.TranslateResult, media_types=("image/png",), headers=(SERVER_TIMING,)
+            "The translated face; with `faces` or `face` as JSON, each face's",
+            (answers.TranslateResult, answers.FacesTranslateResult),
+            media_types=("image/png",),
+            headers=(SERVER_TIMING,),
         )
     },
     errors=(*PHOTO_ERRORS, 422),
@@ -100,10 +118,18 @@ def search() -> ResponseReturnValue:
     runs_models=True,
 )
 def translate() -> ResponseReturnValue:
-    """The anime version of the best face: a PNG, or JSON with it in base64 when the client asks for JSON."""
+    """The anime version of the best face (or of each face asked for): a PNG, or JSON with it in base64 when the
+    client asks for JSON (always, for every face)."""
     data, params = read_photo_request(TranslateParams, request, allow_raw_body=True)
-    as_json = _translation_as_json(params.format)
-    result = pipeline().run(data, pins=params.pins(), search=False, client=client())
+    choice = params.face_choice()
+    if choice == EVERY_FACE and params.format == "png":
+        raise BadInput("faces=all answers JSON (one PNG holds one face): leave out format=png, or ask for face=<index>")
+    as_json = choice == EVERY_FACE or _translation_as_json(params.format)
+    result = pipeline().run(data, pins=params.pins(), search=False, client=client(), faces=choice)
+    if as_json and params.asks_for_faces():
+        response = jsonify(faces_answer(answers.FacesTranslateResult, result, with_crops=False).body())
+        response.vary.add("Accept")
+        return _timed(response, result.timings, result.arms)
     png = images.encode_png(result.anime)
     if as_json:
         anime = base64.b64encode(png).decode("ascii")

@@ -16,7 +16,7 @@ from flask import Request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 
 from app.errors import BadInput
-from app.pipeline import MAX_K, Pins, pins_from
+from app.pipeline import EVERY_FACE, MAX_K, FaceChoice, Pins, pins_from
 from app.pipeline_config import STAGE_NAMES
 from app.serving.base import LABEL_PATTERN, LABEL_RULE, MAX_VERSION_DIGITS
 
@@ -75,6 +75,18 @@ class Params(BaseModel):
     def pins(self) -> Pins:
         return pins_from(self.model_dump())
 
+    def face_choice(self) -> FaceChoice:
+        """Which faces the request asks about: every one (``faces=all``), one (``face=<index>``), or None (the
+        best, as when neither is given)."""
+        every, one = getattr(self, "faces", None), getattr(self, "face", None)
+        if every is not None and one is not None:
+            raise BadInput("give faces=all or face=<index>, not both")
+        return EVERY_FACE if every == EVERY_FACE else one
+
+    def asks_for_faces(self) -> bool:
+        """Whether the request chose its faces (the answer then has one result per face)."""
+        return getattr(self, "faces", None) is not None or getattr(self, "face", None) is not None
+
 
 P = TypeVar("P", bound=Params)
 
@@ -107,6 +119,31 @@ def _pin_fields(stages: Sequence[str]) -> dict[str, Any]:
 
 K = Annotated[int, Field(ge=1, le=MAX_K), BeforeValidator(_digits)]
 _K_FIELD = (K | None, Field(None, description="How many gallery faces to return (default: GATEWAY_DEFAULT_K)"))
+MAX_FACE_INDEX = 999
+FaceIndex = Annotated[int, Field(ge=0, le=MAX_FACE_INDEX), BeforeValidator(_digits)]
+
+
+def _face_fields(what: str) -> dict[str, Any]:
+    """``faces=all`` and ``face=<index>``: which faces of the photo the request asks about (default: the best)."""
+    return {
+        "faces": (
+            Literal["all"] | None,
+            Field(
+                None,
+                description=f"`all`: {what} for every face found, one entry of `results` each, in `faces` order (a "
+                "photo with more faces than GATEWAY_MAX_FACES is a 400)",
+            ),
+        ),
+        "face": (
+            FaceIndex | None,
+            Field(
+                None,
+                description=f"{what.capitalize()} for this face only: its position in `faces` (best first, from 0, "
+                "as /api/v1/detect lists them); the answer has one entry in `results`",
+            ),
+        ),
+    }
+
 
 SearchParams = create_model(
     "SearchParams",
@@ -116,6 +153,7 @@ SearchParams = create_model(
         Flag,
         Field(False, description="true (or 1) to include the face crop as base64 JPEG (`crop_jpeg_base64`)"),
     ),
+    **_face_fields("the matches"),
     **_pin_fields(("detect", "encode", "search")),
 )
 TranslateParams = create_model(
@@ -123,12 +161,19 @@ TranslateParams = create_model(
     __base__=Params,
     format=(
         Literal["png", "json"] | None,
-        Field(None, description="The representation of the result; wins over the Accept header"),
+        Field(
+            None,
+            description="The representation of the result; wins over the Accept header (`faces=all` answers JSON: "
+            "one PNG cannot hold several faces)",
+        ),
     ),
+    **_face_fields("the anime image"),
     **_pin_fields(("detect", "translate")),
 )
 DetectParams = create_model("DetectParams", __base__=Params, **_pin_fields(("detect",)))
-PageParams = create_model("PageParams", __base__=Params, k=_K_FIELD, **_pin_fields(STAGE_NAMES))
+PageParams = create_model(
+    "PageParams", __base__=Params, k=_K_FIELD, **_face_fields("the matches and anime image"), **_pin_fields(STAGE_NAMES)
+)
 
 
 class SeldonParams(Params):
@@ -254,6 +299,8 @@ def _schema(model: type[BaseModel], name: str) -> dict[str, Any]:
     if choices:
         schema.update(choices[0])
     schema.pop("title", None)
+    if "const" in schema:  # a single choice (``Literal["all"]``): OpenAPI 3.0 has no const
+        schema["enum"] = [schema.pop("const")]
     if schema.get("default") is None:
         schema.pop("default", None)
     schema.pop("description", None)

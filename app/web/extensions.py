@@ -249,6 +249,7 @@ class Serving:
                     config,
                     threshold=self.settings.face_threshold,
                     max_pixels=self.settings.max_pixels,
+                    max_faces=self.settings.max_faces,
                     timeout=self.settings.timeout,
                     observer=None if self.metrics is None else self.metrics.rollouts,
                     labels=self.version_labels,

@@ -8,7 +8,8 @@ the same runtime) with a server interceptor in front of every call:
   ``fail_servables[name]`` a status code for every Predict of one servable (a shard that is down);
 - ``cancel_next(n)``: the next n calls are cancelled by the server while in flight (``context.cancel()``), as a
   replica that shuts down mid-call does;
-- ``calls`` counts what arrived, by method name, and ``wait_for_calls(method, n)`` waits until n have;
+- ``calls`` counts what arrived, by method name (``servables``: each Predict, by the servable it names), and
+  ``wait_for_calls(method, n)`` waits until n have;
 - ``stop()``, ``start()`` again on the same port, ``restart()``, and ``reset()`` to a healthy server.
 """
 
@@ -39,6 +40,7 @@ class FaultInjector(grpc.ServerInterceptor):
         self.queued: list[grpc.StatusCode] = []
         self.cancels = 0
         self.calls: Counter[str] = Counter()
+        self.servables: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.arrived = threading.Condition(self.lock)
 
@@ -66,6 +68,8 @@ class FaultInjector(grpc.ServerInterceptor):
         """Count the call, delay it, fail it; True when it is to be cancelled instead of answered."""
         with self.lock:
             self.calls[method] += 1
+            if servable:
+                self.servables[servable] += 1
             self.arrived.notify_all()
             injected = self.queued.pop(0) if self.queued else self.fail_servables.get(servable, self.fail_with)
             delay = self.delays.get(servable, self.delay)

@@ -121,26 +121,28 @@ def gunicorn(
     pythonpath: Sequence[Path] = (),
     ready_path: str = "/readyz",
     ready_timeout: float = 180.0,
+    root: Path = REPO,
 ) -> Iterator[Server]:
     """Run ``app_spec`` under gunicorn with the project's gunicorn.conf.py on a free loopback port, until ready.
 
     ``env`` is added to this process's environment; GATEWAY_BIND is set to the chosen port
     (gunicorn.conf.py reads it), so worker and thread counts come from the same settings for
-    every app started this way.
+    every app started this way. ``root``: another copy of the project (e.g. an earlier revision),
+    whose app and gunicorn.conf.py are served instead.
     """
     port = free_port()
     log_path = Path(log_dir) / f"{name}-{port}.log"
-    command = [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONFIG)]
+    command = [sys.executable, "-m", "gunicorn", "--config", str(Path(root) / GUNICORN_CONFIG.name)]
     for path in pythonpath:
         command += ["--pythonpath", str(path)]
     command.append(app_spec)
     full_env = {**os.environ, **env, "GATEWAY_BIND": f"127.0.0.1:{port}", "PYTHONUNBUFFERED": "1"}
-    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), full_env.get("PYTHONPATH")]))
     with log_path.open("wb") as log:
         # A session of its own: the master and its workers form one process group, stopped as one.
         process = subprocess.Popen(
             command,
-            cwd=REPO,
+            cwd=root,
             env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -173,6 +175,28 @@ def tree_rss(pid: int) -> int:
             with contextlib.suppress(OSError):
                 todo.extend(int(child) for child in task.read_text().split())
     return total
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by a process and all its live descendants, in seconds (Linux /proc).
+
+    Unlike wall-clock latency, a request's CPU time hardly moves with the load of the machine, so the
+    difference of two readings over a run, divided by its requests, is a steady figure of what a request costs.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        proc = Path("/proc") / str(current)
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+        for task in (proc / "task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo.extend(int(child) for child in task.read_text().split())
+    return total / ticks
 
 
 # -- test photos ------------------------------------------------------------------------------------

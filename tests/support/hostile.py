@@ -43,5 +43,5 @@ def build_hostile_gallery(root: Path, demo_root: Path) -> Path:
     finally:
         builder.extensions["serving"].close()
     assert result.exit_code == 0, result.output
-    assert f"indexed {len(HOSTILE_NAMES)} faces" in result.output
+    assert f"added {len(HOSTILE_NAMES)} faces" in result.output
     return config

@@ -327,3 +327,46 @@ def test_hostile_gallery_and_upload_names_stay_text(page: Page, hostile_gateway_
     )
     assert _submit(page) == 415
     assert page.locator("script").count() == 1
+
+
+# -- every face of a group photo -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def group_jpeg() -> Path:
+    from app.modelzoo import weights
+
+    return weights.sample_photos()[0]  # three people
+
+
+def test_choosing_a_face_of_a_group_photo(page: Page, gateway_url: str, group_jpeg: Path) -> None:
+    """The form asks about every face by default; each outlined face leads to its own matches and anime image,
+    one face shown at a time, with no JavaScript involved."""
+    page.goto(f"{gateway_url}/")
+    assert page.locator('input[name="faces"][value="all"]').is_checked()
+    page.set_input_files('input[name="image_file"]', str(group_jpeg))
+    page.wait_for_selector("[data-preview]:not([hidden])")
+    assert _submit(page) == 200
+    outlines = page.locator("a[data-face-link]")
+    assert outlines.count() == 3
+    sections = page.locator("[data-face-result]")
+    assert sections.count() == 3
+    # Before any choice, the first face's results show, the others' do not.
+    assert [sections.nth(i).is_visible() for i in range(3)] == [True, False, False]
+
+    outlines.nth(2).click()  # the third face's outline on the photo
+    page.wait_for_url("**#face-2")
+    assert [sections.nth(i).is_visible() for i in range(3)] == [False, False, True]
+    chosen = page.locator("#face-2")
+    assert chosen.locator("[data-anime]").evaluate("img => img.complete && img.naturalWidth") == 256
+    assert chosen.locator("[data-gallery] img").count() == 5
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#face-2 [data-gallery] img')]"
+        ".every(img => img.complete && img.naturalWidth > 0)"
+    )
+
+    page.locator('a[data-face-choice="1"]').click()  # the list of faces beside the photo leads there too
+    page.wait_for_url("**#face-1")
+    assert [sections.nth(i).is_visible() for i in range(3)] == [False, True, False]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "group_result_page.png"), full_page=True)

@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from app import images
 from app.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
@@ -89,7 +89,7 @@ def test_exif_orientation_is_applied():
 
 def test_large_jpeg_decodes_at_reduced_scale_but_reports_full_size():
     big = np.asarray(Image.fromarray(GRADIENT).resize((4000, 3000)))
-    pixels, size = images.decode_photo(_encode(big, "JPEG"), draft_size=(1024, 1024))
+    pixels, size = images.decode_photo(_encode(big, "JPEG"), min_side=1024)
     assert size == (4000, 3000)
     assert 1024 <= max(pixels.shape[:2]) < 4000
     assert images.decode_image(_encode(big, "JPEG")).shape == (3000, 4000, 3)
@@ -127,3 +127,57 @@ def test_model_input_and_output_ranges():
 def test_model_input_needs_a_fixed_size():
     with pytest.raises(ValueError, match="known"):
         images.model_input([GRADIENT], TensorSpec("x", np.dtype(np.uint8), (1, None, None, 3)), (0, 255))
+
+
+def _pillow_decode(data: bytes, scale: int = 1) -> np.ndarray:
+    """What Pillow alone makes of a JPEG: the gateway's decoding before libjpeg-turbo was asked directly."""
+    image = Image.open(io.BytesIO(data))
+    if scale > 1:
+        image.draft("RGB", (image.size[0] // scale, image.size[1] // scale))
+    return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize(("min_side", "scale"), [(None, 1), (200, 2)])
+def test_jpeg_decodes_as_pillow_does_in_every_orientation(orientation, min_side, scale):
+    photo = np.asarray(Image.fromarray(GRADIENT).resize((400, 240)))
+    photo = photo.copy()
+    photo[:40, :60] = (250, 20, 20)  # a red corner: any wrong flip or turn moves it
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, format="JPEG", quality=95, exif=exif)
+    pixels, size = images.decode_photo(buffer.getvalue(), min_side=min_side)
+    expected = _pillow_decode(buffer.getvalue(), scale)
+    assert pixels.shape == expected.shape
+    assert np.array_equal(pixels, expected)
+    assert size == ((240, 400) if orientation >= 5 else (400, 240))
+    assert pixels.flags["C_CONTIGUOUS"]
+
+
+@pytest.mark.parametrize(
+    ("size", "min_side", "decoded"),
+    [((4000, 3000), 640, (750, 1000)), ((1000, 1000), 640, (1000, 1000)), ((1300, 1300), 640, (650, 650)),
+     ((6000, 900), 640, (113, 750))],
+)  # fmt: skip
+def test_jpeg_scale_keeps_the_long_side_at_least_min_side(size, min_side, decoded):
+    buffer = io.BytesIO()
+    Image.fromarray(GRADIENT).resize(size).save(buffer, format="JPEG")
+    pixels, original = images.decode_photo(buffer.getvalue(), min_side=min_side)
+    assert original == size
+    assert pixels.shape[:2] == decoded
+
+
+@pytest.mark.parametrize(("fill", "outcome"), [(b"\xff", "broken data stream"), (b"\x00", None)])
+def test_a_damaged_jpeg_fares_as_pillow_decides(fill, outcome):
+    """libjpeg's complaints send a JPEG to Pillow: it refuses what it always refused and takes what it took."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(Image.fromarray(GRADIENT).resize((600, 600)))).save(buffer, format="JPEG", quality=92)
+    damaged = bytearray(buffer.getvalue())
+    middle = len(damaged) // 2
+    damaged[middle : middle + 200] = fill * 200
+    if outcome is None:
+        assert images.decode_photo(bytes(damaged))[0].shape == (600, 600, 3)
+    else:
+        with pytest.raises(BadInput, match=outcome):
+            images.decode_photo(bytes(damaged))

@@ -63,7 +63,7 @@ def test_pins(flask_app, query, expected):
         ("k=101", "k must be a whole number from 1 to 100"),
         ("label=../etc", "label must be 1-64 of the characters"),
         ("label=", "label must be 1-64"),
-        ("paint_version=1", "unknown parameter 'paint_version'; this endpoint takes: k, version, label"),
+        ("paint_version=1", "unknown parameter 'paint_version'; this endpoint takes: k, faces, face, version, label"),
         ("kk=3", "unknown parameter 'kk'"),
         ("search_version=1&search_label=x", "not both"),
         ("k=3&k=4", "k is given twice with different values ('3' and '4')"),
@@ -101,3 +101,27 @@ def test_the_document_describes_the_declared_parameters():
     assert "translate_version" not in by_name  # the search endpoint does not call the translator
     formats = {p["name"]: p for p in openapi_parameters(TranslateParams)}["format"]["schema"]
     assert formats["enum"] == ["png", "json"]
+
+
+@pytest.mark.parametrize(("query", "choice"), [("", None), ("faces=all", "all"), ("face=0", 0), ("face=12", 12)])
+def test_which_faces(flask_app, query, choice):
+    for model in (SearchParams, TranslateParams, PageParams):
+        params = _read(flask_app, model, query)
+        assert params.face_choice() == choice
+        assert params.asks_for_faces() == bool(query)
+
+
+@pytest.mark.parametrize(
+    ("query", "words"),
+    [
+        ("faces=every", "faces must be one of all"),
+        ("faces=ALL", "faces must be one of all"),
+        ("face=-1", "face must be a whole number from 0 to 999"),
+        ("face=all", "face must be a whole number from 0 to 999"),
+        ("face=1000", "face must be a whole number from 0 to 999"),
+        ("faces=all&face=1", "give faces=all or face=<index>, not both"),
+    ],
+)
+def test_face_refusals_say_what_is_valid(flask_app, query, words):
+    with pytest.raises(BadInput, match=words):
+        _read(flask_app, SearchParams, query).face_choice()

@@ -440,6 +440,20 @@ def test_each_stage_has_its_measure():
     assert translate_agreement(image, np.full((16, 16, 3), 255, np.uint8)) == 255.0  # resized to the answer's size
 
 
+def test_measures_of_several_faces_are_averaged_over_the_faces():
+    """A request about every face sends the shadow every face in one call: its measure is the faces' mean."""
+    latents = np.zeros((2, 4))
+    assert encode_agreement(latents, np.stack([np.full(4, 0.5), np.full(4, 1.5)])) == pytest.approx(2.0)
+    two_faces = ([_matches("a", "b")[0], _matches("c", "d")[0]], 1)
+    assert search_agreement(two_faces, ([_matches("a", "b")[0], _matches("x", "c")[0]], 1)) == 0.75
+    with pytest.raises(ValueError, match="matches for 2 and 1 faces"):
+        search_agreement(two_faces, ([_matches("a", "b")[0]], 1))
+    image = np.zeros((8, 8, 3), np.uint8)
+    assert translate_agreement([image, image], [image + 10, image + 30]) == 20.0
+    with pytest.raises(ValueError, match="different numbers of faces"):
+        translate_agreement([image, image], [image])
+
+
 # -- the pipeline file's keys ----------------------------------------------------------------------------
 
 
