@@ -4,7 +4,8 @@ secret, an unknown scheme, a missing file fail with one line and leave nothing; 
 servers that fail the first requests are retried; and the thin gateway's virtualenv (no TensorFlow) runs it.
 
 rclone and fake-gcs-server come from requirements-dev.txt; missing, their tests skip, unless GATEWAY_REQUIRE_S3=1
-or GATEWAY_REQUIRE_GCS=1 (.ci/run). tests/support/programs.py starts them and tests/support/servables.py has the servables' config.
+or GATEWAY_REQUIRE_GCS=1 (.ci/run). tests/support/programs.py starts them and tests/support/servables.py has the
+servables' config.
 """
 
 from __future__ import annotations
