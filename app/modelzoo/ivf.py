@@ -96,7 +96,7 @@ def default_lists(count: int) -> int:
     """
     if count < 1:
         raise ValueError("a gallery needs at least one face")
-    lists = 2 ** round(math.log2(16.0 * math.sqrt(count)))
+    lists = 2 ** round(math.log2(8.0 * math.sqrt(count)))
     return int(max(1, min(lists, count // 8 or 1)))
 
 
@@ -445,6 +445,15 @@ def _assign(flat: np.ndarray, training: IvfTraining) -> tuple[np.ndarray, np.nda
     return lists, error
 
 
+def assign_lists(latents: np.ndarray, training: IvfTraining) -> np.ndarray:
+    """The list each face of ``latents`` [N, *latent_shape] goes to with ``training`` [N] int64, as the builder
+    assigns them (the nearest centroid among the ASSIGN_GROUPS nearest groups)."""
+    flat = _flat_finite(latents)
+    if flat.shape[1] != training.dim:
+        raise ValueError(f"the faces have {flat.shape[1]} values each but the lists were trained on {training.dim}")
+    return _assign(flat, training)[0]
+
+
 def training_advice(training: IvfTraining, latents: np.ndarray) -> str | None:
     """One line saying why the lists should be trained again for this gallery, or None while they fit it.
 
@@ -496,6 +505,7 @@ class _Layout:
     scan_codes: np.ndarray  # [slots, scan_dims] int8
     fine_values: np.ndarray  # [slots, D] int16
     scan_norms: np.ndarray  # [slots] float32, +inf for padding
+    fine_norms: np.ndarray  # [slots] float32: squared length of each face's 16-bit value, decoded
     faces: np.ndarray  # [slots] int64 gallery index, -1 for padding (int64: ResourceGather has no int32 GPU kernel)
     first_block: np.ndarray  # [lists] int32
     block_count: np.ndarray  # [lists] int32
@@ -537,6 +547,7 @@ def _layout(flat: np.ndarray, training: IvfTraining) -> _Layout:
     scan_codes = np.zeros((slots, p), np.int8)
     fine_values = np.zeros((slots, dim), np.int16)
     scan_norms = np.full(slots, np.inf, np.float32)
+    fine_norms = np.zeros(slots, np.float32)
     faces = np.full(slots, -1, np.int64)
     for start, rotated in _rotated_chunks(flat, training):
         where = slot[start : start + len(rotated)]
@@ -547,13 +558,15 @@ def _layout(flat: np.ndarray, training: IvfTraining) -> _Layout:
         scan_codes[where] = codes.astype(np.int8)
         # The scan's distance is ||u - code * scan_scale||^2 over the scanned axes plus ||u - x||^2 over the
         # others, of which only the face's own part ||x||^2 is known ahead (u: the centred query).
-        decoded_rest = fine[:, p:] * fine_scale[p:]
-        scan_norms[where] = np.square(codes * scan_scale).sum(axis=1) + np.square(decoded_rest).sum(axis=1)
+        decoded = fine * fine_scale.astype(np.float64)
+        scan_norms[where] = np.square(codes * scan_scale).sum(axis=1) + np.square(decoded[:, p:]).sum(axis=1)
+        fine_norms[where] = np.square(decoded).sum(axis=1)
         faces[where] = np.arange(start, start + len(rotated))
     return _Layout(
         scan_codes=scan_codes,
         fine_values=fine_values,
         scan_norms=scan_norms,
+        fine_norms=fine_norms,
         faces=faces,
         first_block=first_block.astype(np.int32),
         block_count=block_count.astype(np.int32),
@@ -634,7 +647,8 @@ class IvfSearch(tf.Module):
             self.scan_scale = tf.Variable(layout.scan_scale, trainable=False, name="scan_scale")
             # Centroids in the same centred coordinates as the codes.
             centroids = training.centroids - layout.offset[: self.scan_dims]
-            self.centroids = tf.Variable(centroids, trainable=False, name="centroids")
+            # Stored [scan_dims, lists], so the coarse step is a plain product (no transpose per request).
+            self.centroids = tf.Variable(np.ascontiguousarray(centroids.T), trainable=False, name="centroids")
             self.centroid_norms = tf.Variable(np.square(centroids).sum(axis=1), trainable=False, name="centroid_norms")
             self.first_block = tf.Variable(layout.first_block, trainable=False, name="first_block")
             self.block_count = tf.Variable(layout.block_count, trainable=False, name="block_count")
@@ -650,6 +664,9 @@ class IvfSearch(tf.Module):
                 "fine_values", layout.fine_values, max_variable_bytes, rows_per_block=BLOCK_FACES
             )
             layout.fine_values = None
+            self.fine_norms = _SplitArray(
+                "fine_norms", layout.fine_norms, max_variable_bytes, rows_per_block=BLOCK_FACES
+            )
             self.faces = _SplitArray("faces", layout.faces, max_variable_bytes, rows_per_block=BLOCK_FACES)
             self.padding_block = len(layout.faces) // BLOCK_FACES - 1
             name_parts = row_parts(names, max_variable_bytes)
@@ -664,15 +681,17 @@ class IvfSearch(tf.Module):
             # The default is a Tensor so that tf.saved_model.save writes it as the signature's default.
             return self._search(target_latent, k_num, probes)
 
+        # autograph=False: the graph is written with explicit TF control flow, nothing for autograph to convert.
         self.search = tf.function(
             search,
+            autograph=False,
             input_signature=[
                 tf.TensorSpec([None, *self.latent_shape], tf.float32, name="target_latent"),
                 tf.TensorSpec([], tf.int32, name="k_num"),
                 tf.TensorSpec([], tf.int32, name="probes"),
             ],
         )
-        self.gallery_size = tf.function(self._gallery_size, input_signature=[])
+        self.gallery_size = tf.function(self._gallery_size, input_signature=[], autograph=False)
 
     def signatures(self) -> dict[str, tf.types.experimental.PolymorphicFunction]:
         """The SavedModel signatures, by signature name (the search as a tf.function, so its default is saved)."""
@@ -723,7 +742,7 @@ class IvfSearch(tf.Module):
         wanted = tf.reshape(tf.cast(k_num, tf.int64), [1])
         needed = tf.searchsorted(self.smallest_first, wanted, side="left", out_type=tf.int32)[0] + 1
         probed = tf.minimum(tf.maximum(probes, needed), self.lists)
-        coarse = self.centroid_norms - 2.0 * tf.matmul(scanned, self.centroids, transpose_b=True)  # [B, lists]
+        coarse = self.centroid_norms - 2.0 * tf.matmul(scanned, self.centroids)  # [B, lists]
         lists = tf.math.top_k(-coarse, k=probed, sorted=False).indices  # [B, probed]
 
         # 3. Their blocks, one row per query, padded with the padding block to the longest row.
@@ -747,8 +766,15 @@ class IvfSearch(tf.Module):
         slots = tf.gather(blocks, best // BLOCK_FACES, batch_dims=1) * BLOCK_FACES + best % BLOCK_FACES
 
         # 4. The exact re-rank of the shortlist from the 16-bit values; padding slots are never chosen.
-        values = self.fine_values.gather(slots, tf.float32) * self.fine_scale  # [B, S, D]
-        exact = tf.reduce_sum(tf.square(u[:, tf.newaxis, :] - values), axis=2)
+        # ||u - x||^2 = ||u||^2 - 2 (u s) . v + ||x||^2 with x = v s the decoded 16-bit values v, ||x||^2 stored:
+        # one product over the shortlist's values. Float32 cancellation costs ~1e-7 of ||u||^2, far below the
+        # fixed-point step's error.
+        values = self.fine_values.gather(slots, tf.float32)  # [B, S, D]
+        dots = tf.einsum("bsd,bd->bs", values, u * self.fine_scale)
+        exact = (
+            tf.reduce_sum(tf.square(u), axis=1, keepdims=True) - 2.0 * dots + self.fine_norms.gather(slots, tf.float32)
+        )
+        exact = tf.maximum(exact, 0.0)
         faces = self.faces.gather(slots, tf.int64)
         exact = tf.where(faces >= 0, exact, np.inf)
         nearest = tf.math.top_k(-exact, k=k_num, sorted=True)
