@@ -245,8 +245,10 @@ def child_build(args: argparse.Namespace) -> None:
 
 def _child(kind: str, args: argparse.Namespace, workdir: Path, *extra: str) -> dict[str, Any]:
     """Run a child step, or reuse what an earlier run with the same arguments left in ``workdir`` (--workdir)."""
-    key = json.dumps({"n": args.n, "seed": args.seed, "queries": args.query_count, "smoke": args.smoke,
-                      "lists": args.lists, "extra": extra if kind == "build" else []})  # fmt: skip
+    key = {"n": args.n, "seed": args.seed, "queries": args.query_count, "smoke": args.smoke}
+    if kind == "build":  # a build also depends on the list count asked for, and on the code
+        key.update(lists=args.lists, extra=extra, code=(REPO / "app" / "modelzoo" / "ivf.py").stat().st_mtime)
+    key = json.dumps(key)
     memo = workdir / f"{kind}.json"
     if memo.exists():
         saved = json.loads(memo.read_text())

@@ -20,9 +20,12 @@ How a query is answered:
    padded, never the list to the longest one); the probed lists' blocks are gathered and scored
    from int8 codes of the first ``scan_dims`` axes (one scale per axis) plus each face's stored
    squared length in the other axes.
-4. **Re-rank.** The best ``shortlist`` faces of the scan are scored again exactly, from 16-bit
-   fixed-point values of every axis (one scale per axis: the error per value is at most half a
-   step, ``range / 131070``), and the k nearest are returned with those distances.
+4. **Re-rank.** Every face the scan cannot rule out is scored again exactly: those whose scan score
+   is within ``SHORTLIST_SIGMAS`` standard deviations of the scan's error of the k-th best score
+   (the error is what the unread axes and the int8 rounding can add; its size is known per query
+   from the gallery's spread along each axis). The exact score comes from 16-bit fixed-point
+   values of every axis (one scale per axis: the error per value is at most half a step,
+   ``range / 131070``), and the k nearest are returned with those distances.
 
 What a face costs: ``scan_dims`` bytes (scan codes) + ``2 D`` bytes (re-rank values) + 8 bytes
 (scan norm, gallery index), against ``4 D`` for float32: at D = 128 and 32 scan axes, 0.58 x.
@@ -79,9 +82,10 @@ SCAN_CHUNK_BLOCKS = 256
 PROBE_SHARE = 1 / 32
 # default_scan_dims: the share of the spread the scanned axes hold.
 SCAN_SPREAD = 0.6
-# The re-ranked shortlist: max(SHORTLIST_MIN, SHORTLIST_PER_K * k) faces.
-SHORTLIST_MIN = 1024
-SHORTLIST_PER_K = 16
+# The re-ranked shortlist: every face whose scan score is within SHORTLIST_SIGMAS standard deviations of the
+# scan's error from the k-th best (at most SHORTLIST_MAX: then the SHORTLIST_MAX best).
+SHORTLIST_SIGMAS = 3.5
+SHORTLIST_MAX = 8192
 # training_advice: when a gallery has outgrown its lists, or they became too uneven.
 GROWTH_LIMIT = 4.0
 IMBALANCE_LIMIT = 3.0
@@ -107,11 +111,6 @@ def default_probes(lists: int) -> int:
     docs/benchmarks.md for the recall it reaches at 1M and 10M faces.
     """
     return int(min(lists, max(8, round(PROBE_SHARE * lists))))
-
-
-def default_shortlist(k: int) -> int:
-    """How many of the scan's best faces are re-ranked exactly for a request of ``k``."""
-    return max(SHORTLIST_MIN, SHORTLIST_PER_K * k)
 
 
 def default_scan_dims(spread: np.ndarray) -> int:
@@ -513,6 +512,7 @@ class _Layout:
     offset: np.ndarray  # [D] float32: rotated value = offset + fine_scale * fine value
     fine_scale: np.ndarray  # [D] float32
     scan_scale: np.ndarray  # [scan_dims] float32: rotated value ~ offset + scan_scale * code
+    spread: np.ndarray  # [D] float32: the gallery's variance along each rotated axis
 
 
 def _layout(flat: np.ndarray, training: IvfTraining) -> _Layout:
@@ -522,10 +522,15 @@ def _layout(flat: np.ndarray, training: IvfTraining) -> _Layout:
     lists = np.empty(count, np.int64)
     low = np.full(dim, np.inf, np.float32)
     high = np.full(dim, -np.inf, np.float32)
+    sums = np.zeros(dim, np.float64)
+    squares = np.zeros(dim, np.float64)
     for start, rotated in _rotated_chunks(flat, training, _ASSIGN_ROWS):
         lists[start : start + len(rotated)], _ = _assign_rotated(np.ascontiguousarray(rotated[:, :p]), training)
         low = np.minimum(low, rotated.min(axis=0))
         high = np.maximum(high, rotated.max(axis=0))
+        sums += rotated.sum(axis=0, dtype=np.float64)
+        squares += np.square(rotated, dtype=np.float64).sum(axis=0)
+    spread = np.maximum(squares / count - np.square(sums / count), 0.0).astype(np.float32)
     offset = ((low.astype(np.float64) + high) / 2).astype(np.float32)
     half_range = np.maximum((high.astype(np.float64) - low) / 2, np.finfo(np.float32).tiny)
     fine_scale = (half_range / _FIXED_POINT_MAX).astype(np.float32)
@@ -574,6 +579,7 @@ def _layout(flat: np.ndarray, training: IvfTraining) -> _Layout:
         offset=offset,
         fine_scale=fine_scale,
         scan_scale=scan_scale,
+        spread=spread,
     )
 
 
@@ -615,7 +621,6 @@ class IvfSearch(tf.Module):
         training: IvfTraining,
         *,
         probes: int | None = None,
-        shortlist: int | None = None,
         max_variable_bytes: int = MAX_VARIABLE_BYTES,
         name: str | None = "ivf_search",
     ) -> None:
@@ -633,7 +638,6 @@ class IvfSearch(tf.Module):
         self.default_probes = default_probes(self.lists) if probes is None else int(probes)
         if self.default_probes < 1:
             raise ValueError(f"probes must be at least 1, got {self.default_probes}")
-        self.shortlist = shortlist
         layout = _layout(flat, training)
         del flat
         self.list_sizes = layout.list_sizes
@@ -645,6 +649,7 @@ class IvfSearch(tf.Module):
             self.offset = tf.Variable(layout.offset, trainable=False, name="offset")
             self.fine_scale = tf.Variable(layout.fine_scale, trainable=False, name="fine_scale")
             self.scan_scale = tf.Variable(layout.scan_scale, trainable=False, name="scan_scale")
+            self.spread = tf.Variable(layout.spread, trainable=False, name="spread")
             # Centroids in the same centred coordinates as the codes.
             centroids = training.centroids - layout.offset[: self.scan_dims]
             # Stored [scan_dims, lists], so the coarse step is a plain product (no transpose per request).
@@ -697,10 +702,35 @@ class IvfSearch(tf.Module):
         """The SavedModel signatures, by signature name (the search as a tf.function, so its default is saved)."""
         return {SEARCH_SIGNATURE: self.search, SIZE_SIGNATURE: self.gallery_size}
 
-    def _shortlist(self, k_num: tf.Tensor) -> tf.Tensor:
-        if self.shortlist is not None:
-            return tf.maximum(k_num, self.shortlist)
-        return tf.maximum(SHORTLIST_MIN, SHORTLIST_PER_K * k_num)  # default_shortlist, in the graph
+    def _shortlist(self, scores: tf.Tensor, k_num: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
+        """Positions [B, S] in ``scores`` [B, W] of the faces to re-rank exactly, -1 past a row's own count.
+
+        The scan's score misses the product of the query and the face over the axes it does not read
+        (and the int8 rounding): an error of standard deviation sigma_q = 2 sqrt(sum_d u_d^2 var_d) over
+        those axes, var_d the gallery's spread. Every face whose scan score is within SHORTLIST_SIGMAS
+        sigma_q of the k-th best is re-ranked: a true k nearest face is missed only if the scan misjudged
+        it by more than that. Past SHORTLIST_MAX faces a query keeps the SHORTLIST_MAX best scores.
+        """
+        p = self.scan_dims
+        unread = tf.reduce_sum(tf.square(u[:, p:]) * self.spread[p:], axis=1)
+        rounding = tf.reduce_sum((tf.square(u[:, :p]) + self.spread[:p]) * tf.square(self.scan_scale) / 12.0, axis=1)
+        sigma = 2.0 * tf.sqrt(unread + rounding)  # [B]
+        kth = -tf.reduce_min(tf.math.top_k(-scores, k=k_num, sorted=False).values, axis=1)  # k-th best, [B]
+        chosen = scores <= (kth + SHORTLIST_SIGMAS * sigma)[:, tf.newaxis]  # [B, W]
+        counts = tf.reduce_sum(tf.cast(chosen, tf.int32), axis=1)
+        width = tf.maximum(tf.reduce_max(counts), k_num)
+
+        def within() -> tf.Tensor:
+            # The chosen positions of each row, left-aligned in a [B, width] matrix (-1 fills the rest).
+            where = tf.cast(tf.where(chosen), tf.int32)  # [M, 2]: (row, position)
+            rank = tf.gather_nd(tf.cumsum(tf.cast(chosen, tf.int32), axis=1), where) - 1
+            placed = tf.scatter_nd(tf.stack([where[:, 0], rank], axis=1), where[:, 1] + 1, [tf.shape(scores)[0], width])
+            return placed - 1
+
+        def best() -> tf.Tensor:
+            return tf.math.top_k(-scores, k=tf.minimum(SHORTLIST_MAX, tf.shape(scores)[1]), sorted=False).indices
+
+        return tf.cond(width <= SHORTLIST_MAX, within, best)
 
     def _scan(self, blocks: tf.Tensor, width: tf.Tensor, weighted: tf.Tensor) -> tf.Tensor:
         """Scan scores [n, BLOCK_FACES] of ``blocks`` [n] (query b's blocks at b * width ...), the query's
@@ -761,9 +791,10 @@ class IvfSearch(tf.Module):
         # last term (with the other axes' ||x||^2) stored per face; ||u||^2 is the same for every face.
         scores = self._scan(tf.reshape(blocks, [-1]), width, scanned * self.scan_scale)
         scores = tf.reshape(scores, [batch, -1])  # [B, T * BLOCK_FACES]
-        shortlist = tf.minimum(self._shortlist(k_num), width * BLOCK_FACES)
-        best = tf.math.top_k(-scores, k=shortlist, sorted=False).indices  # [B, S]
-        slots = tf.gather(blocks, best // BLOCK_FACES, batch_dims=1) * BLOCK_FACES + best % BLOCK_FACES
+        best = self._shortlist(scores, k_num, u)  # [B, S], -1 where a row has fewer
+        chosen = tf.maximum(best, 0)
+        slots = tf.gather(blocks, chosen // BLOCK_FACES, batch_dims=1) * BLOCK_FACES + chosen % BLOCK_FACES
+        slots = tf.where(best >= 0, slots, self.padding_block * BLOCK_FACES)  # never chosen: no face there
 
         # 4. The exact re-rank of the shortlist from the 16-bit values; padding slots are never chosen.
         # ||u - x||^2 = ||u||^2 - 2 (u s) . v + ||x||^2 with x = v s the decoded 16-bit values v, ||x||^2 stored:
@@ -799,7 +830,6 @@ def export_ivf_search_model(
     training: IvfTraining,
     *,
     probes: int | None = None,
-    shortlist: int | None = None,
     extra_files: Mapping[str, bytes] | None = None,
     replace: bool = False,
     max_variable_bytes: int = MAX_VARIABLE_BYTES,
@@ -808,14 +838,11 @@ def export_ivf_search_model(
 
     Each face goes to its nearest list of ``training`` (so a gallery with faces added or removed
     reuses the training of an earlier version). ``probes`` is the probe count stored as the
-    signature's default (:func:`default_probes` of the list count if None); ``shortlist`` the
-    least number of faces re-ranked exactly (:func:`default_shortlist` if None). Validation,
+    signature's default (:func:`default_probes` of the list count if None). Validation,
     warmup records (a search for the first face with the default probes, and ``gallery_size``),
     ``extra_files`` and ``replace`` are as for the exact search. Returns ``version_dir``.
     """
-    module = IvfSearch(
-        latents, filenames, training, probes=probes, shortlist=shortlist, max_variable_bytes=max_variable_bytes
-    )
+    module = IvfSearch(latents, filenames, training, probes=probes, max_variable_bytes=max_variable_bytes)
     first = np.ascontiguousarray(np.asarray(latents)[:1], dtype=np.float32)
     warmup = [
         warmup_log(SERVABLE_NAME, {"target_latent": first, "k_num": np.array(min(WARMUP_K, module.size), np.int32)}),
