@@ -495,17 +495,12 @@ def training_advice(training: IvfTraining, latents: np.ndarray) -> str | None:
 
 @dataclass
 class _Layout:
-    """The gallery as the servable stores it: faces in list order, each list a run of whole blocks.
+    """Where each face goes, and the quantisers: the gallery is stored in list order, each list a run of
+    whole blocks (by face slot: block * BLOCK_FACES + row); the last block is all padding, the slot that an
+    unused position of a gathered list points at."""
 
-    Arrays are by face slot (block * BLOCK_FACES + row); the last block is all padding, the slot
-    that an unused position of a gathered list points at.
-    """
-
-    scan_codes: np.ndarray  # [slots, scan_dims] int8
-    fine_values: np.ndarray  # [slots, D] int16
-    scan_norms: np.ndarray  # [slots] float32, +inf for padding
-    fine_norms: np.ndarray  # [slots] float32: squared length of each face's 16-bit value, decoded
-    faces: np.ndarray  # [slots] int64 gallery index, -1 for padding (int64: ResourceGather has no int32 GPU kernel)
+    slot: np.ndarray  # [N] int64: each face's slot
+    slots: int
     first_block: np.ndarray  # [lists] int32
     block_count: np.ndarray  # [lists] int32
     list_sizes: np.ndarray  # [lists] int64
@@ -516,9 +511,9 @@ class _Layout:
 
 
 def _layout(flat: np.ndarray, training: IvfTraining) -> _Layout:
+    """Pass 1 over the gallery: each face's list and slot, and the range and spread of each rotated axis."""
     count, dim = flat.shape
     p = training.scan_dims
-    # Pass 1 over the gallery: each face's list, and the range of each rotated axis (the fixed-point steps).
     lists = np.empty(count, np.int64)
     low = np.full(dim, np.inf, np.float32)
     high = np.full(dim, -np.inf, np.float32)
@@ -533,68 +528,57 @@ def _layout(flat: np.ndarray, training: IvfTraining) -> _Layout:
     spread = np.maximum(squares / count - np.square(sums / count), 0.0).astype(np.float32)
     offset = ((low.astype(np.float64) + high) / 2).astype(np.float32)
     half_range = np.maximum((high.astype(np.float64) - low) / 2, np.finfo(np.float32).tiny)
-    fine_scale = (half_range / _FIXED_POINT_MAX).astype(np.float32)
-    scan_scale = (half_range[:p] / _CODE_MAX).astype(np.float32)
-
     sizes = np.bincount(lists, minlength=training.lists)
     block_count = -(-sizes // BLOCK_FACES)
     first_block = np.concatenate([[0], np.cumsum(block_count)[:-1]])
-    blocks = int(block_count.sum()) + 1  # + the padding block
     # Each face's slot: its list's first block, then its rank inside the list (stable: gallery order).
     order = np.argsort(lists, kind="stable")
     rank = np.arange(count) - np.concatenate([[0], np.cumsum(sizes)[:-1]])[lists[order]]
     slot = np.empty(count, np.int64)
     slot[order] = first_block[lists[order]] * BLOCK_FACES + rank
-    del lists, order, rank
-
-    # Pass 2: quantise into the slots.
-    slots = blocks * BLOCK_FACES
-    scan_codes = np.zeros((slots, p), np.int8)
-    fine_values = np.zeros((slots, dim), np.int16)
-    scan_norms = np.full(slots, np.inf, np.float32)
-    fine_norms = np.zeros(slots, np.float32)
-    faces = np.full(slots, -1, np.int64)
-    for start, rotated in _rotated_chunks(flat, training):
-        where = slot[start : start + len(rotated)]
-        centred = rotated - offset
-        fine = np.clip(np.rint(centred / fine_scale), -_FIXED_POINT_MAX, _FIXED_POINT_MAX)
-        codes = np.clip(np.rint(centred[:, :p] / scan_scale), -_CODE_MAX, _CODE_MAX)
-        fine_values[where] = fine.astype(np.int16)
-        scan_codes[where] = codes.astype(np.int8)
-        # The scan's distance is ||u - code * scan_scale||^2 over the scanned axes plus ||u - x||^2 over the
-        # others, of which only the face's own part ||x||^2 is known ahead (u: the centred query).
-        decoded = fine * fine_scale.astype(np.float64)
-        scan_norms[where] = np.square(codes * scan_scale).sum(axis=1) + np.square(decoded[:, p:]).sum(axis=1)
-        fine_norms[where] = np.square(decoded).sum(axis=1)
-        faces[where] = np.arange(start, start + len(rotated))
     return _Layout(
-        scan_codes=scan_codes,
-        fine_values=fine_values,
-        scan_norms=scan_norms,
-        fine_norms=fine_norms,
-        faces=faces,
+        slot=slot,
+        slots=(int(block_count.sum()) + 1) * BLOCK_FACES,  # + the padding block
         first_block=first_block.astype(np.int32),
         block_count=block_count.astype(np.int32),
         list_sizes=sizes,
         offset=offset,
-        fine_scale=fine_scale,
-        scan_scale=scan_scale,
+        fine_scale=(half_range / _FIXED_POINT_MAX).astype(np.float32),
+        scan_scale=(half_range[:p] / _CODE_MAX).astype(np.float32),
         spread=spread,
     )
 
 
 class _SplitArray(tf.Module):
-    """One array stored as several variables of whole blocks, none over the byte limit, gathered by row."""
+    """One array stored as several variables of whole blocks, none over the byte limit, gathered by row.
 
-    def __init__(self, name: str, rows: np.ndarray, max_bytes: int, *, rows_per_block: int) -> None:
+    The variables are made full of ``fill`` and written in place with :meth:`put`, so building a gallery
+    never holds the array twice (once in numpy, once in TensorFlow).
+    """
+
+    def __init__(
+        self, name: str, shape: tuple[int, ...], dtype: tf.DType, fill: float, max_bytes: int, *, rows_per_block: int
+    ) -> None:
         super().__init__(name=name)
         # rows_per_block: BLOCK_FACES for arrays by face slot, 1 for arrays by block.
-        block_bytes = rows.itemsize * int(np.prod(rows.shape[1:], dtype=np.int64)) * rows_per_block
+        block_bytes = dtype.size * math.prod(shape[1:]) * rows_per_block
         self.part_rows = max(1, max_bytes // block_bytes) * rows_per_block
-        self.parts = [
-            tf.Variable(rows[start : start + self.part_rows], trainable=False, name=f"{name}_{number}")
-            for number, start in enumerate(range(0, len(rows), self.part_rows))
-        ]
+        self.parts = []
+        for number, start in enumerate(range(0, shape[0], self.part_rows)):
+            part_shape = (min(self.part_rows, shape[0] - start), *shape[1:])
+            self.parts.append(
+                tf.Variable(
+                    lambda s=part_shape: tf.fill(s, tf.constant(fill, dtype)), trainable=False, name=f"{name}_{number}"
+                )
+            )
+
+    def put(self, rows: np.ndarray, values: np.ndarray, within: np.ndarray | None = None) -> None:
+        """Write ``values`` at ``rows`` (and, for an array by block, at row ``within`` of each block), in place."""
+        part = rows // self.part_rows
+        for number in np.unique(part):
+            mine = part == number
+            index = [rows[mine] - number * self.part_rows] + ([] if within is None else [within[mine]])
+            self.parts[number].scatter_nd_update(np.stack(index, axis=1), values[mine])
 
     def gather(self, indices: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
         """``rows[indices]`` cast to ``dtype``. Parts are gathered separately and stitched back in order
@@ -639,10 +623,10 @@ class IvfSearch(tf.Module):
         if self.default_probes < 1:
             raise ValueError(f"probes must be at least 1, got {self.default_probes}")
         layout = _layout(flat, training)
-        del flat
         self.list_sizes = layout.list_sizes
         # The fewest lists that are sure to hold n faces: the n-th entry of the smallest lists' running sum.
         smallest_first = np.cumsum(np.sort(layout.list_sizes))
+        p, blocks = self.scan_dims, layout.slots // BLOCK_FACES
         with self.name_scope:
             self.mean = tf.Variable(training.mean, trainable=False, name="mean")
             self.rotation = tf.Variable(training.rotation, trainable=False, name="rotation")
@@ -651,7 +635,7 @@ class IvfSearch(tf.Module):
             self.scan_scale = tf.Variable(layout.scan_scale, trainable=False, name="scan_scale")
             self.spread = tf.Variable(layout.spread, trainable=False, name="spread")
             # Centroids in the same centred coordinates as the codes.
-            centroids = training.centroids - layout.offset[: self.scan_dims]
+            centroids = training.centroids - layout.offset[:p]
             # Stored [scan_dims, lists], so the coarse step is a plain product (no transpose per request).
             self.centroids = tf.Variable(np.ascontiguousarray(centroids.T), trainable=False, name="centroids")
             self.centroid_norms = tf.Variable(np.square(centroids).sum(axis=1), trainable=False, name="centroid_norms")
@@ -659,28 +643,27 @@ class IvfSearch(tf.Module):
             self.block_count = tf.Variable(layout.block_count, trainable=False, name="block_count")
             self.smallest_first = tf.Variable(smallest_first, trainable=False, name="smallest_lists_running_size")
             # The scan reads whole blocks ([blocks, BLOCK_FACES, ...]), the re-rank single faces ([slots, ...]).
-            by_block = layout.scan_codes.reshape(-1, BLOCK_FACES, self.scan_dims)
-            self.scan_codes = _SplitArray("scan_codes", by_block, max_variable_bytes, rows_per_block=1)
-            by_block = layout.scan_norms.reshape(-1, BLOCK_FACES)
-            self.scan_norms = _SplitArray("scan_norms", by_block, max_variable_bytes, rows_per_block=1)
-            del by_block
-            layout.scan_codes = layout.scan_norms = None  # the variables hold copies: free the arrays as we go
+            # Padding: scan norms of +inf (never chosen) and face -1.
+            limit = max_variable_bytes
+            self.scan_codes = _SplitArray("scan_codes", (blocks, BLOCK_FACES, p), tf.int8, 0, limit, rows_per_block=1)
+            self.scan_norms = _SplitArray(
+                "scan_norms", (blocks, BLOCK_FACES), tf.float32, np.inf, limit, rows_per_block=1
+            )
+            slots = layout.slots
             self.fine_values = _SplitArray(
-                "fine_values", layout.fine_values, max_variable_bytes, rows_per_block=BLOCK_FACES
+                "fine_values", (slots, self.dim), tf.int16, 0, limit, rows_per_block=BLOCK_FACES
             )
-            layout.fine_values = None
-            self.fine_norms = _SplitArray(
-                "fine_norms", layout.fine_norms, max_variable_bytes, rows_per_block=BLOCK_FACES
-            )
-            self.faces = _SplitArray("faces", layout.faces, max_variable_bytes, rows_per_block=BLOCK_FACES)
-            self.padding_block = len(layout.faces) // BLOCK_FACES - 1
+            self.fine_norms = _SplitArray("fine_norms", (slots,), tf.float32, 0, limit, rows_per_block=BLOCK_FACES)
+            self.faces = _SplitArray("faces", (slots,), tf.int64, -1, limit, rows_per_block=BLOCK_FACES)
+            self.padding_block = blocks - 1
+            self._fill(flat, training, layout)
+            del flat
             name_parts = row_parts(names, max_variable_bytes)
             self.filename_starts = [start for start, _ in name_parts]
             self.filenames = [
                 tf.Variable(part, dtype=tf.string, trainable=False, name=f"filenames_{number}")
                 for number, (_, part) in enumerate(name_parts)
             ]
-        del layout
 
         def search(target_latent, k_num, probes=tf.constant(self.default_probes, tf.int32)):  # noqa: B008
             # The default is a Tensor so that tf.saved_model.save writes it as the signature's default.
@@ -697,6 +680,26 @@ class IvfSearch(tf.Module):
             ],
         )
         self.gallery_size = tf.function(self._gallery_size, input_signature=[], autograph=False)
+
+    def _fill(self, flat: np.ndarray, training: IvfTraining, layout: _Layout) -> None:
+        """Pass 2 over the gallery: quantise each chunk of faces and write it into its slots."""
+        p = self.scan_dims
+        fine_scale = layout.fine_scale.astype(np.float64)
+        for start, rotated in _rotated_chunks(flat, training):
+            where = layout.slot[start : start + len(rotated)]
+            centred = rotated - layout.offset
+            fine = np.clip(np.rint(centred / layout.fine_scale), -_FIXED_POINT_MAX, _FIXED_POINT_MAX)
+            codes = np.clip(np.rint(centred[:, :p] / layout.scan_scale), -_CODE_MAX, _CODE_MAX)
+            # The scan's distance is ||u - code * scan_scale||^2 over the scanned axes plus ||u - x||^2 over the
+            # others, of which only the face's own part ||x||^2 is known ahead (u: the centred query).
+            decoded = fine * fine_scale
+            scan_norms = np.square(codes * layout.scan_scale).sum(axis=1) + np.square(decoded[:, p:]).sum(axis=1)
+            block, row = where // BLOCK_FACES, where % BLOCK_FACES
+            self.scan_codes.put(block, codes.astype(np.int8), row)
+            self.scan_norms.put(block, scan_norms.astype(np.float32), row)
+            self.fine_values.put(where, fine.astype(np.int16))
+            self.fine_norms.put(where, np.square(decoded).sum(axis=1).astype(np.float32))
+            self.faces.put(where, np.arange(start, start + len(rotated), dtype=np.int64))
 
     def signatures(self) -> dict[str, tf.types.experimental.PolymorphicFunction]:
         """The SavedModel signatures, by signature name (the search as a tf.function, so its default is saved)."""
