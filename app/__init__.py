@@ -7,9 +7,10 @@ import logging
 from collections.abc import Mapping
 from typing import IO, Any
 
-from flask import Flask, Request
+from flask import Flask, Request, Response
 
 from app.config import PROJECT_ROOT, Settings
+from app.web.multipart import OnePassFormParser
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +18,11 @@ log = logging.getLogger(__name__)
 class InMemoryRequest(Request):
     """Keeps uploaded files in memory (bounded by MAX_CONTENT_LENGTH): an upload never touches the disk.
 
-    Werkzeug would spool any file part over 500 KB to a temporary file.
+    Werkzeug would spool any file part over 500 KB to a temporary file. A multipart body of the usual
+    shape is split in one pass (app.web.multipart).
     """
+
+    form_data_parser_class = OnePassFormParser
 
     def _get_file_stream(
         self,
@@ -31,7 +35,7 @@ class InMemoryRequest(Request):
 
 
 class DebugRefused(RuntimeError):
-    """Debug mode was asked for where it is not allowed (see ``app.security.debug_allowed``)."""
+    """Debug mode was asked for where it is not allowed (see ``app.web.security.debug_allowed``)."""
 
 
 class GatewayFlask(Flask):
@@ -52,6 +56,14 @@ class GatewayFlask(Flask):
             raise DebugRefused(self.debug_refusal)
         Flask.debug.fset(self, value)  # type: ignore[attr-defined]
 
+    def make_default_options_response(self) -> Response:
+        """Flask's answer to OPTIONS, its Allow naming what the routes of the path answer, not a catch-all's methods."""
+        from app.web.operations import allowed_methods
+
+        response = self.response_class()
+        response.allow.update(allowed_methods())
+        return response
+
     def run(self, *args: Any, **options: Any) -> None:
         if options.get("use_debugger") and not self.debug_allowed:
             raise DebugRefused(self.debug_refusal)
@@ -60,7 +72,8 @@ class GatewayFlask(Flask):
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the gateway: settings (GATEWAY_* environment, then ``config``) -> backend -> blueprints."""
-    from app import logs, security  # here, like the imports below: flask-limiter is not for light users
+    from app import logs
+    from app.web import security  # here, like the imports below: flask-limiter is not for light users
 
     settings = Settings.load(config)
     logs.configure(settings.log_level.upper())
@@ -79,20 +92,22 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_upload_bytes
     # Imported here, not at module level: the serving stack pulls in TensorFlow, which light
     # users of the package (the config reader, the CLI's help) should not pay for.
-    from app.extensions import Serving
-    from app.metrics import GatewayMetrics
-    from app.modelzoo import cli
-    from app.views import api, errors, inference_v2, ops, pages, tfserving_rest
+    from app import commands
+    from app.views import api, inference_v2, ops, pages, seldon, tfserving_rest
+    from app.web import errors
+    from app.web.extensions import Serving
+    from app.web.metrics import GatewayMetrics
 
     metrics = GatewayMetrics()
     metrics.init_app(app)
     Serving(settings, metrics).init_app(app)
-    cli.register(app)
+    commands.register(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(tfserving_rest.bp)  # TF Serving's REST API, /v1/
     app.register_blueprint(inference_v2.bp)  # the Open Inference Protocol, /v2/
+    app.register_blueprint(seldon.bp)  # Seldon's prediction protocol, /seldon/<namespace>/<servable>/api/v1.0/
     security.init_app(app, settings)
     errors.init_app(app)
     return app

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from app.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
@@ -32,13 +33,14 @@ def accepted_types() -> str:
 
 
 def decode_photo(
-    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: tuple[int, int] | None = None
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode an upload into RGB uint8 pixels [H, W, 3], upright per its EXIF orientation.
 
-    Returns the pixels and the photo's full upright size (width, height). With
-    ``draft_size`` a large JPEG is decoded at a reduced scale (never below that size),
-    for stages that do not need every pixel; the pixels are then smaller than the size.
+    Returns the pixels and the photo's full upright size (width, height). With ``min_side`` a
+    large JPEG is decoded at a reduced scale, 1/2, 1/4 or 1/8 (the scales its DCT gives for less
+    work, not more), the smallest whose long side is still at least ``min_side``, for stages that
+    do not need every pixel; the pixels are then smaller than the size.
     Raises 415 for formats other than JPEG, PNG, WebP and BMP, 413 above ``max_pixels``
     or for decompression bombs, 400 for empty or corrupt data.
     """
@@ -49,7 +51,7 @@ def decode_photo(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data))  # reads the header only
             if image.format not in ACCEPTED_FORMATS:
                 raise UnsupportedMediaType(
                     f"{image.format or 'this'} images are not accepted; send one of: {accepted_types()}"
@@ -61,14 +63,19 @@ def decode_photo(
                 raise PayloadTooLarge(
                     f"the image has {width}x{height} pixels; the limit is {max_pixels / 1e6:g} megapixels"
                 )
-            if image.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSING_ORIENTATIONS:
-                width, height = height, width
-            if draft_size is not None and image.format == "JPEG":
-                image.draft("RGB", draft_size)
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+            scale = _jpeg_scale(max(width, height), min_side) if image.format == "JPEG" else 1
+            upright = (height, width) if orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
+            if image.format == "JPEG" and image.mode == "RGB":
+                pixels = _decode_jpeg(data, image.size, scale, orientation)
+                if pixels is not None:
+                    return pixels, upright
+            if scale > 1:  # Pillow picks the largest scale by which both sides divide (rounding down) to the request
+                image.draft("RGB", (width // scale, height // scale))
             ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of an upright photo
             if image.mode.startswith("I"):  # 16-bit greyscale PNG: convert("RGB") would clip it to white
                 image = Image.fromarray((np.clip(np.asarray(image), 0, 65535) >> 8).astype(np.uint8))
-            return np.asarray(image if image.mode == "RGB" else image.convert("RGB")), (width, height)
+            return np.asarray(image if image.mode == "RGB" else image.convert("RGB")), upright
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLarge(f"the image is too large to decode safely: {exc}") from exc
     except UnidentifiedImageError as exc:
@@ -78,6 +85,41 @@ def decode_photo(
         raise UnsupportedMediaType(f"not a readable image; send one of: {accepted_types()}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadInput(f"the image could not be decoded: {exc}") from exc
+
+
+def _jpeg_scale(long_side: int, min_side: int | None) -> int:
+    """The largest of 1, 2, 4, 8 that divides ``long_side`` (rounding up, as libjpeg does) to ``min_side`` or more."""
+    scale = 1
+    while min_side and scale < 8 and -(-long_side // (scale * 2)) >= min_side:
+        scale *= 2
+    return scale
+
+
+def _decode_jpeg(data: bytes, size: tuple[int, int], scale: int, orientation: int) -> np.ndarray | None:
+    """A colour JPEG decoded by libjpeg-turbo straight into an array at 1/``scale`` (Pillow's decoder would need a
+    copy out of its own image), upright; None when libjpeg reports anything at all, even a warning, so that
+    Pillow decodes it instead and says what is wrong, as it always has (simplejpeg's strict mode)."""
+    width, height = size
+    try:
+        pixels = simplejpeg.decode_jpeg(
+            data, colorspace="RGB", min_width=-(-width // scale), min_height=-(-height // scale), strict=True
+        )
+    except ValueError:
+        return None
+    transpose = _ORIENTATIONS.get(orientation)
+    return pixels if transpose is None else np.ascontiguousarray(transpose(pixels))
+
+
+# EXIF orientation -> what makes the stored pixels upright (as ImageOps.exif_transpose turns them).
+_ORIENTATIONS = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
 
 
 def _check_png(data: bytes) -> None:

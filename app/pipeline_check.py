@@ -419,12 +419,12 @@ def _check_wiring(config: PipelineConfig, reports: Mapping[str, StageReport]) ->
     return misfits
 
 
-def _check_size_signature(backend: Backend, config: PipelineConfig, report: StageReport) -> list[Misfit]:
-    signature = config.search.signatures.get("size")
+def _check_size_signature(backend: Backend, stage: StageConfig, report: StageReport) -> list[Misfit]:
+    signature = stage.signatures.get("size")
     if signature is None or not report.fits:
         return []
     try:
-        meta = backend.metadata(config.search.ref(signature=signature))
+        meta = backend.metadata(stage.ref(signature=signature))
     except UnknownSignature:
         return [
             Misfit(
@@ -446,10 +446,28 @@ def _check_size_signature(backend: Backend, config: PipelineConfig, report: Stag
     return []
 
 
+def check_sharded(backend: Backend, stage_name: str, stage: StageConfig) -> StageReport:
+    """A stage with several servables (a sharded search): each checked, their misfits named by shard."""
+    if len(stage.servables) == 1:
+        return check_stage(backend, stage_name, stage)
+    combined = StageReport(stage_name, ", ".join(stage.servables))
+    for servable in stage.servables:
+        report = check_stage(backend, stage_name, stage.for_servable(servable))
+        combined.signature = combined.signature or report.signature
+        combined.misfits += [
+            Misfit(misfit.key, f"shard {servable}: {misfit.problem}", misfit.fix) for misfit in report.misfits
+        ]
+        if report.unreachable is not None and combined.unreachable is None:
+            combined.unreachable = f"shard {servable}: {report.unreachable}"
+    return combined
+
+
 def check_pipeline(backend: Backend, config: PipelineConfig) -> dict[str, StageReport]:
     """Every stage's report, with the cross-stage checks added to the stage they concern."""
-    reports = {name: check_stage(backend, name, stage) for name, stage in config.items()}
-    reports["search"].misfits += _check_size_signature(backend, config, reports["search"])
+    reports = {name: check_sharded(backend, name, stage) for name, stage in config.items()}
+    for servable in config.search.servables:
+        shard = config.search.for_servable(servable)
+        reports["search"].misfits += _check_size_signature(backend, shard, reports["search"])
     for stage, misfit in _check_wiring(config, reports):
         reports[stage].misfits.append(misfit)
     return reports

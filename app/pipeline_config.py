@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,7 +48,14 @@ from pydantic import (
 )
 
 from app.images import FACE_CROP_SCALE
-from app.serving.base import DEFAULT_SIGNATURE, ModelRef
+from app.serving.base import (
+    DEFAULT_SIGNATURE,
+    LABEL_RULE,
+    MAX_VERSION_DIGITS,
+    SERVABLE_NAME_PATTERN,
+    ModelRef,
+    is_label,
+)
 
 __all__ = [
     "DEFAULT_PIPELINE",
@@ -70,11 +76,8 @@ __all__ = [
 
 PIPELINE_FILENAME = "pipeline.toml"
 STAGE_NAMES = ("detect", "encode", "search", "translate")
-ServableName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.-]+$")]
+ServableName = Annotated[str, Field(min_length=1, max_length=256, pattern=SERVABLE_NAME_PATTERN)]
 TensorAlias = Annotated[str, Field(min_length=1, max_length=256)]
-# An arm of a rollout: a version label as TF Serving takes it, or a version number (digits only).
-_ARM_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-MAX_VERSION_DIGITS = 18
 TOTAL_WEIGHT = 100
 
 
@@ -83,10 +86,9 @@ def arm_pin(name: str) -> tuple[int | None, str | None]:
 
     Raises ValueError, in the pipeline file's words, for a name that is neither.
     """
-    if not isinstance(name, str) or not _ARM_PATTERN.match(name):
-        raise ValueError(
-            f"{name!r} is neither a version label (1-64 of the characters A-Z a-z 0-9 _ . -) nor a version number"
-        )
+    # An arm is a version label as TF Serving takes it, or a version number (digits only, which a label may be too).
+    if not is_label(name):
+        raise ValueError(f"{name!r} is neither a version label ({LABEL_RULE}) nor a version number")
     if name.isascii() and name.isdigit():
         if len(name) > MAX_VERSION_DIGITS:
             raise ValueError(f"version {name} has more than {MAX_VERSION_DIGITS} digits")
@@ -223,8 +225,25 @@ class StageConfig(_Strict):
             )
         return self
 
-    def ref(self, *, version: int | None = None, label: str | None = None, signature: str | None = None) -> ModelRef:
-        return ModelRef(self.servable, version=version, label=label, signature=signature or self.signature)
+    def ref(
+        self,
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        signature: str | None = None,
+        servable: str | None = None,
+    ) -> ModelRef:
+        """A call of this stage: its servable (or one of its shards), version or label, and signature."""
+        return ModelRef(servable or self.servable, version=version, label=label, signature=signature or self.signature)
+
+    @property
+    def servables(self) -> tuple[str, ...]:
+        """Every servable the stage calls (its shards, for a sharded search)."""
+        return (self.servable,)
+
+    def for_servable(self, servable: str) -> StageConfig:
+        """This stage as it calls one of its servables (a shard)."""
+        return self.model_copy(update={"servable": servable})
 
 
 class Cropped(StageConfig):
@@ -325,6 +344,33 @@ class SearchStage(StageConfig):
     outputs: SearchOutputs = SearchOutputs()
     signatures: SearchSignatures = SearchSignatures()
     reading: DistanceReading = DistanceReading()
+    # A gallery split over several servables (build-index --shards N writes them): each is searched at once and
+    # the k nearest of all are merged. Then `servable` only names the gallery (build-index names shards after it).
+    shards: tuple[ServableName, ...] = ()
+    # A shard that cannot answer: the request fails with 503 naming it (false), or the others answer and the
+    # answer says which shard was missing (true).
+    partial: bool = False
+
+    @property
+    def servables(self) -> tuple[str, ...]:
+        return self.shards or (self.servable,)
+
+    @model_validator(mode="after")
+    def _sharded(self) -> SearchStage:
+        if not self.shards:
+            if self.partial:
+                raise ValueError("partial = true needs shards: name the gallery's shard servables, or remove partial")
+            return self
+        if len(self.shards) < 2:
+            raise ValueError(f"shards names {len(self.shards)} servable: a sharded gallery has at least two")
+        if len(set(self.shards)) != len(self.shards):
+            raise ValueError("shards names a servable twice: each shard is its own servable")
+        if self.traffic or self.shadow:
+            raise ValueError(
+                "traffic and shadow split one servable between versions; a sharded gallery's versions move "
+                "together: pin versions with the request's search_version instead, or remove shards"
+            )
+        return self
 
 
 class TranslateInputs(Roles):
@@ -380,7 +426,7 @@ class PipelineConfig(_Strict):
     @property
     def servables(self) -> tuple[str, ...]:
         """Each servable the pipeline calls, once, in stage order: what readiness waits for."""
-        return tuple(dict.fromkeys(stage.servable for stage in self.stages.values()))
+        return tuple(dict.fromkeys(servable for stage in self.stages.values() for servable in stage.servables))
 
     def describe(self) -> dict[str, Any]:
         """The wiring as JSON, for /api/v1/models and check-models."""

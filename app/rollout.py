@@ -5,7 +5,7 @@ or a version number of the stage's servable (``traffic = { stable = 90, canary =
 and may name a *shadow* arm that gets a copy of each request once the answer is ready
 (``shadow = "canary"``): its result is compared with the answer and never returned.
 
-- **Sticky**: a client (its API key, else its address: ``app.security.client_identity``)
+- **Sticky**: a client (its API key, else its address: ``app.web.security.client_identity``)
   lands on one arm for the life of a rollout. Its place is a hash of its identity salted
   with the rollout (the stage, the servable and the arms' names), laid over the arms'
   weights in the file's order; changing only the weights moves as few clients as the
@@ -25,7 +25,7 @@ and may name a *shadow* arm that gets a copy of each request once the answer is 
   overlap by file name (search), the mean absolute pixel difference (translate).
 
 Nothing here imports Flask: ``app.pipeline`` routes every stage call through a
-:class:`Routing`, and an observer (``app.metrics.RolloutMetrics``) counts what happened.
+:class:`Routing`, and an observer (``app.web.metrics.RolloutMetrics``) counts what happened.
 """
 
 from __future__ import annotations
@@ -548,24 +548,41 @@ def detect_agreement(primary: Any, shadow: Any) -> float:
 
 
 def encode_agreement(primary: np.ndarray, shadow: np.ndarray) -> float:
-    """The Euclidean distance between the two latents."""
+    """The Euclidean distance between the two latents of each face (``[N, *latent]``), averaged over the faces."""
     if np.shape(primary) != np.shape(shadow):
         raise Incomparable(f"latents of shapes {list(np.shape(primary))} and {list(np.shape(shadow))}")
     difference = np.asarray(primary, np.float64) - np.asarray(shadow, np.float64)
-    return float(np.sqrt(np.sum(difference * difference)))
+    if difference.ndim < 2:
+        return float(np.sqrt(np.sum(difference * difference)))
+    per_face = np.sqrt(np.sum((difference * difference).reshape(len(difference), -1), axis=1))
+    return float(np.mean(per_face)) if len(per_face) else 0.0
 
 
-def search_agreement(primary: Any, shadow: Any) -> float:
-    """The share of the answer's gallery faces (by file name) that the shadow also found."""
-    matches, other = primary[0], shadow[0]
+def _topk_overlap(matches: list, other: list) -> float:
     if not matches:
         return 1.0 if not other else 0.0
     found = {match.filename for match in other}
     return sum(match.filename in found for match in matches) / len(matches)
 
 
-def translate_agreement(primary: np.ndarray, shadow: np.ndarray) -> float:
-    """The mean absolute difference per pixel and channel, 0..255 (the shadow resized to the answer's size)."""
+def search_agreement(primary: Any, shadow: Any) -> float:
+    """The share of the answer's gallery faces (by file name) that the shadow also found; for several faces (a list
+    of matches per face), averaged over the faces."""
+    matches, other = primary[0], shadow[0]
+    if matches and isinstance(matches[0], list):  # one list of matches per face
+        if len(matches) != len(other):
+            raise Incomparable(f"matches for {len(matches)} and {len(other)} faces")
+        return float(np.mean([_topk_overlap(mine, theirs) for mine, theirs in zip(matches, other, strict=True)]))
+    return _topk_overlap(matches, other)
+
+
+def translate_agreement(primary: Any, shadow: Any) -> float:
+    """The mean absolute difference per pixel and channel, 0..255 (the shadow resized to the answer's size); for
+    several faces (a list of images), averaged over the faces."""
+    if isinstance(primary, list):
+        if not isinstance(shadow, list) or len(primary) != len(shadow):
+            raise Incomparable("translations of different numbers of faces")
+        return float(np.mean([translate_agreement(mine, theirs) for mine, theirs in zip(primary, shadow, strict=True)]))
     if primary.shape != shadow.shape:
         if shadow.ndim != 3 or primary.ndim != 3:
             raise Incomparable(f"images of shapes {list(primary.shape)} and {list(shadow.shape)}")

@@ -20,7 +20,7 @@ if anything, flattering.
 Run it with the gateway's gunicorn settings::
 
     BASELINE_MODEL_CONFIG=serving_models.config GATEWAY_BIND=127.0.0.1:8001 \\
-        .venv/bin/gunicorn --config gunicorn.conf.py --pythonpath bench 'baseline_app:create_app()'
+        .venv/bin/gunicorn --config gunicorn.conf.py 'bench.baseline_app:create_app()'
 
 The page shows what the gateway's result page shows: the photo (long side 800), the face
 crop, the anime image and the k nearest gallery faces.

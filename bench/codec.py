@@ -19,9 +19,9 @@ All methods run in one process in interleaved repetitions (each repetition times
 once, in a shuffled order), so noise from other work on the machine falls on all of them alike;
 the table gives p50/p10/p90 and the ratio tf/ours of the medians.
 
-    .venv/bin/python bench/codec.py                            # full run, prints the table
-    .venv/bin/python bench/codec.py --json bench/results/codec.json
-    .venv/bin/python bench/codec.py --smoke                    # a few repetitions: checks the script works
+    .venv/bin/python -m bench.codec                            # full run, prints the table
+    .venv/bin/python -m bench.codec --json bench/results/codec.json
+    .venv/bin/python -m bench.codec --smoke                    # a few repetitions: checks the script works
 """
 
 from __future__ import annotations
@@ -40,8 +40,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402

@@ -15,8 +15,8 @@ p50/p95/p99, throughput and errors, the ratios the targets are about, and the ga
 overhead: end-to-end time minus the critical path of model time, ``detect + max(encode +
 search, translate)``, from the per-call model timings (``model-*``) in ``Server-Timing``.
 
-    .venv/bin/python bench/pipeline.py                  # full run, writes bench/results/pipeline.json
-    .venv/bin/python bench/pipeline.py --smoke --json /tmp/p.json   # tiny: checks the script works
+    .venv/bin/python -m bench.pipeline                  # full run, writes bench/results/pipeline.json
+    .venv/bin/python -m bench.pipeline --smoke --json /tmp/p.json   # tiny: checks the script works
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import harness
+from tests.support import harness
 
 REPO = harness.REPO
 RESULTS = REPO / "bench" / "results" / "pipeline.json"
@@ -67,13 +67,6 @@ def _check(app: str):
     return check
 
 
-def model_critical_path(timing: dict[str, float]) -> float:
-    """detect + max(encode + search, translate) in ms, from the per-call ``model-*`` entries of Server-Timing."""
-    return timing.get("model-detect", 0.0) + max(
-        timing.get("model-encode", 0.0) + timing.get("model-search", 0.0), timing.get("model-translate", 0.0)
-    )
-
-
 def gateway_breakdown(replies: list[harness.Reply]) -> dict:
     """Median per-stage Server-Timing of the gateway's answers, and the overhead beside the model time."""
     if not replies:
@@ -81,7 +74,7 @@ def gateway_breakdown(replies: list[harness.Reply]) -> dict:
     timings = [harness.parse_server_timing(r.headers.get("Server-Timing", "")) for r in replies]
     stages = sorted({name for t in timings for name in t})
     end_to_end = [r.seconds * 1000 for r in replies]
-    model = [model_critical_path(t) for t in timings]
+    model = [harness.model_critical_path(t) for t in timings]
     shares = [(e - m) / e for e, m in zip(end_to_end, model, strict=True)]
     return {
         "stages_median_ms": {s: round(statistics.median(t.get(s, 0.0) for t in timings), 2) for s in stages},
@@ -110,9 +103,7 @@ def run(args: argparse.Namespace) -> dict:
         harness.log("starting the gateway and the baseline under gunicorn ...")
         with (
             harness.gunicorn("gateway", "app:create_app()", gateway_env, work) as gateway,
-            harness.gunicorn(
-                "baseline", "baseline_app:create_app()", baseline_env, work, pythonpath=[REPO / "bench"]
-            ) as baseline,
+            harness.gunicorn("baseline", "bench.baseline_app:create_app()", baseline_env, work) as baseline,
         ):
             servers = {"gateway": gateway, "baseline": baseline}
             results["settings"] = {

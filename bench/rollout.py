@@ -16,8 +16,8 @@ demo servables in which every servable also has version 2 (a copy of 1), labelle
    of docs/canary.md: a new gallery); the same run also measures every stage shadowed at once, which
    doubles the model work per request, as information.
 
-    .venv/bin/python bench/rollout.py                      # writes bench/results/rollout.json
-    .venv/bin/python bench/rollout.py --smoke --json /tmp/rollout.json
+    .venv/bin/python -m bench.rollout                      # writes bench/results/rollout.json
+    .venv/bin/python -m bench.rollout --smoke --json /tmp/rollout.json
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import harness
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import harness
 
 RESULTS = harness.REPO / "bench" / "results" / "rollout.json"
 SERVABLES = ("face_detection", "twingan_latent_encoder", "latent_search_model", "ugatit_selfie2anime")

@@ -7,8 +7,8 @@ gunicorn.conf.py. The resident memory of the gunicorn process tree (master and w
 caches, allocator pools), and the growth is the last samples' median over the median of the
 samples at the end of the warm-up.
 
-    .venv/bin/python bench/soak.py                     # 16 clients, 60 s, writes bench/results/soak.json
-    .venv/bin/python bench/soak.py --smoke --json /tmp/soak.json   # 4 clients, a few seconds
+    .venv/bin/python -m bench.soak                     # 16 clients, 60 s, writes bench/results/soak.json
+    .venv/bin/python -m bench.soak --smoke --json /tmp/soak.json   # 4 clients, a few seconds
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import harness
+from tests.support import harness
 
 RESULTS = harness.REPO / "bench" / "results" / "soak.json"
 TARGETS = {"errors": ("<=", 0), "rss_growth_after_warmup": ("<", 0.10)}

@@ -398,6 +398,8 @@ def export_face_detector(
     It is staged beside ``export_dir`` and renamed into place (``export.save_servable``), so a polling
     model server never sees a half-written version; an existing version is never overwritten.
     """
+    if Path(export_dir).exists():  # said before the seconds of building a detector that could not be written
+        raise FileExistsError(f"{export_dir} already exists")
     detector = build_demo_detector(short_range_path, full_range_path, max_detections)
     # Non-square and mid-grey, so warmup runs the letterbox padding and the whole post-processing.
     warmup = [warmup_log(SERVABLE_NAME, {INPUT_NAME: np.full(_WARMUP_SHAPE, 128, np.uint8)})]

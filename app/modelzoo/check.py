@@ -1,4 +1,4 @@
-"""`check-models`: does each servable fit its stage of the pipeline file? Verdicts, the exact change, a test call.
+"""What `check-models` finds: does each servable fit its pipeline stage? Verdicts, the exact change, a test call.
 
 For every stage it prints the servable's signature, a verdict, and for each misfit
 the key of the pipeline file to change and the value to set; then it sends one
@@ -8,15 +8,12 @@ exits non-zero on any misfit or failed request; ``--json`` prints the same as JS
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import click
 import numpy as np
-from flask import Flask, current_app
 
 from app.errors import GatewayError
 from app.pipeline import Face, Photo, Pipeline
@@ -151,27 +148,3 @@ def report_lines(report: CheckReport) -> Iterator[str]:
             yield f"    request: {'ok' if call.ok else 'FAILED'} in {call.milliseconds:.0f} ms: {call.said}"
     yield ""
     yield "every stage fits" if report.fits else "some stages do not fit: change what each 'change:' line says"
-
-
-def register(app: Flask) -> None:
-    """Add `check-models` to the app's CLI."""
-
-    @app.cli.command("check-models")
-    @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for CI).")
-    @click.option("--no-request", is_flag=True, help="Check metadata only; send no synthetic request.")
-    def check_models_command(as_json: bool, no_request: bool) -> None:
-        """Check each pipeline servable against the pipeline file; exit 1 on any misfit."""
-        serving = current_app.extensions["serving"]
-        settings = current_app.config["GATEWAY_SETTINGS"]
-        try:
-            pipeline = serving.pipeline
-        except GatewayError as exc:  # e.g. a serving_models.config that cannot be used
-            raise click.ClickException(exc.message) from exc
-        report = check_models(pipeline, model_config=str(settings.model_config), requests=not no_request)
-        if as_json:
-            click.echo(json.dumps(report.to_dict(), indent=2))
-        else:
-            for line in report_lines(report):
-                click.echo(line)
-        if not report.fits:
-            raise SystemExit(1)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from app.serving import tensors
+from app.serving.layout import ExtraFile, write_extra_files, write_version
 
 WARMUP_RELATIVE_PATH = Path("assets.extra") / "tf_serving_warmup_requests"
 # The most one variable of a servable may hold: a TensorProto (how a tensor is serialised, e.g. as a
@@ -82,51 +81,26 @@ def write_warmup_requests(saved_model_dir: Path, records: Sequence[prediction_lo
     return path
 
 
-def next_version(base_path: Path) -> int:
-    """One more than the highest integer-named version folder under base_path (1 for none)."""
-    versions = [int(p.name) for p in base_path.glob("*") if p.name.isdigit() and p.is_dir()]
-    return max(versions, default=0) + 1
-
-
 def save_servable(
     module: tf.Module,
     version_dir: Path,
     signatures: Mapping[str, tf.types.experimental.ConcreteFunction | tf.types.experimental.PolymorphicFunction],
     warmup: Sequence[prediction_log_pb2.PredictionLog] = (),
     *,
-    extra_files: Mapping[str, bytes] | None = None,
+    extra_files: Mapping[str, ExtraFile] | None = None,
     replace: bool = False,
 ) -> Path:
-    """Save ``module`` as the SavedModel ``version_dir`` (e.g. serving_models/x/3).
+    """Save ``module`` as the SavedModel ``version_dir`` (e.g. serving_models/x/3), whole or not at all.
 
-    It is written into a hidden temporary folder beside the target and renamed into
-    place, so a server polling the base path never sees half a model. ``extra_files``
-    (relative path -> bytes) go under assets.extra/, which TF Serving ignores and the
-    gateway may read (gallery thumbnails). An existing version is an error unless
-    ``replace`` is set.
+    ``extra_files`` (relative path -> bytes, a file to link, or a function that writes the file) go under
+    assets.extra/, which TF Serving ignores and the gateway may read (gallery thumbnails, the gallery
+    record). An existing version is an error unless ``replace`` is set.
     """
-    version_dir = Path(version_dir)
-    if not version_dir.name.isdigit():
-        raise ValueError(f"{version_dir}: a version folder's name must be an integer")
-    if version_dir.exists() and not replace:
-        raise FileExistsError(f"{version_dir} already exists")
-    version_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = version_dir.parent / f".{version_dir.name}.{uuid.uuid4().hex}.tmp"
-    try:
+
+    def fill(staging: Path) -> None:
         tf.saved_model.save(module, str(staging), signatures=dict(signatures))
         if warmup:
             write_warmup_requests(staging, warmup)
-        for relative, content in (extra_files or {}).items():
-            target = (staging / "assets.extra" / relative).resolve()
-            if not target.is_relative_to((staging / "assets.extra").resolve()):
-                raise ValueError(f"extra file {relative!r} would land outside assets.extra")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(content)
-        if version_dir.exists():
-            retired = version_dir.parent / f".{version_dir.name}.{uuid.uuid4().hex}.old"
-            version_dir.rename(retired)
-            shutil.rmtree(retired, ignore_errors=True)
-        staging.rename(version_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return version_dir
+        write_extra_files(staging, extra_files or {})
+
+    return write_version(Path(version_dir), fill, replace=replace)

@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from app.modelzoo.export import MAX_VARIABLE_BYTES, gather_from_parts, row_parts, save_servable, warmup_log
+from app.serving.layout import ExtraFile
 
 SERVABLE_NAME = "latent_search_model"
 SEARCH_SIGNATURE = "serving_default"
@@ -136,8 +137,13 @@ class LatentSearch(tf.Module):
         name: str | None = "latent_search",
         *,
         max_variable_bytes: int = MAX_VARIABLE_BYTES,
+        index_stride: int = 1,
+        index_offset: int = 0,
     ) -> None:
         super().__init__(name=name)
+        # A shard's faces are numbered position * stride + offset (shard i of n: stride n, offset i), so the faces of
+        # every shard of a gallery have indices apart, whatever the other shards hold.
+        self.index_stride, self.index_offset = int(index_stride), int(index_offset)
         flat, norms, names = gallery_arrays(latents, filenames)
         self.size = int(flat.shape[0])
         self.latent_shape = tuple(int(d) for d in np.shape(latents)[1:])
@@ -208,14 +214,15 @@ class LatentSearch(tf.Module):
         candidates = tf.reduce_sum(tf.where(own, tf.gather(blocks, chosen), 0.0), axis=-1)  # [B, kb, BLOCK_ROWS]
         best = tf.math.top_k(tf.reshape(candidates, [batch, -1]), k=k_num, sorted=True)
         block_of = tf.gather(chosen, best.indices // BLOCK_ROWS, batch_dims=1)
-        indices = block_of * BLOCK_ROWS + best.indices % BLOCK_ROWS
+        positions = block_of * BLOCK_ROWS + best.indices % BLOCK_ROWS
+        indices = positions * self.index_stride + self.index_offset if self.index_stride != 1 else positions
         query_norms = tf.reduce_sum(tf.square(queries), axis=1, keepdims=True)  # [B, 1]
         # Float32 cancellation can leave a true zero (the query is a gallery face) slightly negative.
         distances = tf.maximum(query_norms - best.values, 0.0)
         return {
             "xvals": distances,
             "indices": indices,
-            "filenames": gather_from_parts(self.filenames, self.filename_starts, indices),
+            "filenames": gather_from_parts(self.filenames, self.filename_starts, positions),
         }
 
     def _gallery_size(self) -> dict[str, tf.Tensor]:
@@ -232,9 +239,11 @@ def export_search_model(
     latents: np.ndarray,
     filenames: Sequence[str],
     *,
-    extra_files: Mapping[str, bytes] | None = None,
+    extra_files: Mapping[str, ExtraFile] | None = None,
     replace: bool = False,
     max_variable_bytes: int = MAX_VARIABLE_BYTES,
+    index_stride: int = 1,
+    index_offset: int = 0,
 ) -> Path:
     """Write a ``latent_search_model`` version for a gallery: ``latents`` ``[N, *latent_shape]``, one filename each.
 
@@ -244,7 +253,9 @@ def export_search_model(
     loads. ``extra_files`` (e.g. thumbnails) go under assets.extra/. No variable holds more than
     ``max_variable_bytes`` (tests lower it to see a gallery split). Returns ``version_dir``.
     """
-    module = LatentSearch(latents, filenames, max_variable_bytes=max_variable_bytes)
+    module = LatentSearch(
+        latents, filenames, max_variable_bytes=max_variable_bytes, index_stride=index_stride, index_offset=index_offset
+    )
     first = np.ascontiguousarray(np.asarray(latents)[:1], dtype=np.float32)
     warmup = [
         warmup_log(SERVABLE_NAME, {"target_latent": first, "k_num": np.array(min(WARMUP_K, module.size), np.int32)}),

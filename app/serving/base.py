@@ -31,7 +31,34 @@ if TYPE_CHECKING:  # only named in hints: a SignatureDef of either set is read b
 
 DEFAULT_SIGNATURE = "serving_default"
 T = TypeVar("T")
-_LABEL_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# What a servable name or a version label is made of, wherever one is read (serving_models.config, the pipeline
+# file, a request, a path, a rollout arm); a label is 1-64 of them. The patterns are JSON Schema's (pydantic's and
+# the OpenAPI document's); Python matches them whole (fullmatch: a trailing newline is not let through).
+_NAME_CHARACTER = "[A-Za-z0-9_.-]"
+SERVABLE_NAME_PATTERN = rf"^{_NAME_CHARACTER}+$"
+LABEL_PATTERN = rf"^{_NAME_CHARACTER}{{1,64}}$"
+LABEL_RULE = "1-64 of the characters A-Z a-z 0-9 _ . -"
+_SERVABLE_NAME = re.compile(SERVABLE_NAME_PATTERN)
+_LABEL = re.compile(LABEL_PATTERN)
+# A version number is read from at most this many ASCII digits (it fits an int64, as TF Serving's does).
+MAX_VERSION_DIGITS = 18
+
+
+def is_label(text: object) -> bool:
+    """Whether ``text`` can be a version label."""
+    return isinstance(text, str) and _LABEL.fullmatch(text) is not None
+
+
+def is_servable_name(text: object) -> bool:
+    """Whether ``text`` can name a servable."""
+    return isinstance(text, str) and _SERVABLE_NAME.fullmatch(text) is not None
+
+
+def version_number(text: str) -> int | None:
+    """The version number ``text`` spells (ASCII digits only, at most MAX_VERSION_DIGITS of them), else None."""
+    if text.isascii() and text.isdigit() and len(text) <= MAX_VERSION_DIGITS:
+        return int(text)
+    return None
 
 
 @dataclass(frozen=True)
@@ -52,7 +79,7 @@ class ModelRef:
             isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0
         ):
             raise BadInput(f"{self.name}: version must be a non-negative integer, got {self.version!r}")
-        if self.label is not None and not _LABEL_PATTERN.match(self.label):
+        if self.label is not None and not is_label(self.label):
             raise BadInput(f"{self.name}: version label must be 1-64 of [A-Za-z0-9_.-], got {self.label!r}")
         if not self.signature:
             raise BadInput(f"{self.name}: a signature name is required")

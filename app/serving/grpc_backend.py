@@ -1,11 +1,19 @@
 """TF Serving client over gRPC: PredictionService and ModelService stubs, deadlines, retries, load balancing.
 
 One channel per process, opened on first use (so a gunicorn worker opens its own
-after the fork). Every call carries a deadline; UNAVAILABLE, and only that, is
-retried with jittered exponential backoff while the deadline allows. Several
-TF Serving replicas are spread over by gRPC's own ``round_robin`` policy: give
-``dns:///serving:8500`` (re-resolved by gRPC) or a comma-separated address list.
-gRPC status codes become GatewayErrors here, through ``app.errors``' one table.
+after the fork). Every call carries a deadline. Every call the backend makes is
+idempotent (Predict, Classify, Regress, metadata, status), so a call lost by the
+server side is tried again, on another replica where there is one, with jittered
+exponential backoff while the deadline allows: UNAVAILABLE (no connection, a reset
+connection), CANCELLED (a replica that shut down with the call in flight: this
+client never cancels a call it is waiting for), and a stream the transport tore
+down (RST_STREAM, GOAWAY). The client's own deadline is never retried, nor is any
+answer of the model's. Several TF Serving replicas are spread over by gRPC's own
+``round_robin`` policy: give ``dns:///serving:8500`` (re-resolved by gRPC) or a
+comma-separated address list. Servables served elsewhere (a sharded gallery's shards,
+each on its own TF Serving) get their own target: ``servable_targets`` maps a servable
+name to one, with a channel per target. gRPC status codes become GatewayErrors here,
+through ``app.errors``' one table.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -45,6 +54,19 @@ from app.serving.protos.tensorflow_serving.apis import (
 )
 
 MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving itself accepts up to 2 GB
+# What gRPC's core says when the transport, not the server's code, ended a stream (it answers INTERNAL or UNKNOWN):
+# a replica's connection torn down mid-call, which another replica can answer.
+_TRANSPORT_LOSSES = ("RST_STREAM", "GOAWAY", "Stream removed", "Socket closed", "Connection reset")
+
+
+def lost_by_the_server(code: grpc.StatusCode, details: str) -> bool:
+    """Whether a call ended because the server side or the connection lost it (worth another replica), not because
+    the model or the client said so. The backend never cancels a call it waits for, so CANCELLED is the server's."""
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        return True
+    return code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN) and any(
+        sign in details for sign in _TRANSPORT_LOSSES
+    )
 
 
 def channel_target(target: str) -> tuple[str, bool]:
@@ -101,6 +123,16 @@ def model_spec(ref: ModelRef) -> model_pb2.ModelSpec:
     return spec
 
 
+@dataclass(frozen=True)
+class _Stubs:
+    """One channel to one TF Serving target and the stubs over it."""
+
+    channel: grpc.Channel
+    predict: prediction_service_pb2_grpc.PredictionServiceStub
+    model: model_service_pb2_grpc.ModelServiceStub
+    predict_wire: grpc.UnaryUnaryMultiCallable  # Predict with bytes in, bytes out
+
+
 class GrpcBackend(Backend):
     """Backend that calls one TF Serving (or a set of replicas) over gRPC."""
 
@@ -115,9 +147,12 @@ class GrpcBackend(Backend):
         metadata_ttl: float = 30.0,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         async_workers: int = 8,
+        servable_targets: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(async_workers=async_workers)
         self.target, self.balanced = channel_target(target)
+        # servable -> the TF Serving that serves it, where that is not `target` (e.g. a shard on its own servers)
+        self.servable_targets = {name: channel_target(other) for name, other in (servable_targets or {}).items()}
         self.timeout = timeout
         self.max_attempts = max(1, max_attempts)
         self.backoff_base = backoff_base
@@ -126,15 +161,12 @@ class GrpcBackend(Backend):
         self.max_message_bytes = max_message_bytes
         self._lock = threading.Lock()
         self._pid: int | None = None
-        self._channel: grpc.Channel | None = None
-        self._predict_stub: prediction_service_pb2_grpc.PredictionServiceStub | None = None
-        self._model_stub: model_service_pb2_grpc.ModelServiceStub | None = None
-        self._predict_wire: grpc.UnaryUnaryMultiCallable | None = None  # Predict with bytes in, bytes out
+        self._connections: dict[str, _Stubs] = {}  # by target: one channel each, opened on first use
         self._metadata_cache: dict[tuple[str, int | None, str | None], tuple[float, Any]] = {}
 
     # -- channel -------------------------------------------------------------------------------
 
-    def channel_options(self) -> list[tuple[str, Any]]:
+    def channel_options(self, balanced: bool | None = None) -> list[tuple[str, Any]]:
         options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_receive_message_length", self.max_message_bytes),
@@ -146,33 +178,52 @@ class GrpcBackend(Backend):
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.dns_min_time_between_resolutions_ms", 5_000),
         ]
-        if self.balanced:
+        if self.balanced if balanced is None else balanced:
             options.append(("grpc.lb_policy_name", "round_robin"))
         return options
 
     def _stubs(
-        self,
+        self, servable: str | None = None
     ) -> tuple[prediction_service_pb2_grpc.PredictionServiceStub, model_service_pb2_grpc.ModelServiceStub]:
+        """The stubs of the channel that reaches ``servable`` (the default target's, for any other)."""
+        stubs = self._connection(servable)
+        return stubs.predict, stubs.model
+
+    def _connection(self, servable: str | None) -> _Stubs:
+        target, balanced = self.servable_targets.get(servable or "", (self.target, self.balanced))
         pid = os.getpid()
         with self._lock:
-            if self._channel is None or self._pid != pid:
-                # After a fork the parent's channel is not ours to use or close: open a fresh one.
-                self._channel = grpc.insecure_channel(self.target, options=self.channel_options())
-                self._predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
-                self._model_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
-                # No serializers: predict() hands gRPC the request bytes app.serving.wire wrote, and reads the answer.
-                self._predict_wire = self._channel.unary_unary(wire.PREDICT_METHOD)
+            if self._pid != pid:
+                # After a fork the parent's channels are not ours to use or close: open fresh ones.
+                self._connections = {}
                 self._pid = pid
-            assert self._predict_stub is not None and self._model_stub is not None
-            return self._predict_stub, self._model_stub
+            stubs = self._connections.get(target)
+            if stubs is None:
+                channel = grpc.insecure_channel(target, options=self.channel_options(balanced))
+                # predict_wire: no serializers, predict() hands gRPC the request bytes app.serving.wire wrote.
+                stubs = _Stubs(
+                    channel,
+                    prediction_service_pb2_grpc.PredictionServiceStub(channel),
+                    model_service_pb2_grpc.ModelServiceStub(channel),
+                    channel.unary_unary(wire.PREDICT_METHOD),
+                )
+                self._connections[target] = stubs
+            return stubs
+
+    @property
+    def _channel(self) -> grpc.Channel | None:
+        """The default target's channel (None before the first call)."""
+        stubs = self._connections.get(self.target) if self._pid == os.getpid() else None
+        return None if stubs is None else stubs.channel
 
     def close(self) -> None:
         super().close()
         with self._lock:
-            channel, self._channel = self._channel, None
+            connections, self._connections = self._connections, {}
             owned = self._pid == os.getpid()
-        if channel is not None and owned:
-            channel.close()
+        if owned:
+            for stubs in connections.values():
+                stubs.channel.close()
 
     # -- calls ---------------------------------------------------------------------------------
 
@@ -192,7 +243,7 @@ class GrpcBackend(Backend):
                 code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
                 details = (exc.details() if callable(getattr(exc, "details", None)) else None) or ""
                 attempt += 1
-                if code == grpc.StatusCode.UNAVAILABLE and attempt < self.max_attempts:
+                if lost_by_the_server(code, details) and attempt < self.max_attempts:
                     # Full jitter: spread the retries of many clients so they do not arrive together.
                     pause = random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
                     if time.monotonic() + pause < deadline:
@@ -212,9 +263,7 @@ class GrpcBackend(Backend):
     ) -> Served:
         # The request and response go through app.serving.wire, not protobuf messages: big tensors are copied once.
         request = wire.encode_predict_request(model_spec(ref), inputs)
-        self._stubs()
-        assert self._predict_wire is not None
-        response = self._call(self._predict_wire, request, timeout, ref.name)
+        response = self._call(self._connection(ref.name).predict_wire, request, timeout, ref.name)
         try:
             return Served(wire.decode_predict_response(response), wire.response_version(response))
         except message.DecodeError as exc:
@@ -242,21 +291,21 @@ class GrpcBackend(Backend):
             model_spec=model_spec(ModelRef(ref.name, ref.version, ref.label)),
             metadata_field=["signature_def"],
         )
-        predict_stub, _ = self._stubs()
+        predict_stub, _ = self._stubs(ref.name)
         return self._call(predict_stub.GetModelMetadata, request, None, ref.name)
 
     def classify(
         self, ref: ModelRef, examples: input_pb2.Input, timeout: float | None = None
     ) -> classification_pb2.ClassificationResponse:
         request = classification_pb2.ClassificationRequest(model_spec=model_spec(ref), input=examples)
-        predict_stub, _ = self._stubs()
+        predict_stub, _ = self._stubs(ref.name)
         return self._call(predict_stub.Classify, request, timeout, ref.name)
 
     def regress(
         self, ref: ModelRef, examples: input_pb2.Input, timeout: float | None = None
     ) -> regression_pb2.RegressionResponse:
         request = regression_pb2.RegressionRequest(model_spec=model_spec(ref), input=examples)
-        predict_stub, _ = self._stubs()
+        predict_stub, _ = self._stubs(ref.name)
         return self._call(predict_stub.Regress, request, timeout, ref.name)
 
     def model_status(self, name: str, version: int | None = None) -> list[VersionStatus]:
@@ -264,7 +313,7 @@ class GrpcBackend(Backend):
         if version is not None:
             spec.version.value = version
         request = get_model_status_pb2.GetModelStatusRequest(model_spec=spec)
-        _, model_stub = self._stubs()
+        _, model_stub = self._stubs(name)
         response = self._call(model_stub.GetModelStatus, request, None, name)
         states = get_model_status_pb2.ModelVersionStatus.State
         return sorted(

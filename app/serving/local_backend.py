@@ -29,14 +29,19 @@ from app.serving.runtime import DEFAULT_LOAD_RETRY_INTERVAL, DEFAULT_MAX_LOAD_RE
 
 
 class LocalBackend(Backend):
-    """Backend over an in-process ModelRuntime; errors come out as the gRPC backend's would."""
+    """Backend over an in-process ModelRuntime; errors come out as the gRPC backend's would.
+
+    It starts a runtime over ``config_path``, or serves ``runtime``, one that someone else owns (the model
+    server's REST port shares its gRPC port's): closing the backend then leaves that runtime running.
+    """
 
     def __init__(
         self,
-        config_path: str | Path,
+        config_path: str | Path | None = None,
         *,
+        runtime: ModelRuntime | None = None,
         models_root: Path | None = None,
-        timeout: float = 10.0,
+        timeout: float | None = 10.0,  # seconds per call; None: no deadline
         poll_interval: float = 1.0,
         warmup: bool = True,
         session_threads: int = 0,
@@ -48,6 +53,12 @@ class LocalBackend(Backend):
     ) -> None:
         super().__init__(async_workers=async_workers)
         self.timeout = timeout
+        self._owns_runtime = runtime is None
+        if runtime is not None:
+            self.runtime = runtime
+            return
+        if config_path is None:
+            raise ValueError("give a config path or a runtime")
         try:
             self.runtime = ModelRuntime(
                 config_path,
@@ -145,7 +156,8 @@ class LocalBackend(Backend):
 
     def close(self) -> None:
         super().close()
-        self.runtime.close()
+        if self._owns_runtime:
+            self.runtime.close()
 
 
 def _answered_spec(ref: ModelRef, version: int) -> model_pb2.ModelSpec:

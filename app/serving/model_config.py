@@ -22,6 +22,7 @@ from typing import Literal
 
 from google.protobuf import text_format
 
+from app.serving.base import is_servable_name
 from app.serving.protos.tensorflow_serving.config.model_server_config_pb2 import ModelConfig, ModelServerConfig
 
 __all__ = [
@@ -39,7 +40,6 @@ SUPPORTED_PLATFORM = "tensorflow"
 
 _LineOf = Callable[..., "int | None"]
 _NO_CUSTOM_CONFIG = "custom_model_config is not supported; list the models in model_config_list { config { ... } }"
-_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 _CONFIG_EXAMPLE = (
     'model_config_list { config { name: "my_model" base_path: "/models/my_model" model_platform: "tensorflow" } }'
 )
@@ -371,7 +371,7 @@ class _Checker:
         ordinal = f"config block #{index + 1}"
         if not name:
             raise self.fail(block_line, f'{ordinal} has no name; add name: "<model name>"')
-        if not _NAME_PATTERN.fullmatch(name):
+        if not is_servable_name(name):
             raise self.fail(
                 line_of("name"),
                 f"model name {name!r} is not allowed; use only letters, digits, '_', '.' and '-'",
@@ -478,7 +478,7 @@ class _Checker:
                 raise self.fail(
                     line, f'{model} has a version label with an empty key; give it a name, e.g. key: "stable"'
                 )
-            if not _NAME_PATTERN.fullmatch(label):
+            if not is_servable_name(label):  # any length here; a request names one of at most 64
                 raise self.fail(
                     line,
                     f"{model} has version label {label!r}; label names may use only letters, digits, '_', '.' and '-'",

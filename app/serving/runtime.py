@@ -34,6 +34,7 @@ version it started on: versions are reference-counted and closed after their las
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
@@ -46,24 +47,25 @@ import grpc
 import numpy as np
 import tensorflow as tf
 
-# The C session run (see LoadedVersion.run): TensorFlow's Python Session casts feeds to the
-# placeholder's dtype and checks their shape, which TF Serving's C++ session does not.
-from tensorflow.python.client import pywrap_tf_session
-
-from app.errors import ServingStatus, wire_message  # noqa: F401 (wire_message: re-exported for the double)
+from app.errors import ServingStatus
+from app.serving import examples as example_runs
 from app.serving import warmup as warmups
-from app.serving.base import DEFAULT_SIGNATURE, ModelMetadata, VersionStatus, metadata_from_signature_defs
-from app.serving.model_config import ServableConfig, ServingConfig, load_model_config
+from app.serving.base import DEFAULT_SIGNATURE, ModelMetadata, VersionStatus
+from app.serving.batching import Batching
+from app.serving.layout import version_folders
+from app.serving.loaded_version import LoadedVersion
+from app.serving.model_config import (
+    DEFAULT_CONTAINER_PREFIX,
+    ServableConfig,
+    ServingConfig,
+    load_model_config,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LOAD_RETRIES = 5  # --max_num_load_retries
 DEFAULT_LOAD_RETRY_INTERVAL = 60.0  # --load_retry_interval_micros, in seconds
-SAVED_MODEL_TAGS = ("serve",)
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
-# absl::SimpleAtoi: optional ASCII whitespace around an optionally signed decimal integer.
-_VERSION_NAME = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)[ \t\n\v\f\r]*")
-_INT64 = (-(2**63), 2**63 - 1)
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -71,196 +73,16 @@ class ConfigRefused(ServingStatus):
     """A model config the server would not apply; the one it had stays in force."""
 
 
-def parse_version(name: str) -> int | None:
-    """The version a base path child's name stands for, or None: TF Serving takes any name absl::SimpleAtoi reads."""
-    match = _VERSION_NAME.fullmatch(name)
-    if match is None:
-        return None
-    number = int(match.group(1))
-    return number if _INT64[0] <= number <= _INT64[1] else None
-
-
-def _status(exc: tf.errors.OpError) -> ServingStatus:
-    return ServingStatus(warmups.TF_CODE_TO_GRPC.get(exc.error_code, grpc.StatusCode.UNKNOWN), exc.message)
+def _warn_duplicate(version: int, kept: str, ignored: str) -> None:
+    log.warning(
+        "Duplicate version directories detected. Version %d will be loaded from %s, %s will be ignored.",
+        version, kept, ignored,
+    )  # fmt: skip
 
 
 def _is_absolute(base_path: str) -> bool:
     """TF Serving's UriIsRelativePath, negated: a URI with a scheme, or a path from the root."""
     return bool(_URI_SCHEME.match(base_path)) or base_path.startswith("/")
-
-
-def _load_saved_model(session: tf.compat.v1.Session, path: Path) -> Any:
-    """tf.compat.v1.saved_model.loader.load, failing with the status TF Serving's C++ loader reports."""
-    if (path / "export.meta").exists():
-        raise ServingStatus(grpc.StatusCode.UNIMPLEMENTED, "Session Bundle is deprecated and removed.")
-    binary, text = path / "saved_model.pb", path / "saved_model.pbtxt"
-    if not (binary.exists() or text.exists()):  # MaybeSavedModelDirectory
-        raise ServingStatus(
-            grpc.StatusCode.NOT_FOUND,
-            "Specified file path does not appear to contain a SavedModel bundle (should have a file called "
-            f"`saved_model.pb`)\nSpecified file path: {path}",
-        )
-    try:
-        return tf.compat.v1.saved_model.loader.load(session, list(SAVED_MODEL_TAGS), str(path))
-    except tf.errors.OpError as exc:
-        raise _status(exc) from exc
-    except OSError as exc:  # the Python reader's "Cannot parse file": ReadBinaryProto's DATA_LOSS in C++
-        proto, form = (binary, "binary") if binary.exists() else (text, "text")
-        raise ServingStatus(grpc.StatusCode.DATA_LOSS, f"Can't parse {proto} as {form} proto") from exc
-    except RuntimeError as exc:
-        if "could not be found in SavedModel" in str(exc):
-            raise ServingStatus(
-                grpc.StatusCode.NOT_FOUND,
-                f"Could not find meta graph def matching supplied tags: {{ {' '.join(SAVED_MODEL_TAGS)} }}. "
-                "To inspect available tag-sets in the SavedModel, please use the SavedModel CLI: `saved_model_cli`",
-            ) from exc
-        raise ServingStatus(grpc.StatusCode.UNKNOWN, str(exc)) from exc
-    except Exception as exc:  # what else the Python loader raises: still a failed load, not a crash
-        raise ServingStatus(grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}") from exc
-
-
-class LoadedVersion:
-    """One version of one model, loaded in its own graph and session, reference-counted for safe unloading."""
-
-    def __init__(self, name: str, version: int, path: Path, session_config: tf.compat.v1.ConfigProto) -> None:
-        self.name = name
-        self.version = version
-        self.path = path
-        self._graph = tf.Graph()
-        self._session = tf.compat.v1.Session(graph=self._graph, config=session_config)
-        try:
-            meta_graph = _load_saved_model(self._session, path)
-            self._session._extend_graph()  # the C session must know every node before _call_tf_sessionrun
-        except BaseException:
-            self._session.close()
-            raise
-        self.signature_defs: dict[str, Any] = dict(meta_graph.signature_def)
-        self.metadata: ModelMetadata = metadata_from_signature_defs(name, version, self.signature_defs)
-        self._tensors: dict[str, Any] = {}
-        self._refs = 0
-        self._retired = False
-        self._ref_lock = threading.Lock()
-
-    def acquire(self) -> None:
-        with self._ref_lock:
-            self._refs += 1
-
-    def release(self) -> None:
-        with self._ref_lock:
-            self._refs -= 1
-            close = self._retired and self._refs == 0
-        if close:
-            self._session.close()
-
-    def retire(self) -> None:
-        """Close the session once the last request using this version has finished."""
-        with self._ref_lock:
-            self._retired = True
-            close = self._refs == 0
-        if close:
-            self._session.close()
-
-    def _tensor(self, name: str, *, feed: bool = False) -> Any:
-        found = self._tensors.get(name)
-        if found is None:
-            try:
-                found = self._graph.get_tensor_by_name(name)._as_tf_output()
-            except (KeyError, ValueError, TypeError):
-                what = f"Feed input {name}" if feed else f"FetchOutputs node {name}"
-                raise ServingStatus(grpc.StatusCode.NOT_FOUND, f"{what}: not found") from None
-            self._tensors[name] = found
-        return found
-
-    def run(self, feeds: Mapping[str, Any], fetches: list[str], timeout: float | None = None) -> list[np.ndarray]:
-        """One step of the session by tensor names, through TensorFlow's C API as TF Serving's C++ session runs.
-
-        The arrays go in as they are: a float64 array fed to a float input fails in the session
-        with "Expects arg[0] to be float but double is provided", and an array of an unexpected
-        shape runs, or fails inside the graph, as it would in TF Serving.
-        """
-        feed_outputs = {self._tensor(name, feed=True): value for name, value in feeds.items()}
-        fetch_outputs = [self._tensor(name) for name in fetches]
-        options = None
-        if timeout is not None:
-            run_options = tf.compat.v1.RunOptions(timeout_in_ms=max(1, int(timeout * 1000)))
-            options = pywrap_tf_session.TF_NewBufferFromString(run_options.SerializeToString())
-        try:
-            values = self._session._call_tf_sessionrun(options, feed_outputs, fetch_outputs, [], None)
-        except tf.errors.OpError as exc:
-            raise _status(exc) from exc
-        except (TypeError, ValueError) as exc:  # an array TensorFlow cannot take at all (e.g. Python objects)
-            raise ServingStatus(_INVALID, str(exc)) from exc
-        finally:
-            if options is not None:
-                pywrap_tf_session.TF_DeleteBuffer(options)
-        return [np.asarray(value) for value in values]
-
-    def predict(
-        self,
-        signature_name: str,
-        inputs: Mapping[str, Any],
-        *,
-        output_filter: Iterable[str] = (),
-        timeout: float | None = None,
-        decode: Callable[[Any], np.ndarray] | None = None,
-    ) -> dict[str, np.ndarray]:
-        """TF Serving's RunPredict: its checks in its order and words, then the session.
-
-        ``decode`` turns each sent input into an array (``tf.make_ndarray`` for TensorProtos);
-        when it fails, the input is a "tensor parsing error", as Tensor::FromProto's failure is.
-        """
-        key = signature_name or DEFAULT_SIGNATURE
-        signature = self.signature_defs.get(key)
-        if signature is None:
-            raise ServingStatus(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.')
-        sent, expected, defaults = sorted(inputs), sorted(signature.inputs), sorted(signature.defaults)
-        if len(sent) > len(expected) or (len(sent) < len(expected) and not defaults):
-            extra, missing = sorted(set(sent) - set(expected)), sorted(set(expected) - set(sent))
-            raise ServingStatus(
-                _INVALID,
-                f"input size does not match signature: {len(sent)}!={len(expected)} len({{{','.join(sent)}}}) "
-                f"!= len({{{','.join(expected)}}}). Sent extra: {{{','.join(extra)}}}. "
-                f"Missing but required: {{{','.join(missing)}}}.",
-            )
-        feeds: dict[str, Any] = {}
-        used: list[str] = []
-        for alias in expected:
-            info = signature.inputs[alias]
-            if alias in inputs:
-                raw, convert = inputs[alias], decode
-                used.append(alias)
-            elif alias in signature.defaults:
-                raw, convert = signature.defaults[alias], tf.make_ndarray
-            else:
-                raise ServingStatus(
-                    _INVALID,
-                    f"Signature input alias: {alias}(feed name: {info.name}) not found in request and no default "
-                    f"value provided. Inputs expected to be in the request {{{','.join(sent)}}}, or default input "
-                    f"alias set: {','.join(defaults)}",
-                )
-            try:
-                feeds[info.name] = convert(raw) if convert is not None else raw
-            except (TypeError, ValueError) as exc:
-                raise ServingStatus(_INVALID, f"tensor parsing error: {alias}") from exc
-        if sent and len(used) != len(sent):
-            raise ServingStatus(
-                _INVALID,
-                f"Inputs contains invalid name. Used request inputs: {','.join(used)}, request input: {','.join(sent)}",
-            )
-        aliases: list[str] = []
-        for alias in output_filter:
-            if alias not in signature.outputs:
-                raise ServingStatus(
-                    _INVALID,
-                    f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
-                    f"{{{','.join(sorted(signature.outputs))}}}.",
-                )
-            if alias in aliases:
-                raise ServingStatus(_INVALID, f"duplicate output tensor alias: {alias}")
-            aliases.append(alias)
-        aliases = aliases or list(signature.outputs)
-        values = self.run(feeds, [signature.outputs[alias].name for alias in aliases], timeout)
-        return dict(zip(aliases, values, strict=True))
 
 
 @dataclass
@@ -291,37 +113,60 @@ class _PollFailed(Exception):
 
 
 class ModelRuntime:
-    """Loads, serves, polls and unloads the servables of one serving_models.config. Thread-safe."""
+    """Loads, serves, polls and unloads the servables of one serving_models.config. Thread-safe.
+
+    The config is read from ``config_path``, or given as ``config`` (``tensorflow_model_server
+    --model_name --model_base_path``: one model, no file). Base paths under ``container_prefix``
+    map onto ``models_root`` (the gateway's embedded backend); ``container_prefix=""`` takes every
+    path as written, as the model server does. The base paths are polled every ``poll_interval``
+    seconds (``--file_system_poll_wait_seconds``; 0: once, at start), the config file every
+    ``config_poll_interval`` seconds (``--model_config_file_poll_wait_seconds``; 0: never again;
+    None: with every poll of the base paths). ``batching`` batches the runs of the versions it
+    chooses (``--enable_batching``); the runtime closes it with itself.
+    """
 
     def __init__(
         self,
-        config_path: str | Path,
+        config_path: str | Path | None,
         *,
+        config: ServingConfig | None = None,
         models_root: Path | None = None,
+        container_prefix: str = DEFAULT_CONTAINER_PREFIX,
         poll_interval: float = 1.0,
+        config_poll_interval: float | None = None,
         warmup: bool = True,
         session_threads: int = 0,
+        session_config: tf.compat.v1.ConfigProto | None = None,
         poll: bool = True,
         max_load_retries: int = DEFAULT_MAX_LOAD_RETRIES,
         load_retry_interval: float = DEFAULT_LOAD_RETRY_INTERVAL,
         allow_labels_for_unavailable: bool = False,
         force_allow_labels_for_unavailable: bool = False,
+        batching: Batching | None = None,
     ) -> None:
         if max_load_retries < 0:
             raise ValueError(f"max_load_retries must be 0 or more, got {max_load_retries}")
-        self.config_path = Path(config_path)
+        if config_path is None and config is None:
+            raise ValueError("give a config file or a config")
+        self.config_path = Path(config_path) if config_path is not None else None
         self.models_root = models_root
+        self.container_prefix = container_prefix
         self.poll_interval = poll_interval
+        self.config_poll_interval = config_poll_interval
         self.warmup = warmup
         self.max_load_retries = max_load_retries
         self.load_retry_interval = load_retry_interval
         self.allow_labels_for_unavailable = allow_labels_for_unavailable
         self.force_allow_labels_for_unavailable = force_allow_labels_for_unavailable
-        self._session_config = tf.compat.v1.ConfigProto(
-            intra_op_parallelism_threads=session_threads,
-            inter_op_parallelism_threads=session_threads,
-            allow_soft_placement=True,
-        )
+        self.batching = batching
+        if session_config is None:
+            session_config = tf.compat.v1.ConfigProto(
+                intra_op_parallelism_threads=session_threads,
+                inter_op_parallelism_threads=session_threads,
+            )
+        self._session_config = tf.compat.v1.ConfigProto()
+        self._session_config.CopyFrom(session_config)
+        self._session_config.allow_soft_placement = True
         self._lock = threading.Lock()  # guards what requests read: models, harness states, labels, states
         self._manager = threading.RLock()  # one config change, load or unload at a time, as TF Serving's manager
         self._models: dict[str, _Model] = {}
@@ -334,11 +179,14 @@ class ModelRuntime:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         try:
-            self._start(load_model_config(self.config_path, models_root=models_root))
+            if config is None:
+                assert self.config_path is not None
+                config = load_model_config(self.config_path, models_root=models_root, container_prefix=container_prefix)
+            self._start(config)
         except BaseException:
             self.close()
             raise
-        if poll and poll_interval > 0:
+        if poll and (self._paths_every() or self._config_every()):
             self._poller = threading.Thread(target=self._poll_loop, name="model-poller", daemon=True)
             self._poller.start()
 
@@ -368,9 +216,19 @@ class ModelRuntime:
             raise ServingStatus(grpc.StatusCode.UNKNOWN, _not_available("model(s)", unavailable))
 
     def reload_config(self) -> None:
-        """Read the config file again and apply it; raises as ``apply_config`` or ModelConfigError (unreadable)."""
+        """Read the config file again and apply it; raises as ``apply_config`` or ModelConfigError (unreadable).
+        Without a config file (one model given as ``config``) there is nothing to read: it polls the base paths."""
+        if self.config_path is None:
+            with self._manager:
+                self._sync()
+            return
         try:
-            config = load_model_config(self.config_path, models_root=self.models_root, check_paths=False)
+            config = load_model_config(
+                self.config_path,
+                models_root=self.models_root,
+                container_prefix=self.container_prefix,
+                check_paths=False,
+            )
             self.apply_config(config)
         except ConfigRefused as exc:
             self.config_refusal = f"{self.config_path}: {exc.status.name}: {exc.message}"
@@ -471,8 +329,13 @@ class ModelRuntime:
 
     # -- polling (FileSystemStoragePathSource) and the manager (AspiredVersionsManager) --------------
 
-    def poll_once(self) -> None:
-        """One polling pass: re-apply the config file, then look for new and removed versions."""
+    def poll_once(self, *, config: bool = True) -> None:
+        """One polling pass: re-apply the config file (unless ``config`` is False), then look for new and removed
+        versions."""
+        if not config or self.config_path is None:
+            with self._manager:
+                self._sync()
+            return
         try:
             self.reload_config()
             return  # applying it polled the base paths too
@@ -488,12 +351,33 @@ class ModelRuntime:
         with self._manager:
             self._sync()
 
+    def _paths_every(self) -> float | None:
+        return self.poll_interval if self.poll_interval > 0 else None
+
+    def _config_every(self) -> float | None:
+        if self.config_path is None:
+            return None
+        every = self.poll_interval if self.config_poll_interval is None else self.config_poll_interval
+        return every if every > 0 else None
+
     def _poll_loop(self) -> None:
-        while not self._stop.wait(self.poll_interval):
+        """Poll the base paths and the config file, each on its own clock (a config pass polls the paths too); a
+        clock restarts when its pass has ended, so a slow pass (a version loading) is not followed by another at
+        once."""
+        paths_every, config_every = self._paths_every(), self._config_every()
+        started = time.monotonic()
+        next_paths = started + paths_every if paths_every else math.inf
+        next_config = started + config_every if config_every else math.inf
+        while not self._stop.wait(max(0.0, min(next_paths, next_config) - time.monotonic())):
+            with_config = time.monotonic() >= next_config
             try:
-                self.poll_once()
+                self.poll_once(config=with_config)
             except Exception:  # the poller must outlive any one bad pass
                 log.exception("model polling pass failed")
+            ended = time.monotonic()
+            next_paths = ended + paths_every if paths_every else math.inf
+            if with_config:
+                next_config = ended + config_every  # type: ignore[operator]
 
     def _sync(self) -> None:
         """Poll every base path, then bring each model's versions to what its policy aspires to."""
@@ -517,20 +401,9 @@ class ModelRuntime:
         if not base.exists():
             raise _PollFailed(f"Could not find base path {base} for servable {servable.name}")
         try:
-            children = sorted(child.name for child in base.iterdir())
+            by_version = version_folders(base, on_duplicate=_warn_duplicate)
         except OSError as exc:
             raise _PollFailed(f"{base}: {exc.strerror or exc}") from exc
-        by_version: dict[int, str] = {}
-        for child in children:
-            version = parse_version(child)
-            if version is None:
-                continue
-            if version in by_version:
-                log.warning(
-                    "Duplicate version directories detected. Version %d will be loaded from %s, %s will be ignored.",
-                    version, child, by_version[version],
-                )  # fmt: skip
-            by_version[version] = child
         chosen = servable.policy.select(by_version)
         if not by_version:
             self._say(
@@ -542,7 +415,7 @@ class ModelRuntime:
             )  # fmt: skip
         else:
             self._said.pop(f"empty:{servable.name}", None)
-        return {version: base / by_version[version] for version in chosen}
+        return {version: by_version[version] for version in chosen}
 
     def _set_aspired(self, model: _Model, aspired: Mapping[int, Path]) -> None:
         """AspiredVersionsManager::ProcessAspiredVersionsRequest for one model."""
@@ -629,6 +502,8 @@ class ModelRuntime:
     def _load_once(self, name: str, version: int, path: Path) -> LoadedVersion:
         servable = LoadedVersion(name, version, path, self._session_config)
         try:
+            if self.batching is not None:  # before warmup: TF Serving warms the batching session up
+                servable.batching = self.batching.session_for(path, servable.run_alone)
             if self.warmup:
                 warmups.run_warmup(servable)
         except ServingStatus:
@@ -731,7 +606,7 @@ class ModelRuntime:
         classification signature; the version that answered, and the ``classes`` and/or ``scores`` outputs."""
         servable = self._resolve(name, version, label)
         try:
-            return servable.version, warmups.classify(servable, signature, examples, timeout)
+            return servable.version, example_runs.classify(servable, signature, examples, timeout)
         finally:
             servable.release()
 
@@ -749,7 +624,26 @@ class ModelRuntime:
         answered and its ``outputs`` tensor."""
         servable = self._resolve(name, version, label)
         try:
-            return servable.version, warmups.regress(servable, signature, examples, timeout)
+            return servable.version, example_runs.regress(servable, signature, examples, timeout)
+        finally:
+            servable.release()
+
+    def multi_inference(
+        self, request: Any, *, timeout: float | None = None
+    ) -> tuple[int, list[tuple[Any, str, dict[str, np.ndarray] | np.ndarray]]]:
+        """MultiInference (multi_inference_helper.cc): the servable named by the first task's model spec runs every
+        task's classify or regress signature over one set of examples. Returns the version that answered and, per
+        task, its model spec, method name and outputs (classes/scores by key, or the regression tensor)."""
+        spec = request.tasks[0].model_spec if request.tasks else None
+        name = spec.name if spec is not None else ""
+        version = label = None
+        if spec is not None:
+            choice = spec.WhichOneof("version_choice")
+            version = spec.version.value if choice == "version" else None
+            label = spec.version_label if choice == "version_label" else None
+        servable = self._resolve(name, version, label)
+        try:
+            return servable.version, example_runs.multi_inference_results(servable, request, timeout)
         finally:
             servable.release()
 
@@ -788,6 +682,8 @@ class ModelRuntime:
                 for harness in sorted(model.harnesses.values(), key=lambda h: h.version):
                     if harness.state == "ready":
                         self._unload(model, harness)
+        if self.batching is not None:
+            self.batching.close()
 
 
 def _not_available(what: str, failed: list[tuple[str, VersionStatus]]) -> str:

@@ -7,21 +7,33 @@ import contextlib
 import socket
 import threading
 from collections.abc import Iterator, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from flask import Request, current_app, url_for
+from flask import request as current_request
+from markupsafe import Markup
 from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
 
 from app import images
 from app.config import Settings
 from app.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
-from app.extensions import serving
 from app.pipeline import Match, Pipeline, PortraitResult
-from app.security import client_identity
+from app.views import answers
 from app.views.params import Params, read_params
+from app.web.alarms import Alarms
+from app.web.extensions import serving
+from app.web.security import client_identity
 
 UPLOAD_FIELD = "image_file"
+# What a run of the pipeline on a photo can answer besides 200 (and 422, no face, where it needs one).
+PHOTO_ERRORS = (400, 404, 408, 413, 415, 502, 503, 504)
+SERVER_TIMING = "Server-Timing"
+THUMBNAIL_URLS = 10_000  # thumbnail URLs an app remembers (each is built once: see thumbnail_url)
+_THUMBNAIL_URL_TABLE = "thumbnail_urls"
+_ALARMS = "alarms"
 P = TypeVar("P", bound=Params)
+A = TypeVar("A", bound=answers.PortraitResult)
+F = TypeVar("F", answers.FacesSearchResult, answers.FacesTranslateResult)
 
 
 def settings() -> Settings:
@@ -115,9 +127,7 @@ def upload_deadline(request: Request) -> Iterator[None]:
         with contextlib.suppress(OSError):  # the client may be gone already
             client.shutdown(socket.SHUT_RD)
 
-    timer = threading.Timer(seconds, cut_off)
-    timer.daemon = True
-    timer.start()
+    timer = alarms().after(seconds, cut_off)
     try:
         yield
     except Exception as exc:
@@ -128,6 +138,14 @@ def upload_deadline(request: Request) -> Iterator[None]:
         timer.cancel()
     if expired.is_set():  # the body ended early, but the parser took it quietly
         raise RequestTimeout(f"the request body did not arrive within {seconds:g} seconds")
+
+
+def alarms() -> Alarms:
+    """The app's alarms (one watcher thread per worker for every request's deadline)."""
+    found = current_app.extensions.get(_ALARMS)
+    if found is None:
+        found = current_app.extensions.setdefault(_ALARMS, Alarms("upload-deadlines"))
+    return found
 
 
 def _clip(text: str, limit: int) -> str:
@@ -155,35 +173,88 @@ def timings_ms(timings: Mapping[str, float]) -> dict[str, float]:
     return {stage: round(seconds * 1000, 2) for stage, seconds in timings.items()}
 
 
-def data_url(media_type: str, content: bytes) -> str:
-    return f"data:{media_type};base64,{base64.b64encode(content).decode('ascii')}"
+def data_url(media_type: str, content: bytes) -> Markup:
+    """A data: URL for a page, marked safe: base64 and a media type hold no character HTML escapes, and escaping
+    (scanning) a photo's few hundred kilobytes again costs a page a millisecond."""
+    return Markup(f"data:{media_type};base64,{base64.b64encode(content).decode('ascii')}")
 
 
-def result_json(result: PortraitResult, *, with_images: bool) -> dict:
-    """The JSON body of a pipeline result; images as base64 PNG/JPEG when asked for."""
-    body: dict = {
-        "face": result.face.to_dict(),
-        "faces": [face.to_dict() for face in result.faces],
-        "image": {"width": result.photo.original_size[0], "height": result.photo.original_size[1]},
+def portrait_answer(model: type[A], result: PortraitResult, *, with_images: bool, **extra: Any) -> A:
+    """A pipeline result as ``model`` (a search's, a translation's ...); the face crop and anime image as base64
+    JPEG/PNG when asked for."""
+    fields: dict[str, Any] = {
+        "face": answers.Face.of(result.face),
+        "faces": [answers.Face.of(face) for face in result.faces],
+        "image": answers.ImageSize.of(result.photo),
         "timings_ms": timings_ms(result.timings),
         "arms": dict(result.arms),
     }
     if result.matches is not None:
         version = result.versions.get("search")
-        body["matches"] = matches_json(result.matches, version)
-        body["gallery_version"] = version
+        fields["matches"] = matches_answer(result.matches, version)
+        fields["gallery_version"] = version
+        if result.missing_shards:  # a partial answer: these shards of the gallery did not answer
+            fields["missing_shards"] = list(result.missing_shards)
     if with_images:
-        body["crop_jpeg_base64"] = base64.b64encode(images.encode_jpeg(result.crop)).decode("ascii")
+        fields["crop_jpeg_base64"] = base64.b64encode(images.encode_jpeg(result.crop)).decode("ascii")
         if result.anime is not None:
-            body["anime_png_base64"] = base64.b64encode(images.encode_png(result.anime)).decode("ascii")
-    return body
+            fields["anime_png_base64"] = base64.b64encode(images.encode_png(result.anime)).decode("ascii")
+    return model(**fields, **extra)
+
+
+def faces_answer(model: type[F], result: PortraitResult, *, with_crops: bool) -> F:
+    """A run over the faces a request chose (``faces=all``, ``face=<index>``) as ``model``: one entry of ``results``
+    per face, in ``faces`` order, with its matches and anime image where the run made them, and its crop as base64
+    JPEG when asked for."""
+    version = result.versions.get("search")
+    results = []
+    for face in result.per_face:
+        entry: dict[str, Any] = {"face": face.index}
+        if face.matches is not None:
+            entry["matches"] = matches_answer(face.matches, version)
+        if with_crops:
+            entry["crop_jpeg_base64"] = base64.b64encode(images.encode_jpeg(face.crop)).decode("ascii")
+        if face.anime is not None:
+            entry["anime_png_base64"] = base64.b64encode(images.encode_png(face.anime)).decode("ascii")
+        results.append(entry)
+    fields: dict[str, Any] = {
+        "faces": [answers.Face.of(face) for face in result.faces],
+        "image": answers.ImageSize.of(result.photo),
+        "results": results,
+        "timings_ms": timings_ms(result.timings),
+        "arms": dict(result.arms),
+    }
+    if result.matches is not None:
+        fields["gallery_version"] = version
+        if result.missing_shards:
+            fields["missing_shards"] = list(result.missing_shards)
+    return model(**fields)
 
 
 def thumbnail_url(match: Match, gallery_version: int | None) -> str:
-    """Where a match's thumbnail is served: by the name the gallery index lists, in the version that answered."""
-    return url_for("api.gallery_thumbnail", name=match.filename, version=gallery_version)
+    """Where a match's thumbnail is served: by the name the gallery index lists, in the version that answered.
+
+    Each URL is built once per app (url_for takes a tenth of a millisecond, and an answer about every face of a
+    photo lists dozens of matches), in a table that starts over when it holds ``THUMBNAIL_URLS`` of them.
+    """
+    known = current_app.extensions.setdefault(_THUMBNAIL_URL_TABLE, {})
+    key = (current_request.script_root, match.filename, gallery_version)
+    url = known.get(key)
+    if url is None:
+        if len(known) >= THUMBNAIL_URLS:
+            known.clear()
+        url = known[key] = url_for("api.gallery_thumbnail", name=match.filename, version=gallery_version)
+    return url
 
 
-def matches_json(matches: list[Match], gallery_version: int | None) -> list[dict]:
+def matches_answer(matches: list[Match], gallery_version: int | None) -> list[answers.Match]:
     """Matches for a JSON body, each with the URL of its thumbnail."""
-    return [{**match.to_dict(), "thumbnail_url": thumbnail_url(match, gallery_version)} for match in matches]
+    return [
+        answers.Match(
+            index=match.index,
+            filename=match.filename,
+            distance=match.distance,
+            thumbnail_url=thumbnail_url(match, gallery_version),
+        )
+        for match in matches
+    ]

@@ -3,7 +3,7 @@
 Both read a request body bounded by ``GATEWAY_MAX_UPLOAD_BYTES`` (413) and ``GATEWAY_UPLOAD_TIMEOUT`` (408),
 answer every error, whoever raises it (the API key check, the rate limit, a size limit, a view), as
 ``{"error": "<message>"}``, and count their requests per surface, servable and method beside the gateway's
-per-route metrics, the servable label bounded as ``app.metrics.ServableLabels`` bounds it (a client cannot
+per-route metrics, the servable label bounded as ``app.web.metrics.ServableLabels`` bounds it (a client cannot
 grow the label set with made-up model names). Both type a request by its signature's tensors from the
 backend's cached metadata (:func:`signature_tensors`), and answer their metadata endpoints with the
 SignatureDefs asked afresh (:func:`signature_defs`).
@@ -12,31 +12,24 @@ SignatureDefs asked afresh (:func:`signature_defs`).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from flask import Blueprint, Flask, Request, Response, current_app, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from werkzeug.routing import PathConverter
 
 from app.errors import BadInput, GatewayError, UnknownSignature
-from app.metrics import LATENCY_BUCKETS, ServableLabels
 from app.serving import tensors
 from app.serving.base import Backend, ModelRef
 from app.serving.protos.tensorflow_serving.apis import get_model_metadata_pb2
 from app.views.common import upload_deadline
-from app.views.errors import error_body
+from app.web.errors import ProtocolError as ProtocolErrorBody
+from app.web.errors import error_body
+from app.web.metrics import LATENCY_BUCKETS, ServableLabels
+from app.web.operations import any_path_converter
 
 _METRICS = "model_api_metrics"
 _KNOWN = "model_api_servables"
-
-
-class AnyPath(PathConverter):
-    """The rest of a path, whatever it holds: Werkzeug's ``path`` stops at a newline (a decoded %0A), and a
-    surface answers for every path under its prefix."""
-
-    regex = "(?s:.+)"
-    part_isolating = False  # it spans slashes (Werkzeug guesses otherwise from a regex without "/")
 
 
 class ProtocolError(GatewayError):
@@ -56,7 +49,7 @@ class ModelApiMetrics:
         self.requests = Counter(
             "gateway_model_api_requests_total",
             "Requests to the model surfaces (tfserving_rest: TF Serving's REST API, inference_v2: the Open "
-            "Inference Protocol) by surface, servable, method and HTTP status",
+            "Inference Protocol, seldon: Seldon's protocol) by surface, servable, method and HTTP status",
             ["surface", "servable", "method", "status"], registry=registry,
         )  # fmt: skip
         self.latency = Histogram(
@@ -65,11 +58,11 @@ class ModelApiMetrics:
         )  # fmt: skip
 
 
-def protocol_surface(blueprint: Blueprint) -> None:
-    """Make ``blueprint`` a model surface: ``{"error": ...}`` bodies, its requests counted, ``<everything:...>`` in its
-    rules. Call it before the blueprint's first rule."""
-    blueprint.record_once(lambda state: state.app.url_map.converters.setdefault("everything", AnyPath))
-    error_body(blueprint, lambda error: {"error": error.message})
+def protocol_surface(blueprint: Blueprint, body: Callable[[GatewayError], dict] | None = None) -> None:
+    """Make ``blueprint`` a model surface: its errors in its protocol's body (default ``{"error": ...}``), its
+    requests counted, ``<everything:...>`` in its rules. Call it before the blueprint's first rule."""
+    any_path_converter(blueprint)
+    error_body(blueprint, body or (lambda error: ProtocolErrorBody(error=error.message).model_dump()))
     blueprint.record_once(_init_app)
     blueprint.after_request(_count)
 

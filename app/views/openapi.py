@@ -1,35 +1,102 @@
-"""The OpenAPI 3.0 document of the JSON API and the operations endpoints, built as a plain dict.
+"""The OpenAPI 3.0 document, generated from the route declarations (``app.web.operations``) and the app's url_map.
 
-Kept beside the views it describes; ``tests/test_openapi.py`` validates it and fuzzes the
-app against it, so an endpoint that changes without its description here fails a test.
+Paths and methods come from the url_map (a catch-all route names the paths it answers), each operation from its
+view's declaration, the schemas from the pydantic models the declarations name (parameters, request bodies,
+answers: ``app.views.params``, ``app.views.answers``), and what depends on the settings from the running app's:
+401 and the security schemes when API keys are set, 429 where the rate limit counts, the upload limits, the
+default k. ``tests/contract/test_openapi.py`` validates the document and fuzzes the app against it.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
+
+from flask import Flask
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from werkzeug.routing import Rule
 
 from app.config import Settings
 from app.images import ACCEPTED_FORMATS
-from app.security import API_KEY_HEADER, REALM
-from app.views.params import (
-    DetectParams,
-    GalleryParams,
-    Params,
-    SearchParams,
-    TranslateParams,
-    openapi_form_fields,
-    openapi_parameters,
-)
+from app.views.answers import Error
+from app.views.params import openapi_form_fields, openapi_parameters
+from app.web.operations import Answer, JsonBody, Operation, Photo, Route, route_of
+from app.web.security import API_KEY_HEADER, REALM
 
 OPENAPI_VERSION = "3.0.3"
 API_VERSION = "1.0.0"
 IMAGE_TYPES = tuple(ACCEPTED_FORMATS.values())
+_BINARY = {"type": "string", "format": "binary"}
+
+TAGS = {
+    "portrait": "Runs of the face pipeline",
+    "models": "The servables behind the pipeline and the gallery",
+    "operations": "Health and readiness",
+    "tfserving": (
+        "TensorFlow Serving's REST API (api_rest.md), for every servable of serving_models.config, as "
+        "tensorflow_model_server 2.20 answers it: its JSON, its status codes, its messages"
+    ),
+    "inference-v2": "The Open Inference Protocol (KServe v2), for every servable",
+    "seldon": "Seldon Core's prediction protocol, for every servable (the path of Seldon's ingress and clients)",
+}
+
+# What each error status means wherever it is answered, and the name of the gateway's own answer for it.
+ERRORS = {
+    400: ("BadInput", "The request is malformed (a bad parameter, body or photo), or the model refused its inputs"),
+    401: ("Unauthorized", "No API key, or one that is not valid"),
+    404: ("NotFound", "An unknown servable, version, label or signature (or gallery face)"),
+    405: ("MethodNotAllowed", "Another method is answered at this path"),
+    408: ("RequestTimeout", "The body did not arrive within the upload deadline (GATEWAY_UPLOAD_TIMEOUT)"),
+    413: ("PayloadTooLarge", "The body or the image's pixel count is over the limit"),
+    415: ("UnsupportedMediaType", "Not a JPEG, PNG, WebP or BMP image"),
+    422: ("NoFace", "No face was found in the photo"),
+    429: (
+        "RateLimited",
+        "This client sent more requests than its rate limit allows (on the model surfaces, also: the model server "
+        "is overloaded); wait Retry-After seconds",
+    ),
+    500: ("ModelError", "The model failed (TF Serving: INTERNAL, UNKNOWN or DATA_LOSS)"),
+    501: (
+        "NotImplemented",
+        "Not implemented (TF Serving: UNIMPLEMENTED, e.g. a JSON value for a dtype JSON has no mapping for)",
+    ),
+    502: ("ModelFailure", "A model failed"),
+    503: ("ServingUnavailable", "The model server cannot be reached or is overloaded, or the backend did not start"),
+    504: ("DeadlineExceeded", "A model call ran past its deadline"),
+}
+_ERROR_HEADERS = {
+    401: ("WWW-Authenticate",),
+    429: ("Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"),
+    503: ("Retry-After",),
+}
+_COUNT = {"type": "integer", "minimum": 0}
+HEADERS = {
+    "Server-Timing": (
+        "Milliseconds per pipeline stage, e.g. `decode;dur=3.1, detect;dur=20.4`",
+        {"type": "string"},
+    ),
+    "Retry-After": ("Seconds to wait before trying again", {"type": "integer", "minimum": 1}),
+    "X-RateLimit-Limit": ("Requests this client may make to the photo and model endpoints in the window", _COUNT),
+    "X-RateLimit-Remaining": ("Requests left in the current window", _COUNT),
+    "X-RateLimit-Reset": ("When the current window ends, in seconds since the epoch", _COUNT),
+    "WWW-Authenticate": (f'The scheme to authenticate with: `Bearer realm="{REALM}"`', {"type": "string"}),
+    "Cache-Control": ("How long the answer may be cached", {"type": "string"}),
+    "Inference-Header-Content-Length": (
+        "The length in bytes of the JSON that starts a body with binary tensor data",
+        {"type": "integer", "minimum": 1},
+    ),
+}
 
 
-def document(settings: Settings) -> dict[str, Any]:
-    """The whole document; limits, defaults and whether a key is needed come from the running app's settings."""
+def document(app: Flask) -> dict[str, Any]:
+    """The whole document of ``app``: its declared routes, as its settings make them."""
+    settings: Settings = app.config["GATEWAY_SETTINGS"]
     keyed = bool(settings.all_api_keys())
-    doc = {
+    builder = _Builder(settings, keyed=keyed, limited=bool(settings.rate_limit), found=list(documented(app)))
+    doc: dict[str, Any] = {
         "openapi": OPENAPI_VERSION,
         "info": {
             "title": "portrait gateway",
@@ -43,35 +110,23 @@ def document(settings: Settings) -> dict[str, Any]:
                 'Inference Protocol (`/v2/...`), whose errors are `{"error": "<message>"}`.'
             ),
         },
-        "tags": [
-            {"name": "portrait", "description": "Runs of the face pipeline"},
-            {"name": "models", "description": "The servables behind the pipeline and the gallery"},
-            {"name": "operations", "description": "Health and readiness"},
-            *_model_surface_tags(),
-        ],
-        "paths": {
-            **_paths(settings, keyed=keyed, limited=bool(settings.rate_limit)),
-            **_tfserving_paths(keyed=keyed, limited=bool(settings.rate_limit)),
-            **_v2_paths(keyed=keyed, limited=bool(settings.rate_limit)),
-        },
+        "tags": [{"name": name, "description": description} for name, description in TAGS.items()],
+        "paths": builder.paths(),
         "components": {
-            "securitySchemes": _security_schemes(),
-            "schemas": {**_schemas(), **_model_surface_schemas()},
-            "responses": _error_responses(),
+            "securitySchemes": {
+                "bearerKey": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer <key>`"},
+                "apiKeyHeader": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": API_KEY_HEADER,
+                    "description": "The key itself",
+                },
+            },
+            "schemas": builder.schemas,
+            "responses": builder.responses,
             "headers": {
-                "ServerTiming": {
-                    "description": "Milliseconds per pipeline stage, e.g. `decode;dur=3.1, detect;dur=20.4`",
-                    "schema": {"type": "string"},
-                },
-                "RetryAfter": {
-                    "description": "Seconds to wait before trying again",
-                    "schema": {"type": "integer", "minimum": 1},
-                },
-                **_rate_limit_headers(),
-                "WWWAuthenticate": {
-                    "description": f'The scheme to authenticate with: `Bearer realm="{REALM}"`',
-                    "schema": {"type": "string"},
-                },
+                _component_name(name): {"description": description, "schema": schema}
+                for name, (description, schema) in HEADERS.items()
             },
         },
     }
@@ -80,661 +135,248 @@ def document(settings: Settings) -> dict[str, Any]:
     return doc
 
 
-# -- paths -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Documented:
+    """One operation at one path and method."""
+
+    path: str
+    method: str
+    route: Route
+    operation: Operation
+    operation_id: str
 
 
-def _paths(settings: Settings, *, keyed: bool, limited: bool) -> dict[str, Any]:
-    timing = {"Server-Timing": _ref("headers", "ServerTiming")}
-    # What a key and the rate limit add: 401 on the API's guarded operations, 429 on the photo ones.
-    guarded = _errors(401) if keyed else {}
-    photo = guarded | (_errors(429) if limited else {})
-    k = {"k": settings.default_k}
-    return {
-        "/api/v1/search": {
-            "post": {
-                "tags": ["portrait"],
-                "operationId": "search",
-                "summary": "Gallery faces nearest to the face in a photo",
-                "description": (
-                    "Detects the best face, encodes it and returns the k nearest gallery faces, nearest first, "
-                    "each with the URL of its thumbnail."
-                ),
-                "parameters": openapi_parameters(SearchParams, defaults=k),
-                "requestBody": _photo_body(SearchParams),
-                "responses": {
-                    "200": _json_response("The face and its matches", "SearchResult", headers=timing),
-                    **_errors(400, 404, 408, 413, 415, 422, 502, 503, 504),
-                    **photo,
-                },
-            }
-        },
-        "/api/v1/translate": {
-            "post": {
-                "tags": ["portrait"],
-                "operationId": "translate",
-                "summary": "The face in a photo as an anime-style image",
-                "description": (
-                    "A PNG by default; JSON with the PNG in base64 and the face box with `?format=json` or "
-                    "`Accept: application/json`."
-                ),
-                "parameters": openapi_parameters(TranslateParams),
-                "requestBody": _photo_body(TranslateParams),
-                "responses": {
-                    "200": {
-                        "description": "The translated face",
-                        "headers": timing,
-                        "content": {
-                            "image/png": {"schema": _binary()},
-                            "application/json": {"schema": _ref("schemas", "TranslateResult")},
-                        },
+def documented(app: Flask) -> Iterator[Documented]:
+    """Every declared operation of ``app`` at each path and method it is answered at, in the url_map's order.
+
+    An operation answered at several rules (``/v2/models/<model_name>`` and ``.../versions/<model_version>``)
+    keeps its id at the shortest and gets the extra path parameters' names appended at the others.
+    """
+    rules: dict[str, list[Rule]] = {}
+    for rule in app.url_map.iter_rules():
+        rules.setdefault(rule.endpoint, []).append(rule)
+    seen: set[tuple[str, str]] = set()
+    for endpoint, endpoint_rules in rules.items():
+        route = route_of(app.view_functions.get(endpoint))
+        if route is None:
+            continue
+        endpoint_rules.sort(key=lambda rule: (len(rule.arguments), rule.rule))
+        for operation in route.operations:
+            first: set[str] | None = None
+            for rule in endpoint_rules:
+                path = operation.path or path_template(rule)
+                arguments = set(re.findall(r"{(\w+)}", path))
+                first = arguments if first is None else first
+                operation_id = operation.operation_id + "".join(
+                    part.title() for name in sorted(arguments - first) for part in name.split("_")
+                )
+                for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+                    if (path, method) not in seen:
+                        seen.add((path, method))
+                        yield Documented(path, method.lower(), route, operation, operation_id)
+
+
+def path_template(rule: Rule) -> str:
+    """A rule as an OpenAPI path: ``/gallery/<path:name>.jpg`` -> ``/gallery/{name}.jpg``, no trailing slash."""
+    path = re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"{\1}", rule.rule)
+    return path.rstrip("/") or "/"
+
+
+class _Builder:
+    """The paths and the components they refer to."""
+
+    def __init__(self, settings: Settings, *, keyed: bool, limited: bool, found: list[Documented]) -> None:
+        self.settings = settings
+        self.keyed = keyed
+        self.limited = limited
+        self.found = found
+        self.responses: dict[str, Any] = {}
+        models = {Error}
+        for item in found:
+            operation = item.operation
+            if operation.error_model is not None:
+                models.add(operation.error_model)
+            if isinstance(operation.body, JsonBody):
+                models.add(operation.body.model)
+            for answer in operation.answers.values():
+                models.update(_models_of(answer))
+        ordered = sorted(models, key=lambda model: model.__name__)
+        refs, top = models_json_schema(
+            [(model, "validation") for model in ordered], ref_template="#/components/schemas/{model}"
+        )
+        self.refs = {model: refs[(model, "validation")] for model in ordered}
+        self.schemas = {name: openapi_30(schema) for name, schema in sorted(top.get("$defs", {}).items())}
+
+    def paths(self) -> dict[str, Any]:
+        paths: dict[str, Any] = {}
+        for item in self.found:
+            paths.setdefault(item.path, {})[item.method] = self.operation(item)
+        return paths
+
+    def operation(self, item: Documented) -> dict[str, Any]:
+        operation, route = item.operation, item.route
+        body: dict[str, Any] = {"tags": list(operation.tags), "operationId": item.operation_id}
+        body["summary"] = operation.summary
+        if operation.description:
+            body["description"] = operation.description
+        parameters = self.parameters(item)
+        if parameters:
+            body["parameters"] = parameters
+        if operation.body is not None:
+            body["requestBody"] = self.request_body(operation)
+        statuses = set(operation.errors)
+        if route.needs_key and self.keyed:
+            statuses.add(401)
+        if route.rate_limited and self.limited:
+            statuses.add(429)
+        responses = {str(status): self.answer(answer) for status, answer in sorted(operation.answers.items())}
+        for status in sorted(statuses):
+            responses.setdefault(str(status), self.error(status, operation.error_model))
+        body["responses"] = responses
+        if not route.needs_key:
+            body["security"] = []
+        if route.runs_models:
+            body["x-runs-models"] = True
+        return body
+
+    def parameters(self, item: Documented) -> list[dict[str, Any]]:
+        operation = item.operation
+        in_path = re.findall(r"{(\w+)}", item.path)
+        parameters = []
+        if in_path:
+            if operation.path_params is None:
+                raise ValueError(f"{item.path}: declare its path parameters ({', '.join(in_path)})")
+            declared = {p["name"]: p for p in openapi_parameters(operation.path_params, where="path")}
+            parameters += [declared[name] for name in in_path]  # KeyError: a path parameter not declared
+        if operation.query is not None:
+            parameters += openapi_parameters(operation.query, defaults={"k": self.settings.default_k})
+        if operation.headers is not None:
+            parameters += openapi_parameters(operation.headers, where="header")
+        return parameters
+
+    def request_body(self, operation: Operation) -> dict[str, Any]:
+        if isinstance(operation.body, Photo):
+            form = openapi_form_fields(operation.query) if operation.query is not None else {}
+            content: dict[str, Any] = {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"image_file": {**_BINARY, "description": "The photo: exactly one file"}, **form},
+                        "required": ["image_file"],
                     },
-                    **_errors(400, 404, 408, 413, 415, 422, 502, 503, 504),
-                    **photo,
-                },
-            }
-        },
-        "/api/v1/detect": {
-            "post": {
-                "tags": ["portrait"],
-                "operationId": "detect",
-                "summary": "Every face in a photo",
-                "description": "Faces above the detector threshold, best first; none is an empty list, not an error.",
-                "parameters": openapi_parameters(DetectParams),
-                "requestBody": _photo_body(DetectParams),
-                "responses": {
-                    "200": _json_response("The faces found", "DetectResult", headers=timing),
-                    **_errors(400, 404, 408, 413, 415, 502, 503, 504),
-                    **photo,
-                },
-            }
-        },
-        "/api/v1/models": {
-            "get": {
-                "tags": ["models"],
-                "operationId": "listModels",
-                "summary": "The pipeline's servables, their versions, states and version labels",
-                "description": "A servable the server does not know or cannot answer for carries its error.",
-                "responses": {
-                    "200": _json_response("One entry per servable", "ModelsResult"),
-                    **_errors(400, 503),
-                    **guarded,
-                },
-            }
-        },
-        "/api/v1/gallery/{name}.jpg": {
-            "get": {
-                "tags": ["models"],
-                "operationId": "galleryThumbnail",
-                "summary": "The thumbnail of a gallery face",
-                "description": "`name` is a match's `filename`, as the gallery index lists it.",
-                "parameters": [
-                    {
-                        "name": "name",
-                        "in": "path",
-                        "required": True,
-                        "description": "The face's name in the gallery index, e.g. `lfw/face_000.png`",
-                        "schema": {"type": "string", "minLength": 1},
-                    },
-                    *openapi_parameters(GalleryParams),
-                ],
-                "responses": {
-                    "200": {
-                        "description": "A JPEG thumbnail",
-                        "headers": {"Cache-Control": {"schema": {"type": "string"}}},
-                        "content": {"image/jpeg": {"schema": _binary()}},
-                    },
-                    **_errors(400, 404),
-                },
-                "security": [],  # the browser page shows thumbnails without a key
-            }
-        },
-        "/api/v1/openapi.json": {
-            "get": {
-                "tags": ["operations"],
-                "operationId": "openapi",
-                "summary": "This document",
-                "security": [],
-                "responses": {"200": {"description": "OpenAPI 3.0", "content": {"application/json": {}}}},
-            }
-        },
-        "/healthz": {
-            "get": {
-                "tags": ["operations"],
-                "operationId": "healthz",
-                "summary": "Liveness: the process answers",
-                "security": [],
-                "responses": {"200": _json_response("Alive", "Health")},
-            }
-        },
-        "/readyz": {
-            "get": {
-                "tags": ["operations"],
-                "operationId": "readyz",
-                "summary": "Readiness: every pipeline servable has an AVAILABLE version",
-                "security": [],
-                "responses": {
-                    "200": _json_response("Ready", "Readiness"),
-                    "503": _json_response(
-                        "Not ready; names the servables that are not",
-                        "Readiness",
-                        headers={"Retry-After": _ref("headers", "RetryAfter")},
-                    ),
-                },
-            }
-        },
-    }
-
-
-def _photo_body(params: type[Params]) -> dict[str, Any]:
-    """The photo, as a multipart field (with the endpoint's parameters as form fields if wanted) or as the body."""
-    content: dict[str, Any] = {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "image_file": {**_binary(), "description": "The photo: exactly one file"},
-                    **openapi_form_fields(params),
-                },
-                "required": ["image_file"],
-            },
-            "encoding": {"image_file": {"contentType": ", ".join(IMAGE_TYPES)}},
-        },
-    }
-    for media_type in IMAGE_TYPES:
-        content[media_type] = {"schema": _binary()}
-    return {
-        "required": True,
-        "description": (
-            "A photo: a multipart field `image_file` (the parameters may come as form fields beside it), "
-            "or the image itself as the body"
-        ),
-        "content": content,
-    }
-
-
-_ERRORS = {
-    400: ("BadInput", "The request is malformed: a bad parameter, a missing or empty photo, a corrupt image"),
-    401: ("Unauthorized", "No API key, or one that is not valid"),
-    404: ("NotFound", "An unknown servable version or label (or gallery face)"),
-    408: ("RequestTimeout", "The photo did not arrive within the upload deadline (GATEWAY_UPLOAD_TIMEOUT)"),
-    413: ("PayloadTooLarge", "The body or the image's pixel count is over the limit"),
-    415: ("UnsupportedMediaType", "Not a JPEG, PNG, WebP or BMP image"),
-    422: ("NoFace", "No face was found in the photo"),
-    429: ("RateLimited", "This client sent more photos than its rate limit allows; wait Retry-After seconds"),
-    502: ("ModelFailure", "A model failed"),
-    503: ("ServingUnavailable", "The model server cannot be reached or is overloaded"),
-    504: ("DeadlineExceeded", "A model call ran past its deadline"),
-}
-
-
-def _error_responses() -> dict[str, Any]:
-    responses = {}
-    headers: dict[int, dict[str, Any]] = {
-        401: {"WWW-Authenticate": _ref("headers", "WWWAuthenticate")},
-        429: {"Retry-After": _ref("headers", "RetryAfter")}
-        | {name: _ref("headers", name.replace("-", "")) for name in _rate_limit_headers_names()},
-        503: {"Retry-After": _ref("headers", "RetryAfter")},
-    }
-    for status, (name, description) in _ERRORS.items():
-        responses[name] = _json_response(description, "Error", headers=headers.get(status))
-    return responses
-
-
-def _rate_limit_headers_names() -> tuple[str, ...]:
-    return ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
-
-
-def _rate_limit_headers() -> dict[str, Any]:
-    descriptions = (
-        "Requests this client may make to the photo endpoints in the current window",
-        "Requests left in the current window",
-        "When the current window ends, in seconds since the epoch",
-    )
-    return {
-        name.replace("-", ""): {"description": description, "schema": {"type": "integer", "minimum": 0}}
-        for name, description in zip(_rate_limit_headers_names(), descriptions, strict=True)
-    }
-
-
-def _security_schemes() -> dict[str, Any]:
-    """How to present an API key, when the gateway is configured with keys (the document's ``security`` says so)."""
-    return {
-        "bearerKey": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer <key>`"},
-        "apiKeyHeader": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER, "description": "The key itself"},
-    }
-
-
-def _errors(*statuses: int) -> dict[str, Any]:
-    return {str(status): _ref("responses", _ERRORS[status][0]) for status in statuses}
-
-
-def _schemas() -> dict[str, Any]:
-    number = {"type": "number"}
-    timings = {
-        "type": "object",
-        "description": "Milliseconds per pipeline stage",
-        "additionalProperties": number,
-    }
-    return {
-        "Error": _object(
-            error=_object(
-                code={"type": "string", "example": "no_face"},
-                message={"type": "string"},
-            )
-        ),
-        "Box": _object(
-            ymin=number,
-            xmin=number,
-            ymax=number,
-            xmax=number,
-            description="Normalised to the photo: 0..1 from the top-left corner",
-        ),
-        "Face": _object(
-            box=_ref("schemas", "Box"),
-            score={"type": "number", "minimum": 0, "maximum": 1},
-            optional={
-                "keypoints": {
-                    "type": "array",
-                    "description": "Landmarks in the detector's own order, normalised like the box",
-                    "items": _object(y=number, x=number),
+                    "encoding": {"image_file": {"contentType": ", ".join(IMAGE_TYPES)}},
                 }
-            },
-        ),
-        "Arms": {
-            "type": "object",
-            "description": "The rollout arm (version label or number) that served each stage, when a split is on",
-            "additionalProperties": {"type": "string"},
-        },
-        "ImageSize": _object(width={"type": "integer"}, height={"type": "integer"}),
-        "Match": _object(
-            index={"type": "integer", "description": "Position in the gallery"},
-            filename={"type": "string", "description": "The gallery face's name in the index"},
-            distance={"type": "number", "description": "The search servable's distance (the demo's: squared L2)"},
-            thumbnail_url={"type": "string", "description": "URL of the thumbnail JPEG"},
-        ),
-        "Timings": timings,
-        "PortraitResult": _object(
-            face=_ref("schemas", "Face"),
-            faces={"type": "array", "items": _ref("schemas", "Face")},
-            image=_ref("schemas", "ImageSize"),
-            timings_ms=_ref("schemas", "Timings"),
-            optional={"crop_jpeg_base64": {"type": "string", "format": "byte"}, "arms": _ref("schemas", "Arms")},
-        ),
-        "SearchResult": {
-            "allOf": [
-                _ref("schemas", "PortraitResult"),
-                _object(
-                    matches={"type": "array", "items": _ref("schemas", "Match")},
-                    gallery_version={"type": "integer"},
-                ),
-            ]
-        },
-        "TranslateResult": {
-            "allOf": [
-                _ref("schemas", "PortraitResult"),
-                _object(anime_png_base64={"type": "string", "format": "byte"}),
-            ]
-        },
-        "DetectResult": _object(
-            faces={"type": "array", "items": _ref("schemas", "Face")},
-            image=_ref("schemas", "ImageSize"),
-            timings_ms=_ref("schemas", "Timings"),
-            optional={"arms": _ref("schemas", "Arms")},
-        ),
-        "VersionStatus": _object(
-            version={"type": "integer"},
-            state={"type": "string", "enum": ["START", "LOADING", "AVAILABLE", "UNLOADING", "END"]},
-            labels={"type": "array", "items": {"type": "string"}},
-            optional={"error": _ref("schemas", "ErrorDetail")},
-        ),
-        "ErrorDetail": _object(code={"type": "string"}, message={"type": "string"}),
-        "Servable": _object(
-            name={"type": "string"},
-            labels={"type": "object", "additionalProperties": {"type": "integer"}},
-            optional={
-                "versions": {"type": "array", "items": _ref("schemas", "VersionStatus")},
-                "error": _ref("schemas", "ErrorDetail"),
-            },
-        ),
-        "ModelsResult": _object(servables={"type": "array", "items": _ref("schemas", "Servable")}),
-        "Health": _object(status={"type": "string", "enum": ["ok"]}),
-        "Readiness": _object(
-            status={"type": "string", "enum": ["ready", "unavailable"]},
-            optional={
-                "servables": {
-                    "type": "object",
-                    "additionalProperties": _object(
-                        available={"type": "boolean"},
-                        optional={
-                            "versions": {"type": "array", "items": {"type": "integer"}},
-                            "error": {"type": "string"},
-                        },
-                    ),
-                },
-                "error": {"type": "string"},
-            },
-        ),
-    }
+            }
+            description = "A photo: a multipart field `image_file` (the parameters may come as form fields beside it)"
+            if operation.body.raw:
+                content.update({media_type: {"schema": _BINARY} for media_type in IMAGE_TYPES})
+                description += ", or the image itself as the body"
+            return {"required": True, "description": description, "content": content}
+        assert isinstance(operation.body, JsonBody)
+        content = {"application/json": {"schema": self.refs[operation.body.model]}}
+        if operation.body.binary:
+            content["application/octet-stream"] = {"schema": _BINARY}
+        return {"required": True, "content": content}
+
+    def answer(self, answer: Answer) -> dict[str, Any]:
+        content: dict[str, Any] = {}
+        models = _models_of(answer)
+        if models:
+            refs = [self.refs[model] for model in models]
+            content["application/json"] = {"schema": refs[0] if len(refs) == 1 else {"oneOf": refs}}
+        for media_type in answer.media_types:
+            content[media_type] = {} if media_type == "application/json" else {"schema": _BINARY}
+        return _response(answer.description, content, answer.headers)
+
+    def error(self, status: int, model: type[BaseModel] | None) -> dict[str, Any]:
+        """The gateway's own errors are components, referred to; a protocol's are written in place."""
+        name, description = ERRORS[status]
+        content = {"application/json": {"schema": self.refs[model or Error]}}
+        response = _response(description, content, _ERROR_HEADERS.get(status, ()))
+        if model is not None:
+            return response
+        self.responses[name] = response
+        return {"$ref": f"#/components/responses/{name}"}
 
 
-# -- small builders --------------------------------------------------------------------------------
+def _models_of(answer: Answer) -> tuple[type[BaseModel], ...]:
+    if answer.model is None:
+        return ()
+    return answer.model if isinstance(answer.model, tuple) else (answer.model,)
 
 
-def _ref(section: str, name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/{section}/{name}"}
-
-
-def _object(description: str | None = None, optional: dict[str, Any] | None = None, **required: Any) -> dict[str, Any]:
-    schema: dict[str, Any] = {
-        "type": "object",
-        "required": list(required),
-        "properties": {**required, **(optional or {})},
-    }
-    if description:
-        schema["description"] = description
-    return schema
-
-
-def _binary() -> dict[str, str]:
-    return {"type": "string", "format": "binary"}
-
-
-def _json_response(description: str, schema: str, *, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    response: dict[str, Any] = {
-        "description": description,
-        "content": {"application/json": {"schema": _ref("schemas", schema)}},
-    }
+def _response(description: str, content: dict[str, Any], headers: tuple[str, ...]) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description}
     if headers:
-        response["headers"] = headers
+        response["headers"] = {name: {"$ref": f"#/components/headers/{_component_name(name)}"} for name in headers}
+    if content:
+        response["content"] = content
     return response
 
 
-# -- the model surfaces: TF Serving's REST API (/v1) and the Open Inference Protocol (/v2) -----------------------
-
-# What either surface may answer besides 200; TF Serving's REST API maps gRPC codes onto more of them.
-_SURFACE_ERRORS = {
-    400: "The request is malformed, or the model refused its inputs",
-    401: "No API key, or one that is not valid",
-    404: "An unknown model, version, label or signature",
-    405: "Another method is answered at this path",
-    408: "The body did not arrive within the upload deadline (GATEWAY_UPLOAD_TIMEOUT)",
-    413: "The body is over the size limit (GATEWAY_MAX_UPLOAD_BYTES)",
-    429: "This client sent more requests than its rate limit allows (or the model server is overloaded)",
-    500: "The model failed (TF Serving: INTERNAL, UNKNOWN or DATA_LOSS)",
-    501: "Not implemented (TF Serving: UNIMPLEMENTED, e.g. a JSON value for a dtype JSON has no mapping for)",
-    502: "The model failed",
-    503: "The model server cannot be reached, or the gateway's backend did not start",
-    504: "The model call ran past its deadline",
-}
+def _component_name(header: str) -> str:
+    return header.replace("-", "")
 
 
-def _model_surface_tags() -> list[dict[str, str]]:
-    return [
-        {
-            "name": "tfserving",
-            "description": (
-                "TensorFlow Serving's REST API (api_rest.md), for every servable of serving_models.config, as "
-                "tensorflow_model_server 2.20 answers it: its JSON, its status codes, its messages"
-            ),
-        },
-        {"name": "inference-v2", "description": "The Open Inference Protocol (KServe v2), for every servable"},
-    ]
+# -- JSON Schema (pydantic's, 2020-12) as OpenAPI 3.0 takes it -------------------------------------------
+
+_SCHEMA_MAPS = ("properties", "$defs", "patternProperties")  # name -> schema
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SCHEMA_VALUES = ("items", "additionalProperties", "not")
+_NULL = {"type": "null"}
 
 
-def _surface_errors(*statuses: int) -> dict[str, Any]:
-    return {
-        str(status): _json_response(
-            _SURFACE_ERRORS[status],
-            "ProtocolError",
-            headers={
-                401: {"WWW-Authenticate": _ref("headers", "WWWAuthenticate")},
-                429: {"Retry-After": _ref("headers", "RetryAfter")},
-                503: {"Retry-After": _ref("headers", "RetryAfter")},
-            }.get(status),
-        )
-        for status in statuses
-    }
-
-
-def _path_parameter(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "description": description, "schema": schema}
-
-
-_MODEL_NAME = _path_parameter(
-    "model_name", "A servable of serving_models.config", {"type": "string", "minLength": 1, "pattern": "^[^/:]+$"}
-)
-_VERSION = _path_parameter("version", "A version number", {"type": "integer", "minimum": 0, "format": "int64"})
-_LABEL = _path_parameter("label", "A version label", {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"})
-
-
-def _tfserving_paths(*, keyed: bool, limited: bool) -> dict[str, Any]:
-    guarded = (401,) if keyed else ()
-    reads = _surface_errors(400, 404, 500, 503, 504, *guarded)
-    runs = _surface_errors(400, 404, 408, 413, 500, 501, 503, 504, *guarded, *((429,) if limited else ()))
-    pins = {"": [], "/versions/{version}": [_VERSION], "/labels/{label}": [_LABEL]}
-    verbs = {
-        "predict": (
-            "Predict",
-            "PredictRequest",
-            "PredictResponse",
-            "Runs a signature on tensors given as rows or columns",
-        ),
-        "classify": ("Classify", "ExamplesRequest", "ClassifyResponse", "Classifies tf.Examples"),
-        "regress": ("Regress", "ExamplesRequest", "RegressResponse", "Regresses tf.Examples"),
-    }
-    paths: dict[str, Any] = {}
-    for pin, parameters in pins.items():
-        suffix = pin.replace("/", "_").replace("{", "").replace("}", "")
-        base = f"/v1/models/{{model_name}}{pin}"
-        paths[base] = {
-            "get": {
-                "tags": ["tfserving"],
-                "operationId": f"tfservingStatus{suffix}",
-                "summary": "The versions and their states (GetModelStatus); a label is ignored, as TF Serving does",
-                "parameters": [_MODEL_NAME, *parameters],
-                "responses": {"200": _json_response("GetModelStatusResponse as JSON", "TfsModelStatus"), **reads},
-            }
-        }
-        paths[f"{base}/metadata"] = {
-            "get": {
-                "tags": ["tfserving"],
-                "operationId": f"tfservingMetadata{suffix}",
-                "summary": "The model's signatures (GetModelMetadata)",
-                "parameters": [_MODEL_NAME, *parameters],
-                "responses": {"200": _json_response("GetModelMetadataResponse as JSON", "TfsModelMetadata"), **reads},
-            }
-        }
-        for verb, (title, request, response, summary) in verbs.items():
-            paths[f"{base}:{verb}"] = {
-                "post": {
-                    "tags": ["tfserving"],
-                    "operationId": f"tfserving{title}{suffix}",
-                    "summary": summary,
-                    "parameters": [_MODEL_NAME, *parameters],
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": _ref("schemas", request)}},
-                    },
-                    "responses": {"200": _json_response(f"{title} result", response), **runs},
-                }
-            }
-    return paths
-
-
-def _v2_paths(*, keyed: bool, limited: bool) -> dict[str, Any]:
-    guarded = (401,) if keyed else ()
-    reads = _surface_errors(400, 404, 405, 500, 502, 503, 504, *guarded)
-    runs = _surface_errors(400, 404, 405, 408, 413, 500, 502, 503, 504, *guarded, *((429,) if limited else ()))
-    version = _path_parameter(
-        "model_version", "A version number, or a version label", {"type": "string", "minLength": 1}
-    )
-    open_get = {"security": []}
-    paths: dict[str, Any] = {
-        "/v2": {
-            "get": {
-                "tags": ["inference-v2"],
-                "operationId": "v2ServerMetadata",
-                "summary": "Server metadata",
-                "responses": {"200": _json_response("The server", "V2ServerMetadata"), **reads},
-            }
-        },
-        "/v2/health/live": {
-            "get": {
-                "tags": ["inference-v2"],
-                "operationId": "v2Live",
-                "summary": "Server live",
-                **open_get,
-                "responses": {"200": _json_response("Alive", "V2Health")},
-            }
-        },
-        "/v2/health/ready": {
-            "get": {
-                "tags": ["inference-v2"],
-                "operationId": "v2Ready",
-                "summary": "Server ready: every servable of serving_models.config has an AVAILABLE version",
-                **open_get,
-                "responses": {
-                    "200": _json_response("Ready", "V2Health"),
-                    "503": _json_response(
-                        "Not ready", "V2Health", headers={"Retry-After": _ref("headers", "RetryAfter")}
-                    ),
-                },
-            }
-        },
-    }
-    for pin, parameters in {"": [], "/versions/{model_version}": [version]}.items():
-        suffix = "Version" if pin else ""
-        base = f"/v2/models/{{model_name}}{pin}"
-        paths[base] = {
-            "get": {
-                "tags": ["inference-v2"],
-                "operationId": f"v2ModelMetadata{suffix}",
-                "summary": "Model metadata: the serving_default signature's tensors, the AVAILABLE versions",
-                "parameters": [_MODEL_NAME, *parameters],
-                "responses": {"200": _json_response("The model", "V2ModelMetadata"), **reads},
-            }
-        }
-        paths[f"{base}/ready"] = {
-            "get": {
-                "tags": ["inference-v2"],
-                "operationId": f"v2ModelReady{suffix}",
-                "summary": "Model ready",
-                "parameters": [_MODEL_NAME, *parameters],
-                "responses": {
-                    "200": _json_response("Ready", "V2ModelReady"),
-                    **reads,
-                    "503": _json_response("Not ready, or the model server cannot be reached", "V2ModelReadyOrError"),
-                },
-            }
-        }
-        paths[f"{base}/infer"] = {
-            "post": {
-                "tags": ["inference-v2"],
-                "operationId": f"v2Infer{suffix}",
-                "summary": "Inference: typed tensors through Predict",
-                "parameters": [_MODEL_NAME, *parameters],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": _ref("schemas", "InferenceRequest")}},
-                },
-                "responses": {"200": _json_response("The outputs", "V2InferenceResponse"), **runs},
-            }
-        }
-    return paths
-
-
-def _model_surface_schemas() -> dict[str, Any]:
-    from app.serving.v2_tensors import InferenceRequest
-
-    anything: dict[str, Any] = {}
-    string, integer = {"type": "string"}, {"type": "integer"}
-    v2_tensor = _object(name=string, datatype=string, shape={"type": "array", "items": integer})
-    request = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    schemas = {name: _openapi_30(schema) for name, schema in request.pop("$defs", {}).items()}
-    schemas["InferenceRequest"] = _openapi_30(request)
-    signature = {"type": "string", "description": "The signature to run; default serving_default"}
-    return {
-        **schemas,
-        "ProtocolError": _object(error={"type": "string", "description": "What went wrong, in the server's words"}),
-        "PredictRequest": {
-            "type": "object",
-            "description": 'Exactly one of `instances` (rows) and `inputs` (columns); binary strings as {"b64": ...}',
-            "properties": {"signature_name": signature, "instances": {"type": "array"}, "inputs": anything},
-        },
-        "PredictResponse": {
-            "type": "object",
-            "description": "`predictions` for a request in rows, `outputs` for one in columns",
-            "properties": {"predictions": {"type": "array"}, "outputs": anything},
-        },
-        "ExamplesRequest": {
-            "type": "object",
-            "required": ["examples"],
-            "properties": {
-                "signature_name": signature,
-                "context": {"type": "object", "description": "Features every example shares"},
-                "examples": {"type": "array", "items": {"type": "object"}},
-            },
-        },
-        "ClassifyResponse": _object(
-            results={"type": "array", "description": "Per example, [label, score] per class", "items": anything}
-        ),
-        "RegressResponse": _object(results={"type": "array", "items": {"type": "number"}}),
-        "TfsModelStatus": _object(
-            model_version_status={
-                "type": "array",
-                "items": _object(
-                    version=string,
-                    state={"type": "string", "enum": ["UNKNOWN", "START", "LOADING", "AVAILABLE", "UNLOADING", "END"]},
-                    status=_object(error_code=string, error_message=string),
-                ),
-            }
-        ),
-        "TfsModelMetadata": _object(
-            model_spec=_object(name=string, signature_name=string, optional={"version": string}),
-            metadata=_object(signature_def={"type": "object"}),
-        ),
-        "V2ServerMetadata": _object(name=string, version=string, extensions={"type": "array", "items": string}),
-        "V2Health": _object(live={"type": "boolean"}, optional={"ready": {"type": "boolean"}}),
-        "V2ModelReady": _object(name=string, ready={"type": "boolean"}),
-        "V2ModelReadyOrError": {"oneOf": [_ref("schemas", "V2ModelReady"), _ref("schemas", "ProtocolError")]},
-        "V2ModelMetadata": _object(
-            name=string,
-            versions={"type": "array", "items": string},
-            platform=string,
-            inputs={"type": "array", "items": v2_tensor},
-            outputs={"type": "array", "items": v2_tensor},
-        ),
-        "V2InferenceResponse": _object(
-            model_name=string,
-            outputs={
-                "type": "array",
-                "items": _object(
-                    name=string,
-                    datatype=string,
-                    shape={"type": "array", "items": integer},
-                    data={"type": "array"},
-                    optional={"parameters": {"type": "object"}},
-                ),
-            },
-            optional={"model_version": string, "id": string},
-        ),
-    }
-
-
-def _openapi_30(schema: Any) -> Any:
-    """A pydantic JSON schema (2020-12) as OpenAPI 3.0 takes it: ``anyOf [X, null]`` becomes ``X`` nullable."""
-    if isinstance(schema, list):
-        return [_openapi_30(item) for item in schema]
+def openapi_30(schema: Any) -> Any:
+    """A pydantic JSON schema as OpenAPI 3.0 takes it: no titles; an optional key (one left out when it has no
+    value) is not nullable; ``anyOf [X, null]`` is X nullable; ``const`` an enum; ``examples`` one example;
+    a ``$ref`` with siblings inside ``allOf``."""
     if not isinstance(schema, dict):
         return schema
-    schema = {key: _openapi_30(value) for key, value in schema.items() if key != "title"}
+    schema = dict(schema)
+    schema.pop("title", None)
+    if "properties" in schema:
+        required = set(schema.get("required", ()))
+        schema["properties"] = {
+            name: value if name in required else _absent_when_none(value)
+            for name, value in schema["properties"].items()
+        }
+    for key in _SCHEMA_MAPS:
+        if key in schema:
+            schema[key] = {name: openapi_30(value) for name, value in schema[key].items()}
+    for key in _SCHEMA_LISTS:
+        if key in schema:
+            schema[key] = [openapi_30(value) for value in schema[key]]
+    for key in _SCHEMA_VALUES:
+        if isinstance(schema.get(key), dict):
+            schema[key] = openapi_30(schema[key])
+    if "const" in schema:
+        schema["enum"] = [schema.pop("const")]
+    if "examples" in schema:
+        schema["example"] = schema.pop("examples")[0]
     options = schema.get("anyOf")
-    if options and {"type": "null"} in options:
-        rest = [option for option in options if option != {"type": "null"}]
+    if options and _NULL in options:
+        rest = [option for option in options if option != _NULL]
         schema.pop("anyOf")
         if len(rest) == 1 and "$ref" not in rest[0]:
             schema.update(rest[0])
-        else:
-            schema["anyOf"] = rest
-        schema["nullable"] = True
+            schema["nullable"] = True
+        else:  # 3.0 cannot make a $ref nullable: null is one more branch
+            schema["anyOf"] = [*rest, {"nullable": True, "enum": [None]}]
+    if "$ref" in schema and len(schema) > 1:  # 3.0 ignores a $ref's siblings
+        schema = {"allOf": [{"$ref": schema.pop("$ref")}], **schema}
+    return schema
+
+
+def _absent_when_none(schema: dict[str, Any]) -> dict[str, Any]:
+    """A key that is left out when it has no value: no null branch, no null default."""
+    schema = dict(schema)
+    if schema.get("default", 0) is None:
+        schema.pop("default")
+        options = schema.pop("anyOf", None)
+        if options is not None:
+            rest = [option for option in options if option != _NULL]
+            if len(rest) == 1:
+                schema.update(rest[0])
+            else:
+                schema["anyOf"] = rest
     return schema

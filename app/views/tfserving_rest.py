@@ -15,7 +15,8 @@ NOT_FOUND 404, UNAVAILABLE 503, DEADLINE_EXCEEDED 504, INTERNAL 500 ...) and the
 
 The embedded backend runs them in its runtime; the gRPC backend sends TF Serving GetModelStatus,
 GetModelMetadata, Predict, Classify and Regress (a predict request is typed by the backend's cached
-metadata: no GetModelMetadata per request). The codec is ``app.serving.json_tensors``.
+metadata: no GetModelMetadata per request). The codec is ``app.protocols``' tfserving_reader (the body),
+tfserving_requests (its tensors or examples) and tfserving_answers (the JSON out).
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ from flask import Blueprint, Response, request
 from google.protobuf import json_format
 
 from app.errors import GatewayError, ServingStatus
-from app.extensions import serving
-from app.security import html_safe
-from app.serving import json_tensors
-from app.serving.base import DEFAULT_SIGNATURE, Backend, ModelRef, VersionStatus
+from app.protocols.json_text import html_safe
+from app.protocols.tfserving_answers import classification_json, predict_response, regression_json
+from app.protocols.tfserving_reader import parse
+from app.protocols.tfserving_requests import examples_input, predict_request
+from app.serving.base import DEFAULT_SIGNATURE, Backend, ModelRef, VersionStatus, is_label
 from app.serving.protos.tensorflow_serving.apis import get_model_status_pb2, status_pb2
+from app.views import answers
 from app.views.model_apis import (
     ProtocolError,
     SignatureNotFound,
@@ -45,6 +48,9 @@ from app.views.model_apis import (
     signature_defs,
     signature_tensors,
 )
+from app.views.params import TfsModelPath
+from app.web.extensions import serving
+from app.web.operations import Answer, JsonBody, Operation, declare
 
 bp = Blueprint("tfserving_rest", __name__)
 protocol_surface(bp)
@@ -57,7 +63,6 @@ STATUS_PATH = re.compile(
     rb"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:\/(metadata))?", re.IGNORECASE
 )
 _INT64_MAX = 2**63 - 1
-_LABEL = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # what a label can be at all (ModelRef's rule)
 
 # ToHTTPStatusCode (http_server.cc).
 HTTP_STATUS = {
@@ -83,8 +88,90 @@ _STATE = get_model_status_pb2.ModelVersionStatus.State
 _ERROR_CODE = status_pb2.StatusProto.DESCRIPTOR.fields_by_name["error_code"].enum_type
 
 
-# Every path under /v1/ comes here, as it goes to TF Serving's handler; the view reads the path as TF Serving does.
-def handle(path: str = "") -> Response:
+# -- the routes: every path under /v1/ comes here, as it goes to TF Serving's handler ----------------------------
+
+_TAGS = ("tfserving",)
+# What the surface answers besides 200 (ToHTTPStatusCode of the gRPC codes): reading a model, and running one.
+_READS = (400, 404, 500, 503, 504)
+_RUNS = (400, 404, 408, 413, 500, 501, 503, 504)
+_PINS = (("", ""), ("/versions/{version}", "Version"), ("/labels/{label}", "Label"))
+_VERBS = (
+    (
+        "predict",
+        answers.PredictRequest,
+        answers.PredictResponse,
+        "Runs a signature on tensors given as rows or columns",
+    ),
+    ("classify", answers.ExamplesRequest, answers.ClassifyResponse, "Classifies tf.Examples"),
+    ("regress", answers.ExamplesRequest, answers.RegressResponse, "Regresses tf.Examples"),
+)
+
+
+def _surface_operation(operation_id: str, path: str, summary: str, **details: object) -> Operation:
+    return Operation(
+        operation_id, summary, tags=_TAGS, path=path, path_params=TfsModelPath, error_model=answers.ProtocolError,
+        **details,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def _reads() -> tuple[Operation, ...]:
+    """The paths GET answers: a model's status and its metadata, by name, version or label."""
+    operations = []
+    for pin, suffix in _PINS:
+        base = f"/v1/models/{{model_name}}{pin}"
+        operations += [
+            _surface_operation(
+                f"tfservingStatus{suffix}",
+                base,
+                "The versions and their states (GetModelStatus); a label is ignored, as TF Serving does",
+                answers={200: Answer("GetModelStatusResponse as JSON", answers.TfsModelStatus)},
+                errors=_READS,
+            ),
+            _surface_operation(
+                f"tfservingMetadata{suffix}",
+                f"{base}/metadata",
+                "The model's signatures (GetModelMetadata)",
+                answers={200: Answer("GetModelMetadataResponse as JSON", answers.TfsModelMetadata)},
+                errors=_READS,
+            ),
+        ]
+    return tuple(operations)
+
+
+def _runs() -> tuple[Operation, ...]:
+    """The paths POST answers: predict, classify and regress, by name, version or label."""
+    return tuple(
+        _surface_operation(
+            f"tfserving{verb.title()}{suffix}",
+            f"/v1/models/{{model_name}}{pin}:{verb}",
+            summary,
+            body=JsonBody(request_model),
+            answers={200: Answer(f"{verb.title()} result", response_model)},
+            errors=_RUNS,
+        )
+        for pin, suffix in _PINS
+        for verb, request_model, response_model, summary in _VERBS
+    )
+
+
+@declare(*_reads(), needs_key=True)
+def read(path: str = "") -> Response:
+    """GET: a model's status or metadata (TF Serving's patterns read the path; anything else is malformed)."""
+    return _handle()
+
+
+@declare(*_runs(), needs_key=True, rate_limited=True, runs_models=True)
+def run(path: str = "") -> Response:
+    """POST: predict, classify or regress."""
+    return _handle()
+
+
+@declare(needs_key=True)  # a CORS preflight, or "Malformed request"
+def other(path: str = "") -> Response:
+    return _handle()
+
+
+def _handle() -> Response:
     try:
         return _process(request.method, _raw_path())
     except ServingStatus as exc:
@@ -95,17 +182,18 @@ def handle(path: str = "") -> Response:
         raise gateway_error(exc) from exc
 
 
-for _endpoint, _methods in (("read", ["GET"]), ("run", ["POST"]), ("other", ["PUT", "DELETE", "PATCH", "OPTIONS"])):
-    # "run" is the one that runs models: app.security counts it in the rate limit.
+for _view, _methods in ((read, ["GET"]), (run, ["POST"]), (other, ["PUT", "DELETE", "PATCH", "OPTIONS"])):
     for _rule in ("/v1/", "/v1/<everything:path>"):
         bp.add_url_rule(
-            _rule, _endpoint, handle, methods=_methods,
+            _rule, _view.__name__, _view, methods=_methods,
             merge_slashes=False, strict_slashes=False, provide_automatic_options=False,
         )  # fmt: skip
 
 
 def status_error(code: grpc.StatusCode, message: str, *, retry_after: float | None = None) -> ProtocolError:
-    return ProtocolError(HTTP_STATUS.get(code, 500), message, retry_after=retry_after)
+    error = ProtocolError(HTTP_STATUS.get(code, 500), message, retry_after=retry_after)
+    error.serving_status = ServingStatus(code, message)  # the status it stands for (the model server counts them)
+    return error
 
 
 def gateway_error(error: GatewayError) -> ProtocolError:
@@ -175,15 +263,28 @@ def _backend() -> Backend:
 
 
 def _ref(name: str, version: int | None, label: str | None, signature: str = "") -> ModelRef:
-    if label is not None and not _LABEL.match(label):
+    if label is not None and not is_label(label):
         # No model config can give such a label, so no server knows it.
         raise status_error(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {label}")
     return ModelRef(name, version, label, signature or DEFAULT_SIGNATURE)
 
 
+def predict_text(name: str, version: int | None, label: str | None, body: bytes) -> str:
+    """A TF Serving REST predict body answered as TF Serving's REST API answers it (its JSON text), its failures as
+    the REST API's ProtocolError (the Seldon surface passes ``jsonData`` through this)."""
+    try:
+        return _predict(name, version, label, body)
+    except ServingStatus as exc:
+        raise status_error(exc.status, exc.message) from exc
+    except ProtocolError:
+        raise
+    except GatewayError as exc:
+        raise gateway_error(exc) from exc
+
+
 def _predict(name: str, version: int | None, label: str | None, body: bytes) -> str:
     """ProcessPredictRequest: the JSON read against the signature's inputs (GetInfoMap), Predict, the JSON out."""
-    doc = json_tensors.parse(body)
+    doc = parse(body)
 
     def input_types(signature: str) -> Mapping[str, int]:
         key = signature or DEFAULT_SIGNATURE
@@ -194,21 +295,21 @@ def _predict(name: str, version: int | None, label: str | None, body: bytes) -> 
                 grpc.StatusCode.INVALID_ARGUMENT, f'Serving signature name: "{key}" not found in signature def'
             ) from None
 
-    parsed = json_tensors.predict_request(doc, input_types)
+    parsed = predict_request(doc, input_types)
     outputs = _backend().predict(_ref(name, version, label, parsed.signature_name), parsed.inputs)
-    return json_tensors.predict_response(outputs, parsed.format)
+    return predict_response(outputs, parsed.format)
 
 
 def _classify(name: str, version: int | None, label: str | None, body: bytes) -> str:
-    signature, examples = json_tensors.examples_input(json_tensors.parse(body))
+    signature, examples = examples_input(parse(body))
     response = _backend().classify(_ref(name, version, label, signature), examples)
-    return json_tensors.classification_json(response.result)
+    return classification_json(response.result)
 
 
 def _regress(name: str, version: int | None, label: str | None, body: bytes) -> str:
-    signature, examples = json_tensors.examples_input(json_tensors.parse(body))
+    signature, examples = examples_input(parse(body))
     response = _backend().regress(_ref(name, version, label, signature), examples)
-    return json_tensors.regression_json(response.result)
+    return regression_json(response.result)
 
 
 def _status(name: str, version: int | None) -> str:

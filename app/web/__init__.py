@@ -1,0 +1,1 @@
+"""What every HTTP surface shares, below the views: the serving extension, security, metrics, error rendering."""
