@@ -201,17 +201,19 @@ def _write_shard(
             training = ivf.train_ivf(faces.descriptors.reshape(len(faces), -1), lists=choice.lists)
         advice = ivf.training_advice(training, faces.descriptors.reshape(len(faces), -1))
         extra[f"gallery/{IVF_TRAINING_FILE}"] = training.to_bytes()
-        probes = ivf.export_ivf_search_model(
+        # The manifest is written with the export's extra files, so it must say the lists and probes before.
+        probes = choice.probes or ivf.default_probes(training.lists)
+        manifest.search.update({"lists": training.lists, "probes": probes})
+        ivf.export_ivf_search_model(
             target,
             faces.descriptors,
             faces.names,
             training,
-            probes=choice.probes,
+            probes=probes,
             extra_files=_with_manifest(extra, manifest),
             index_stride=stride,
             index_offset=offset,
         )
-        manifest.search.update({"lists": training.lists, "probes": probes})
     else:
         from app.modelzoo.search import export_search_model
 
@@ -227,7 +229,7 @@ def _write_shard(
 
 
 def _with_manifest(extra: dict[str, ExtraFile], manifest: Manifest) -> dict[str, ExtraFile]:
-    """The extra files with the manifest written last (so it can say what the export chose, e.g. IVF's probes)."""
+    """The extra files with the manifest's writer last (it writes the manifest as it is when the export runs)."""
 
     def write(path: Path) -> None:
         path.write_text(manifest.to_json(), encoding="utf-8")

@@ -4,10 +4,10 @@ Same contract as the exact search (``app/modelzoo/search.py``): signature ``serv
 takes ``target_latent`` float32 ``[B, *latent_shape]``, ``k_num`` int32 ``[]`` and, optionally,
 ``probes`` int32 ``[]`` (how many lists to scan; its default is stored with the version as a
 SignatureDef default, so a request that leaves it out gets it) and returns ``xvals`` (squared L2,
-ascending), ``indices`` int32 (the face's position in the gallery as given to the builder) and
-``filenames``; ``gallery_size`` answers ``size`` and ``latent_shape``. Bad requests are refused in
-the graph with the exact search's messages; a ``probes`` below 1 is refused too, and one above the
-number of lists scans them all.
+ascending), ``indices`` int32 (the face's position in the gallery as given to the builder, times
+``index_stride`` plus ``index_offset`` for a shard) and ``filenames``; ``gallery_size`` answers
+``size`` and ``latent_shape``. Bad requests are refused in the graph with the exact search's
+messages; a ``probes`` below 1 is refused too, and one above the number of lists scans them all.
 
 How a query is answered:
 
@@ -27,8 +27,10 @@ How a query is answered:
    values of every axis (one scale per axis: the error per value is at most half a step,
    ``range / 131070``), and the k nearest are returned with those distances.
 
-What a face costs: ``scan_dims`` bytes (scan codes) + ``2 D`` bytes (re-rank values) + 8 bytes
-(scan norm, gallery index), against ``4 D`` for float32: at D = 128 and 32 scan axes, 0.58 x.
+What a face costs: ``scan_dims`` bytes (scan codes) + ``2 D`` bytes (re-rank values) + 16 bytes
+(scan norm, re-rank norm, int64 gallery index), against ``4 D`` for float32 (+ 4, its norm) in exact
+search: at D = 128 and 32 scan axes, 304 bytes against 516 (0.59 x), plus half a block of padding per
+list and the file names.
 No variable holds more than ``MAX_VARIABLE_BYTES``: large arrays are split by whole blocks.
 
 The lists are trained once (:func:`train_ivf`) and kept: a later version of the gallery (faces
@@ -60,6 +62,7 @@ from app.modelzoo.search import (
     checked_request,
     gallery_arrays,
 )
+from app.serving.layout import ExtraFile
 
 # Faces per block of an inverted list: a list takes ceil(size / BLOCK_FACES) blocks, so on average
 # half a block per list is padding, and a gathered block is one contiguous slice.
@@ -606,9 +609,14 @@ class IvfSearch(tf.Module):
         *,
         probes: int | None = None,
         max_variable_bytes: int = MAX_VARIABLE_BYTES,
+        index_stride: int = 1,
+        index_offset: int = 0,
         name: str | None = "ivf_search",
     ) -> None:
         super().__init__(name=name)
+        # As in exact search: a shard's faces are numbered position * stride + offset (shard i of n: stride n,
+        # offset i), so the faces of every shard of a gallery have indices apart.
+        self.index_stride, self.index_offset = int(index_stride), int(index_offset)
         flat, _, names = gallery_arrays(latents, filenames)
         if flat.shape[1] != training.dim:
             raise ValueError(
@@ -812,11 +820,12 @@ class IvfSearch(tf.Module):
         faces = self.faces.gather(slots, tf.int64)
         exact = tf.where(faces >= 0, exact, np.inf)
         nearest = tf.math.top_k(-exact, k=k_num, sorted=True)
-        indices = tf.cast(tf.gather(faces, nearest.indices, batch_dims=1), tf.int32)
+        positions = tf.cast(tf.gather(faces, nearest.indices, batch_dims=1), tf.int32)
+        indices = positions * self.index_stride + self.index_offset if self.index_stride != 1 else positions
         return {
             "xvals": -nearest.values,
             "indices": indices,
-            "filenames": gather_from_parts(self.filenames, self.filename_starts, indices),
+            "filenames": gather_from_parts(self.filenames, self.filename_starts, positions),
         }
 
     def _gallery_size(self) -> dict[str, tf.Tensor]:
@@ -833,9 +842,11 @@ def export_ivf_search_model(
     training: IvfTraining,
     *,
     probes: int | None = None,
-    extra_files: Mapping[str, bytes] | None = None,
+    extra_files: Mapping[str, ExtraFile] | None = None,
     replace: bool = False,
     max_variable_bytes: int = MAX_VARIABLE_BYTES,
+    index_stride: int = 1,
+    index_offset: int = 0,
 ) -> Path:
     """Write a ``latent_search_model`` version searching ``latents`` with the lists of ``training``.
 
@@ -843,9 +854,19 @@ def export_ivf_search_model(
     reuses the training of an earlier version). ``probes`` is the probe count stored as the
     signature's default (:func:`default_probes` of the list count if None). Validation,
     warmup records (a search for the first face with the default probes, and ``gallery_size``),
-    ``extra_files`` and ``replace`` are as for the exact search. Returns ``version_dir``.
+    ``extra_files`` (written into assets.extra/ before the version is renamed into place), ``replace``
+    and the face numbering ``index_stride``/``index_offset`` (a face's index is its position * stride
+    + offset) are as for the exact search. Returns ``version_dir``.
     """
-    module = IvfSearch(latents, filenames, training, probes=probes, max_variable_bytes=max_variable_bytes)
+    module = IvfSearch(
+        latents,
+        filenames,
+        training,
+        probes=probes,
+        max_variable_bytes=max_variable_bytes,
+        index_stride=index_stride,
+        index_offset=index_offset,
+    )
     first = np.ascontiguousarray(np.asarray(latents)[:1], dtype=np.float32)
     warmup = [
         warmup_log(SERVABLE_NAME, {"target_latent": first, "k_num": np.array(min(WARMUP_K, module.size), np.int32)}),
