@@ -98,7 +98,8 @@ def _synthetic_requests(pipeline: Pipeline, stages: dict[str, StageReport]) -> d
     def search() -> str:
         if not latent:
             return "skipped: no latent from the encoder to search with"
-        matches, version = pipeline.search(latent[0], 1)
+        found = pipeline.search(latent[0], 1)
+        matches, version = found.matches, found.version
         nearest = f"nearest {matches[0].filename!r} at {matches[0].distance:.4g}" if matches else "no match"
         return f"version {version}: {nearest}"
 
