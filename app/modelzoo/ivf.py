@@ -95,11 +95,12 @@ IMBALANCE_LIMIT = 3.0
 
 
 def default_lists(count: int) -> int:
-    """How many inverted lists a gallery of ``count`` faces gets: a power of two near 16 sqrt(count).
+    """How many inverted lists a gallery of ``count`` faces gets: a power of two near 8 sqrt(count).
 
-    Measured at 1M faces (bench/search.py --ivf): 16,384 lists of ~61 faces reached a recall with
-    half the faces scanned that 4,096 lists of ~244 needed; the coarse step over the centroids stays
-    small next to the scan. At most one list per 8 faces.
+    Measured at 1M faces (bench/search.py --ivf --lists): 8,192 and 16,384 lists reach recall@10
+    0.99 at about the same p50 (5.6 and 5.0 ms, probing 1/16 of them), where 4,096 lists of ~244
+    faces scan 1.5 x the faces for it (384 lists); the coarse step over the centroids stays small
+    next to the scan. At most one list per 8 faces.
     """
     if count < 1:
         raise ValueError("a gallery needs at least one face")
