@@ -99,9 +99,10 @@ def _synthetic_requests(pipeline: Pipeline, stages: dict[str, StageReport]) -> d
         if not latent:
             return "skipped: no latent from the encoder to search with"
         found = pipeline.search(latent[0], 1)
-        matches, version = found.matches, found.version
+        matches = found.matches
         nearest = f"nearest {matches[0].filename!r} at {matches[0].distance:.4g}" if matches else "no match"
-        return f"version {version}: {nearest}"
+        missing = f" ({len(found.missing)} shard(s) not answering)" if found.missing else ""
+        return f"version {found.version}: {nearest}{missing}"
 
     def translate() -> str:
         crop = pipeline.face_crop("translate", photo, face, pipeline.input_side("translate", None))

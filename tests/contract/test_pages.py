@@ -22,6 +22,7 @@ from werkzeug.test import TestResponse, encode_multipart
 from app.config import PROJECT_ROOT
 from app.pipeline import Face, Match, Photo, PortraitResult
 from app.views.pages import result_context, upload_form_context
+from tests.support import stack_checks
 
 HOSTILE = "<script>alert(1)</script>"
 
@@ -104,6 +105,8 @@ def test_index_has_the_upload_form(demo_app: Flask) -> None:
     page = response.get_data(as_text=True)
     assert_upload_form(page)
     assert_csp_clean(page)
+    # The compose smoke test's check of a live stack looks for these.
+    assert [marker for marker in stack_checks.RESULT_PAGE_MARKERS if marker.decode() not in page] == []
     tags = Tags(page)
     assert tags.find("script", src="/static/app.js")
     assert tags.find("link", rel="stylesheet", href="/static/style.css")

@@ -29,6 +29,9 @@ from pathlib import Path
 SERVABLES = ("face_detection", "twingan_latent_encoder", "latent_search_model", "ugatit_selfie2anime")
 REQUEST_TIMEOUT_S = 60
 
+# What a result page for one face carries (tests/contract/test_pages.py checks the app's page has them).
+RESULT_PAGE_MARKERS = (b"data-face-box", b"data-anime", b"data-crop", b'id="gallery-heading"')
+
 
 class CheckFailed(Exception):
     """One check's reason for failing."""
@@ -110,7 +113,7 @@ def check_stack(gateway: str, serving_rest: str, photo: Path) -> list[tuple[str,
     def upload_page() -> str:
         status, content_type, body = request(f"{gateway}/detect_face/image", photo=photo, accept="text/html")
         expect(status, body)
-        missing = [marker for marker in (b'id="anime-heading"', b'id="gallery-heading"') if marker not in body]
+        missing = [marker for marker in RESULT_PAGE_MARKERS if marker not in body]
         if "text/html" not in content_type or missing:
             raise CheckFailed(f"a result page without {missing} ({content_type}): {body[:200]!r}")
         return "result page with the anime face and the gallery"
