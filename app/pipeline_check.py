@@ -168,7 +168,8 @@ def _aliases(stage_name: str, stage: StageConfig, meta: SignatureMetadata) -> li
             misfits.append(
                 Misfit(f"{stage_name}.{kind}", f"{role} = {alias!r} is not one of the signature's {kind}", fix)
             )
-    unfed = sorted(set(meta.inputs) - set(stage.inputs.values()) - suggested)
+    # An input with a stored default (e.g. the IVF search's probes) may go unfed: the servable fills it in.
+    unfed = sorted(set(meta.inputs) - set(stage.inputs.values()) - suggested - meta.defaults)
     for alias in unfed:
         roles = ", ".join(role for role, _ in stage.inputs.items())
         misfits.append(

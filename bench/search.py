@@ -20,6 +20,13 @@ parent never imports TensorFlow or holds the matrix.
     .venv/bin/python -m bench.search --scaling          # N in {100k, 1M} x {1, 8} queries per call
     .venv/bin/python -m bench.search --smoke            # tiny sizes, seconds: checks the script works
     .venv/bin/python -m bench.search --json out.json    # also write the results
+
+The approximate (IVF) search, against exact search and faiss (bench/search_ivf.py):
+
+    .venv/bin/python -m bench.search --ivf --n 1000000      # recall, build, memory, p50/p99 at 1 and 8 queries
+    .venv/bin/python -m bench.search --ivf --n 10000000 --json bench/results/ivf_10m.json
+    .venv/bin/python -m bench.search --crossover            # the gallery size where IVF overtakes exact search
+    .venv/bin/python -m bench.search --smoke --ivf          # tiny sizes, seconds
 """
 
 from __future__ import annotations
@@ -73,13 +80,16 @@ def _reset_peak() -> bool:
 # -- workers (child processes) --------------------------------------------------------------------
 
 
-def _load_floor(workdir: Path, k: int) -> tuple[Callable[[Any, bool], Any], dict[str, Any]]:
+Search = Callable[..., Any]  # search(queries, loop, setting=None): setting is a method's knob (probes)
+
+
+def _load_floor(workdir: Path, k: int) -> tuple[Search, dict[str, Any]]:
     import numpy as np
 
     matrix = np.load(workdir / "gallery.npy")
     variant = {"name": "gemv"}
 
-    def search(queries: np.ndarray, loop: bool) -> None:
+    def search(queries: np.ndarray, loop: bool, setting: Any = None) -> None:
         # Neither variant ranks anything: they only stream the matrix once, the floor for any exact search.
         if variant["name"] == "gemv":
             # A 1-D operand makes numpy call sgemv; a 2-D one would go through sgemm.
@@ -90,7 +100,7 @@ def _load_floor(workdir: Path, k: int) -> tuple[Callable[[Any, bool], Any], dict
     return search, {"variant": variant}
 
 
-def _load_tfnorm(workdir: Path, k: int) -> tuple[Callable[[Any, bool], Any], dict[str, Any]]:
+def _load_tfnorm(workdir: Path, k: int) -> tuple[Search, dict[str, Any]]:
     import numpy as np
     import tensorflow as tf
 
@@ -102,13 +112,13 @@ def _load_tfnorm(workdir: Path, k: int) -> tuple[Callable[[Any, bool], Any], dic
         distances = tf.norm(latents - query, axis=1)
         return tf.math.top_k(-distances, k=k).indices
 
-    def search(queries: np.ndarray, loop: bool) -> np.ndarray:
+    def search(queries: np.ndarray, loop: bool, setting: Any = None) -> np.ndarray:
         return np.stack([one(q).numpy() for q in queries])
 
     return search, {}
 
 
-def _load_faiss(workdir: Path, k: int) -> tuple[Callable[[Any, bool], Any], dict[str, Any]]:
+def _load_faiss(workdir: Path, k: int) -> tuple[Search, dict[str, Any]]:
     import faiss
     import numpy as np
 
@@ -117,7 +127,7 @@ def _load_faiss(workdir: Path, k: int) -> tuple[Callable[[Any, bool], Any], dict
     index.add(matrix)
     del matrix  # faiss keeps its own copy; counting both would be unfair to it
 
-    def search(queries: np.ndarray, loop: bool) -> np.ndarray:
+    def search(queries: np.ndarray, loop: bool, setting: Any = None) -> np.ndarray:
         if loop:
             return np.concatenate([index.search(q[None], k)[1] for q in queries])
         return index.search(queries, k)[1]
@@ -125,30 +135,48 @@ def _load_faiss(workdir: Path, k: int) -> tuple[Callable[[Any, bool], Any], dict
     return search, {"faiss_version": faiss.__version__, "threads": faiss.omp_get_max_threads()}
 
 
-def _load_ours(workdir: Path, k: int) -> tuple[Callable[[Any, bool], Any], dict[str, Any]]:
+def load_servable(version_dir: Path, k: int) -> tuple[Search, dict[str, Any]]:
+    """A search servable loaded the TF Serving way (TF1 Session, ``loader.load``, run by SignatureDef tensor
+    names); ``setting`` feeds its ``probes`` input where it has one (None: the stored default)."""
     import numpy as np
     import tensorflow as tf
 
     session = tf.compat.v1.Session(graph=tf.Graph())
-    meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(workdir / "model" / "1"))
+    meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(version_dir))
     signature = meta_graph.signature_def["serving_default"]
     fetches = {alias: info.name for alias, info in signature.outputs.items()}
     latent_name, k_name = signature.inputs["target_latent"].name, signature.inputs["k_num"].name
+    probes_name = signature.inputs["probes"].name if "probes" in signature.inputs else None
     k_value = np.array(k, np.int32)
 
-    def run(batch: np.ndarray) -> np.ndarray:
+    def run(batch: np.ndarray, setting: Any) -> np.ndarray:
         # The same call the gateway's local runtime makes: session.run by SignatureDef tensor names.
-        return session.run(fetches, feed_dict={latent_name: batch, k_name: k_value})["indices"]
+        feed = {latent_name: batch, k_name: k_value}
+        if setting is not None and probes_name is not None:
+            feed[probes_name] = np.array(setting, np.int32)
+        return session.run(fetches, feed_dict=feed)["indices"]
 
-    def search(queries: np.ndarray, loop: bool) -> np.ndarray:
+    def search(queries: np.ndarray, loop: bool, setting: Any = None) -> np.ndarray:
         if loop:
-            return np.concatenate([run(q[None]) for q in queries])
-        return run(queries)
+            return np.concatenate([run(q[None], setting) for q in queries])
+        return run(queries, setting)
 
     return search, {}
 
 
+def _load_ours(workdir: Path, k: int) -> tuple[Search, dict[str, Any]]:
+    return load_servable(workdir / "model" / "1", k)
+
+
+def _ivf_loaders() -> dict[str, Callable[[Path, int], tuple[Search, dict[str, Any]]]]:
+    from bench import search_ivf
+
+    return search_ivf.LOADERS
+
+
 LOADERS = {"floor": _load_floor, "tfnorm": _load_tfnorm, "faiss": _load_faiss, "ours": _load_ours}
+# Methods whose start-up is TensorFlow's: its own memory is the baseline, not counted against the gallery.
+TENSORFLOW_METHODS = {"tfnorm", "ours", "ivf", "exact"}
 
 
 def _reply(message: dict[str, Any]) -> None:
@@ -160,16 +188,17 @@ def worker(method: str, workdir: Path, k: int) -> None:
     """Serve timing commands for one method over stdin/stdout until told to quit."""
     import numpy as np
 
+    loaders = {**LOADERS, **_ivf_loaders()}
     queries = np.load(workdir / "queries.npy")
     base_kb = _status_kb("VmRSS")
-    if method in ("tfnorm", "ours"):  # count TensorFlow's own start-up in the baseline, not in the gallery
+    if method in TENSORFLOW_METHODS:  # count TensorFlow's own start-up in the baseline, not in the gallery
         import tensorflow as tf
 
         tf.constant(0.0).numpy()
         base_kb = _status_kb("VmRSS")
     can_reset = _reset_peak()
     started = time.perf_counter()
-    search, info = LOADERS[method](workdir, k)
+    search, info = loaders[method](workdir, k)
     first = search(queries[:1], False)  # warm-up: first-call allocations and graph optimisation
     load_seconds = time.perf_counter() - started
     _reply(
@@ -188,17 +217,27 @@ def worker(method: str, workdir: Path, k: int) -> None:
         command = json.loads(line)
         if command["cmd"] == "quit":
             return
+        setting = command.get("setting")
+        if command["cmd"] == "neighbours":  # the top k of every query, in calls of up to 8
+            found = [search(queries[i : i + MAX_QUERIES], False, setting) for i in range(0, len(queries), MAX_QUERIES)]
+            _reply({"indices": np.concatenate(found).tolist()})
+            continue
         if "variant" in command and "variant" in info:
             info["variant"]["name"] = command["variant"]
-        batch = queries[: command["batch"]]
-        search(batch, command["loop"])  # one untimed call after switching batch size or variant
+        size = command["batch"]
+        # cycle: each call takes the next queries (an IVF search probes other lists for each), else the first.
+        starts = [(i * size) % max(1, len(queries) - size + 1) for i in range(command["repeats"])]
+        if not command.get("cycle"):
+            starts = [0] * command["repeats"]
+        search(queries[:size], command["loop"], setting)  # one untimed call after switching batch size or variant
         _reset_peak()
         before_kb = _status_kb("VmRSS")
         times = []
-        for _ in range(command["repeats"]):
-            started = time.perf_counter()
-            search(batch, command["loop"])
-            times.append(time.perf_counter() - started)
+        for start in starts:
+            batch = queries[start : start + size]
+            began = time.perf_counter()
+            search(batch, command["loop"], setting)
+            times.append(time.perf_counter() - began)
         _reply({"times": times, "before_mb": before_kb / 1024, "peak_mb": _status_kb("VmHWM") / 1024})
 
 
@@ -225,7 +264,7 @@ class Worker:
         self.method = method
         self.log_path = workdir / f"{method}.log"
         self._log = self.log_path.open("w")
-        command = [sys.executable, str(Path(__file__).resolve()), "--worker", method, "--workdir", str(workdir)]
+        command = [sys.executable, "-m", "bench.search", "--worker", method, "--workdir", str(workdir)]
         self.process = subprocess.Popen(
             [*command, "--k", str(k)],
             stdin=subprocess.PIPE,
@@ -233,6 +272,7 @@ class Worker:
             stderr=self._log,
             text=True,
             env=_child_env(),
+            cwd=REPO,
         )
         self.ready = self._read()
 
@@ -243,11 +283,17 @@ class Worker:
         tail = self.log_path.read_text()[-3000:]
         raise RuntimeError(f"worker {self.method} exited with {self.process.wait()}:\n{tail}")
 
-    def run(self, repeats: int, batch: int, loop: bool = False, **extra: Any) -> dict[str, Any]:
-        self.process.stdin.write(json.dumps({"cmd": "run", "repeats": repeats, "batch": batch, "loop": loop, **extra}))
-        self.process.stdin.write("\n")
+    def _send(self, command: dict[str, Any]) -> dict[str, Any]:
+        self.process.stdin.write(json.dumps(command) + "\n")
         self.process.stdin.flush()
         return self._read()
+
+    def run(self, repeats: int, batch: int, loop: bool = False, **extra: Any) -> dict[str, Any]:
+        return self._send({"cmd": "run", "repeats": repeats, "batch": batch, "loop": loop, **extra})
+
+    def neighbours(self, setting: Any = None) -> list[list[int]]:
+        """The top k of every query (the workdir's queries.npy) at ``setting``."""
+        return self._send({"cmd": "neighbours", "setting": setting})["indices"]
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -287,7 +333,13 @@ def _summary(times: list[float]) -> dict[str, float]:
     def pct(q: float) -> float:
         return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
 
-    return {"p50_ms": statistics.median(ordered) * 1000, "p10_ms": pct(0.1), "p90_ms": pct(0.9), "runs": len(times)}
+    return {
+        "p50_ms": statistics.median(ordered) * 1000,
+        "p10_ms": pct(0.1),
+        "p90_ms": pct(0.9),
+        "p99_ms": pct(0.99),
+        "runs": len(times),
+    }
 
 
 def measure(
@@ -323,7 +375,7 @@ def measure(
 def _start(args: argparse.Namespace, n: int, workdir: Path) -> None:
     print(f"preparing N={n:,} D={args.d:,} (gallery {n * args.d * 4 / MB:,.0f} MiB) ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    command = [sys.executable, str(Path(__file__).resolve()), "--prepare", "--workdir", str(workdir)]
+    command = [sys.executable, "-m", "bench.search", "--prepare", "--workdir", str(workdir)]
     log_path = workdir / "prepare.log"
     with log_path.open("w") as log:
         done = subprocess.run(
@@ -331,6 +383,7 @@ def _start(args: argparse.Namespace, n: int, workdir: Path) -> None:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=_child_env(),
+            cwd=REPO,
         )
     if done.returncode:
         raise RuntimeError(f"preparing the gallery failed ({done.returncode}):\n{log_path.read_text()[-3000:]}")
@@ -473,9 +526,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scaling", action="store_true", help="N in {100k, 1M} x {1, 8} queries per call")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds: checks the script runs")
     parser.add_argument("--workdir", type=Path, help="keep the gallery, queries and model here (default: temporary)")
-    parser.add_argument("--worker", choices=sorted(LOADERS), help=argparse.SUPPRESS)
+    parser.add_argument("--ivf", action="store_true", help="the IVF search against exact search and faiss")
+    parser.add_argument("--crossover", action="store_true", help="the gallery size where IVF overtakes exact search")
+    parser.add_argument("--with-exact", action="store_true", help="--ivf: also time exact search at --n")
+    parser.add_argument("--query-count", type=int, default=500, help="--ivf: enrolled and unseen queries, each")
+    parser.add_argument("--lists", type=int, help="--ivf: this many lists instead of the default for N")
+    parser.add_argument("--quick", action="store_true", help="--ivf: no faiss (a sweep of our settings only)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--ivf-child", choices=["prepare", "build"], help=argparse.SUPPRESS)
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.ivf or args.crossover or args.ivf_child:
+        return args  # bench/search_ivf.py sets its own sizes (k = 10: recall@10)
     if args.smoke:
         args.n, args.d, args.repeats, args.rounds = 2_000, 64, 4, 2
     if args.k > args.n:
@@ -489,9 +551,12 @@ def main(argv: list[str] | None = None) -> int:
         worker(args.worker, args.workdir, args.k)
         return 0
     if args.prepare:
-        sys.path.insert(0, str(REPO))
         prepare(args.workdir, args.n, args.d, args.seed)
         return 0
+    if args.ivf or args.crossover or args.ivf_child:
+        from bench import search_ivf
+
+        return search_ivf.main(args)
     temporary = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="search-bench-")) if temporary else args.workdir
     workdir.mkdir(parents=True, exist_ok=True)

@@ -37,9 +37,13 @@ from app.serving.layout import ExtraFile, link_tree, write_version
 from app.thumbnails import thumbnail_name
 
 SEARCH_KINDS = ("exact", "ivf", "auto")
-# From this many faces (per shard) `--search auto` writes an IVF servable: below it exact search is fast enough and
-# exact (bench/search.py measured the crossover, docs/benchmarks.md).
-AUTO_IVF_FROM = 200_000
+# From this many faces (per shard) `--search auto` writes an IVF servable. Measured with `python -m bench.search
+# --crossover` (2 cores, no GPU, 2026-12-07; docs/benchmarks.md#approximate-search): IVF at its default probes answers
+# one query faster than exact search at every size tried (0.73 against 0.96 ms at 10,000 faces, 3.7 against 56 ms at
+# 1,000,000), but its recall@10 reaches 0.95 (enrolled and unseen people) only at 1,000,000 (0.96 / 0.96; 300,000:
+# 0.94 / 0.92; the --ivf run's 500 + 500 queries at 1M: 0.965 / 0.949, at the line). Below that exact search is exact
+# and still fast enough.
+AUTO_IVF_FROM = 1_000_000
 IVF_TRAINING_FILE = "ivf.npz"
 
 
@@ -201,17 +205,19 @@ def _write_shard(
             training = ivf.train_ivf(faces.descriptors.reshape(len(faces), -1), lists=choice.lists)
         advice = ivf.training_advice(training, faces.descriptors.reshape(len(faces), -1))
         extra[f"gallery/{IVF_TRAINING_FILE}"] = training.to_bytes()
-        probes = ivf.export_ivf_search_model(
+        # The manifest is written with the export's extra files, so it must say the lists and probes before.
+        probes = choice.probes or ivf.default_probes(training.lists)
+        manifest.search.update({"lists": training.lists, "probes": probes})
+        ivf.export_ivf_search_model(
             target,
             faces.descriptors,
             faces.names,
             training,
-            probes=choice.probes,
+            probes=probes,
             extra_files=_with_manifest(extra, manifest),
             index_stride=stride,
             index_offset=offset,
         )
-        manifest.search.update({"lists": training.lists, "probes": probes})
     else:
         from app.modelzoo.search import export_search_model
 
@@ -227,7 +233,7 @@ def _write_shard(
 
 
 def _with_manifest(extra: dict[str, ExtraFile], manifest: Manifest) -> dict[str, ExtraFile]:
-    """The extra files with the manifest written last (so it can say what the export chose, e.g. IVF's probes)."""
+    """The extra files with the manifest's writer last (it writes the manifest as it is when the export runs)."""
 
     def write(path: Path) -> None:
         path.write_text(manifest.to_json(), encoding="utf-8")

@@ -13,6 +13,51 @@ from app.serving import tensors
 from app.serving.layout import ExtraFile, write_extra_files, write_version
 
 WARMUP_RELATIVE_PATH = Path("assets.extra") / "tf_serving_warmup_requests"
+# The most one variable of a servable may hold: a TensorProto (how a tensor is serialised, e.g. as a
+# variable's initial value or in a gRPC reply) cannot exceed 2 GiB. Larger arrays are split by rows.
+MAX_VARIABLE_BYTES = 2**31 - 1
+# What a string costs in a TensorProto beyond its bytes (a length prefix), counted generously.
+_STRING_OVERHEAD_BYTES = 16
+
+
+def row_parts(rows: np.ndarray, max_bytes: int = MAX_VARIABLE_BYTES) -> list[tuple[int, np.ndarray]]:
+    """``rows`` split along its first axis into (first row, part) pieces of at most ``max_bytes`` each.
+
+    A piece holds at least one row. Strings (an object array of bytes) count their length plus a
+    small overhead each; numbers count their item size.
+    """
+    count = len(rows)
+    if rows.dtype == object:
+        sizes = np.fromiter((len(item) + _STRING_OVERHEAD_BYTES for item in rows), np.int64, count)
+    else:
+        sizes = np.full(count, rows.itemsize * int(np.prod(rows.shape[1:], dtype=np.int64)), np.int64)
+    parts = []
+    start = 0
+    ends = np.cumsum(sizes)
+    while start < count:
+        base = ends[start - 1] if start else 0
+        stop = max(start + 1, int(np.searchsorted(ends, base + max_bytes, side="right")))
+        parts.append((start, rows[start:stop]))
+        start = stop
+    return parts
+
+
+def gather_from_parts(parts: Sequence[tf.Variable], starts: Sequence[int], indices: tf.Tensor) -> tf.Tensor:
+    """``tf.gather`` over the rows of several variables that together hold one array (``starts``: each
+    part's first row), for a handful of ``indices`` (each part is gathered from, and the right one kept).
+
+    The variables are gathered from directly (ResourceGather): reading a string variable whole
+    (ReadVariableOp) copies every string, milliseconds per request for a million file names.
+    """
+    if len(parts) == 1:
+        return tf.gather(parts[0], indices)
+    found = None
+    for part, start in zip(parts, starts, strict=True):
+        rows = int(part.shape[0])
+        local = indices - start
+        got = tf.gather(part, tf.clip_by_value(local, 0, rows - 1))
+        found = got if found is None else tf.where((local >= 0) & (local < rows), got, found)
+    return found
 
 
 def warmup_log(

@@ -23,6 +23,10 @@ steps that read the ``[N, B]`` scores once: the best score of each block of
 ``BLOCK_ROWS`` gallery faces, then an exact top k among the k best blocks (the k best
 faces can only lie there). The gallery is stored padded to whole blocks with rows
 that score minus infinity, so they are never chosen.
+
+No variable holds more than ``MAX_VARIABLE_BYTES`` (2 GiB, the tensor-proto limit): a larger
+gallery is stored as several variables of whole blocks, each multiplied by the queries on its
+own; only their ``[rows, B]`` scores are joined. The file names are split the same way.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from app.modelzoo.export import save_servable, warmup_log
+from app.modelzoo.export import MAX_VARIABLE_BYTES, gather_from_parts, row_parts, save_servable, warmup_log
 from app.serving.layout import ExtraFile
 
 SERVABLE_NAME = "latent_search_model"
@@ -50,7 +54,7 @@ _NORM_BLOCK_ROWS = 1024
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def _gallery_arrays(latents: np.ndarray, filenames: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def gallery_arrays(latents: np.ndarray, filenames: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validated (latents [N, D] float32, squared norms [N] float32, filenames [N] bytes objects).
 
     Raises ValueError for an empty gallery, a latent with no values, a count mismatch,
@@ -92,6 +96,37 @@ def _gallery_arrays(latents: np.ndarray, filenames: Sequence[str]) -> tuple[np.n
     return flat, norms.astype(np.float32), names
 
 
+def checked_request(
+    target_latent: tf.Tensor, k_num: tf.Tensor, latent_shape: Sequence[int], size: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """A search request's inputs, released only after they have been validated in the graph.
+
+    TF Serving does not check a request's shapes against the signature, so the graph
+    does: a wrong latent shape would otherwise be reshaped into a wrong answer. Every
+    search kind refuses the same requests with the same messages.
+    """
+    expected = ",".join(str(d) for d in latent_shape)
+    actual = tf.strings.reduce_join(tf.strings.as_string(tf.shape(target_latent)[1:]), separator=",")
+    checks = [
+        tf.debugging.Assert(
+            tf.equal(actual, expected),
+            # Assert prints string data C-escaped, so the message avoids quotes.
+            [
+                tf.strings.join(
+                    ["target_latent has latent shape [", actual, f"] but the gallery latents have shape [{expected}]"]
+                )
+            ],
+        ),
+        tf.debugging.Assert(k_num >= 1, [tf.strings.format("k_num {} must be at least 1", k_num)]),
+        tf.debugging.Assert(
+            k_num <= size, [tf.strings.format(f"k_num {{}} is larger than the gallery ({size} faces)", k_num)]
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        target_latent = tf.debugging.check_numerics(target_latent, "target_latent holds NaN or Inf")
+        return target_latent, tf.identity(k_num)
+
+
 class LatentSearch(tf.Module):
     """Exact squared-L2 top-k search over a gallery held in non-trainable variables."""
 
@@ -101,6 +136,7 @@ class LatentSearch(tf.Module):
         filenames: Sequence[str],
         name: str | None = "latent_search",
         *,
+        max_variable_bytes: int = MAX_VARIABLE_BYTES,
         index_stride: int = 1,
         index_offset: int = 0,
     ) -> None:
@@ -108,24 +144,37 @@ class LatentSearch(tf.Module):
         # A shard's faces are numbered position * stride + offset (shard i of n: stride n, offset i), so the faces of
         # every shard of a gallery have indices apart, whatever the other shards hold.
         self.index_stride, self.index_offset = int(index_stride), int(index_offset)
-        flat, norms, names = _gallery_arrays(latents, filenames)
+        flat, norms, names = gallery_arrays(latents, filenames)
         self.size = int(flat.shape[0])
         self.latent_shape = tuple(int(d) for d in np.shape(latents)[1:])
         self.dim = int(flat.shape[1])
         self.blocks = -(-self.size // BLOCK_ROWS)
-        padding = self.blocks * BLOCK_ROWS - self.size
-        if padding:  # zero latents with an infinite squared norm: a score of minus infinity for every query
-            flat = np.concatenate([flat, np.zeros((padding, self.dim), np.float32)])
-            norms = np.concatenate([norms, np.full(padding, np.inf, np.float32)])
-        # Each row is the latent followed by minus its squared norm, so that one matrix product with
-        # [2q, 1] gives the score 2 g.q - ||g||^2 directly (no pass over the scores to subtract norms).
-        scored = np.empty((len(flat), self.dim + 1), np.float32)
-        scored[:, : self.dim] = flat
-        scored[:, self.dim] = -norms
-        del flat
+        # Each part is a whole number of blocks (at least one), so a block never straddles two variables.
+        block_bytes = BLOCK_ROWS * (self.dim + 1) * 4
+        blocks_per_part = max(1, max_variable_bytes // block_bytes)
+        self.part_rows = blocks_per_part * BLOCK_ROWS
+        parts = []
         with self.name_scope:
-            self.latents = tf.Variable(scored, trainable=False, name="latents_and_norms")
-            self.filenames = tf.Variable(names, dtype=tf.string, trainable=False, name="filenames")
+            for number, start in enumerate(range(0, self.blocks * BLOCK_ROWS, self.part_rows)):
+                stop = min(start + self.part_rows, self.blocks * BLOCK_ROWS)
+                # Each row is the latent followed by minus its squared norm, so that one matrix product with
+                # [2q, 1] gives the score 2 g.q - ||g||^2 directly (no pass over the scores to subtract norms).
+                # Rows past the gallery (padding to a whole block) are zero latents with an infinite squared
+                # norm: a score of minus infinity for every query.
+                scored = np.zeros((stop - start, self.dim + 1), np.float32)
+                real = max(0, min(stop, self.size) - start)
+                scored[:real, : self.dim] = flat[start : start + real]
+                scored[:real, self.dim] = -norms[start : start + real]
+                scored[real:, self.dim] = -np.inf
+                parts.append(tf.Variable(scored, trainable=False, name=f"latents_and_norms_{number}"))
+                del scored
+            self.latents = parts
+            name_parts = row_parts(names, max_variable_bytes)
+            self.filename_starts = [start for start, _ in name_parts]
+            self.filenames = [
+                tf.Variable(part, dtype=tf.string, trainable=False, name=f"filenames_{number}")
+                for number, (_, part) in enumerate(name_parts)
+            ]
         # The signatures depend on the gallery's latent shape, so they are built per instance.
         self.search = tf.function(
             self._search,
@@ -143,57 +192,26 @@ class LatentSearch(tf.Module):
             SIZE_SIGNATURE: self.gallery_size.get_concrete_function(),
         }
 
-    def _checked(self, target_latent: tf.Tensor, k_num: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """The inputs, released only after the request has been validated.
-
-        TF Serving does not check a request's shapes against the signature, so the graph
-        does: a wrong latent shape would otherwise be reshaped into a wrong answer.
-        """
-        expected = ",".join(str(d) for d in self.latent_shape)
-        actual = tf.strings.reduce_join(tf.strings.as_string(tf.shape(target_latent)[1:]), separator=",")
-        checks = [
-            tf.debugging.Assert(
-                tf.equal(actual, expected),
-                # Assert prints string data C-escaped, so the message avoids quotes.
-                [
-                    tf.strings.join(
-                        [
-                            "target_latent has latent shape [",
-                            actual,
-                            f"] but the gallery latents have shape [{expected}]",
-                        ]
-                    )
-                ],
-            ),
-            tf.debugging.Assert(k_num >= 1, [tf.strings.format("k_num {} must be at least 1", k_num)]),
-            tf.debugging.Assert(
-                k_num <= self.size,
-                [tf.strings.format(f"k_num {{}} is larger than the gallery ({self.size} faces)", k_num)],
-            ),
-        ]
-        with tf.control_dependencies(checks):
-            target_latent = tf.debugging.check_numerics(target_latent, "target_latent holds NaN or Inf")
-            return target_latent, tf.identity(k_num)
-
     def _search(self, target_latent: tf.Tensor, k_num: tf.Tensor) -> dict[str, tf.Tensor]:
-        target_latent, k_num = self._checked(target_latent, k_num)
+        target_latent, k_num = checked_request(target_latent, k_num, self.latent_shape, self.size)
         queries = tf.reshape(target_latent, [-1, self.dim])  # [B, D]
         batch = tf.shape(queries)[0]
-        # Read each variable once: on CPU the read shares the variable's buffer, it copies nothing.
-        gallery = self.latents.value()  # [N', D + 1], N' a whole number of blocks
         # One pass over the gallery for the whole batch. Faces are ranked by 2 g.q - ||g||^2, i.e. by
         # minus the distance without the query's constant ||q||^2, which is added back to the k winners;
         # [g, -||g||^2] . [2q, 1] is that score. [N', B] is tiny next to [N', D] and needs no transpose.
+        # Each part is read once: on CPU the read shares the variable's buffer, it copies nothing.
         extended = tf.concat([2.0 * queries, tf.ones([batch, 1], queries.dtype)], axis=1)
-        scores = tf.matmul(gallery, extended, transpose_b=True)
+        part_scores = [tf.matmul(part.value(), extended, transpose_b=True) for part in self.latents]
+        scores = part_scores[0] if len(part_scores) == 1 else tf.concat(part_scores, axis=0)  # [N', B]
         blocks = tf.reshape(scores, [self.blocks, BLOCK_ROWS, batch])
         # Step 1: each block's best score per query, and the k best blocks (fewer if there are fewer).
         block_best = tf.transpose(tf.reduce_max(blocks, axis=1))  # [B, blocks]
         chosen = tf.math.top_k(block_best, k=tf.minimum(k_num, self.blocks), sorted=False).indices  # [B, kb]
         # Step 2: the exact top k among the chosen blocks' scores. The gather takes every query's column
-        # of each chosen block ([B, kb, BLOCK_ROWS, B], small); the one-hot keeps each query's own.
-        own = tf.one_hot(tf.range(batch), batch, dtype=scores.dtype)[:, tf.newaxis, tf.newaxis, :]
-        candidates = tf.reduce_sum(tf.gather(blocks, chosen) * own, axis=-1)  # [B, kb, BLOCK_ROWS]
+        # of each chosen block ([B, kb, BLOCK_ROWS, B], small); the mask keeps each query's own. (A select,
+        # not a product with a one-hot: a padding row's minus infinity times zero would be NaN.)
+        own = tf.eye(batch, dtype=tf.bool)[:, tf.newaxis, tf.newaxis, :]
+        candidates = tf.reduce_sum(tf.where(own, tf.gather(blocks, chosen), 0.0), axis=-1)  # [B, kb, BLOCK_ROWS]
         best = tf.math.top_k(tf.reshape(candidates, [batch, -1]), k=k_num, sorted=True)
         block_of = tf.gather(chosen, best.indices // BLOCK_ROWS, batch_dims=1)
         positions = block_of * BLOCK_ROWS + best.indices % BLOCK_ROWS
@@ -204,14 +222,14 @@ class LatentSearch(tf.Module):
         return {
             "xvals": distances,
             "indices": indices,
-            "filenames": tf.gather(self.filenames.value(), positions),
+            "filenames": gather_from_parts(self.filenames, self.filename_starts, positions),
         }
 
     def _gallery_size(self) -> dict[str, tf.Tensor]:
-        # The filenames variable's shape (no read; the latents are padded to whole blocks, the names are
+        # The filename variables' shapes (no read; the latents are padded to whole blocks, the names are
         # not), so the answer is the gallery that was actually restored.
         return {
-            "size": tf.shape(self.filenames, out_type=tf.int64)[0],
+            "size": tf.add_n([tf.shape(part, out_type=tf.int64)[0] for part in self.filenames]),
             "latent_shape": tf.constant(self.latent_shape, dtype=tf.int64, shape=[len(self.latent_shape)]),
         }
 
@@ -223,6 +241,7 @@ def export_search_model(
     *,
     extra_files: Mapping[str, ExtraFile] | None = None,
     replace: bool = False,
+    max_variable_bytes: int = MAX_VARIABLE_BYTES,
     index_stride: int = 1,
     index_offset: int = 0,
 ) -> Path:
@@ -231,9 +250,12 @@ def export_search_model(
     Latents are cast to float32 and validated (at least one face, finite values, one
     filename per latent; ValueError otherwise). Warmup records replay a search for the
     first gallery face (k = min(5, N)) and a ``gallery_size`` call when the version
-    loads. ``extra_files`` (e.g. thumbnails) go under assets.extra/. Returns ``version_dir``.
+    loads. ``extra_files`` (e.g. thumbnails) go under assets.extra/. No variable holds more than
+    ``max_variable_bytes`` (tests lower it to see a gallery split). Returns ``version_dir``.
     """
-    module = LatentSearch(latents, filenames, index_stride=index_stride, index_offset=index_offset)
+    module = LatentSearch(
+        latents, filenames, max_variable_bytes=max_variable_bytes, index_stride=index_stride, index_offset=index_offset
+    )
     first = np.ascontiguousarray(np.asarray(latents)[:1], dtype=np.float32)
     warmup = [
         warmup_log(SERVABLE_NAME, {"target_latent": first, "k_num": np.array(min(WARMUP_K, module.size), np.int32)}),

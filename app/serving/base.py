@@ -120,6 +120,8 @@ class SignatureMetadata:
     method_name: str
     inputs: Mapping[str, TensorSpec] = field(default_factory=dict)
     outputs: Mapping[str, TensorSpec] = field(default_factory=dict)
+    # Inputs the signature stores a default for (SignatureDef.defaults): a request may leave them out.
+    defaults: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ def metadata_from_signature_defs(
             method_name=sig.method_name,
             inputs={alias: _tensor_spec(alias, info) for alias, info in sig.inputs.items()},
             outputs={alias: _tensor_spec(alias, info) for alias, info in sig.outputs.items()},
+            defaults=frozenset(sig.defaults) & frozenset(sig.inputs),
         )
     return ModelMetadata(model=model, version=version, signatures=signatures)
 

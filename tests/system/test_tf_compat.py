@@ -177,13 +177,29 @@ def _arrays(outputs: dict[str, str]) -> dict[str, np.ndarray]:
     }
 
 
+def ivf_search_export(root: Path) -> Path:
+    """An IVF latent_search_model (app/modelzoo/ivf.py) over a small clustered gallery, split into several
+    variables by a lowered size limit so the multi-part gathers run too."""
+    from app.modelzoo import ivf
+
+    rng = np.random.default_rng(4)
+    centres = rng.standard_normal((60, 128))
+    faces = centres[rng.integers(0, 60, 3000)] + 0.2 * rng.standard_normal((3000, 128))
+    faces = (faces / np.linalg.norm(faces, axis=1, keepdims=True)).astype(np.float32)
+    names = [f"faces/{i:05d}.jpg" for i in range(len(faces))]
+    training = ivf.train_ivf(faces, lists=64, seed=0)
+    return ivf.export_ivf_search_model(root / "1", faces, names, training, max_variable_bytes=64 * 1024)
+
+
 def test_every_export_loads_and_replays_its_warmup_under_the_serving_tensorflow(demo_root: Path, tmp_path: Path):
     version = serving_tensorflow_version()
     started = time.monotonic()
     python = tensorflow_python(version)
     built = time.monotonic() - started
+    ivf_root = tmp_path / "ivf_exports" / "latent_search_model_ivf"
+    ivf_search_export(ivf_root)
     job = {}
-    for base in sorted(path for path in demo_root.iterdir() if path.is_dir()):
+    for base in [*sorted(path for path in demo_root.iterdir() if path.is_dir()), ivf_root]:
         for version_dir in sorted(path for path in base.iterdir() if path.name.isdigit()):
             name = f"{base.name}/{version_dir.name}"
             assert (version_dir / WARMUP).is_file(), f"{name} has no warmup records (TF Serving would start it cold)"
