@@ -216,9 +216,9 @@ def real_descriptors(cache: Path) -> np.ndarray:
         return np.load(saved)
     import tempfile
 
+    from app.gallery.indexing import collect_faces
     from app.modelzoo import blazeface, encoder
-    from app.modelzoo.cli import _config_text, demo_pipeline, export_models, write_demo_gallery
-    from app.modelzoo.gallery import collect_faces
+    from app.modelzoo.demo import _config_text, demo_pipeline, export_models, write_demo_gallery
     from app.serving.local_backend import LocalBackend
 
     models = cache / "models"
@@ -228,7 +228,8 @@ def real_descriptors(cache: Path) -> np.ndarray:
         config.write_text(_config_text({n: models / n for n in (blazeface.SERVABLE_NAME, encoder.SERVABLE_NAME)}))
         photos = write_demo_gallery(Path(scratch) / "gallery")
         with LocalBackend(config, poll_interval=0) as backend:
-            latents = collect_faces(photos, backend, config=demo_pipeline(), all_faces=True).latents
+            found = collect_faces(photos, backend, config=demo_pipeline(), all_faces=True)
+            latents = found.faces.descriptors.reshape(len(found.faces), -1)
     cache.mkdir(parents=True, exist_ok=True)
     staging = saved.with_suffix(".tmp.npy")
     np.save(staging, latents)
