@@ -22,8 +22,10 @@ servables, under the project's gunicorn.conf.py with one worker. For each profil
                files. No Docker engine runs here: the base image's size is the figure Docker reports for it
                (BASE_IMAGE_MB), not a measurement, so the estimates are only as good as that figure.
 
-Targets, for the thin profile: RSS per worker <= 120 MB, /healthz <= 2 s after start, installed <= 300 MB
-(MB = 2**20 bytes, as in the other benchmarks).
+Targets, for the thin profile: RSS per worker <= 120 MB, /healthz <= 2 s after start, installed <= 350 MB
+(MB = 2**20 bytes, as in the other benchmarks). The installed target was 300 MB until ``pull-models`` joined
+the thin image (botocore, google-cloud-storage and their crypto, about 55 MB): one image is both the gateway
+and its init container that pulls the models, as KServe's storage initializer is.
 
     .venv/bin/python -m bench.footprint                            # writes bench/results/footprint.json
     .venv/bin/python -m bench.footprint --smoke --json /tmp/f.json # few requests, one start: the script works
@@ -64,7 +66,8 @@ FULL_REQUIREMENTS = REPO / "requirements.txt"
 MB = harness.MB
 # python:3.11-slim-bookworm (amd64) as `docker images` lists it, uncompressed: Docker's figure, not measured here.
 BASE_IMAGE_MB = 125.0
-TARGETS = {"rss_per_worker_mb": 120.0, "healthz_s": 2.0, "installed_mb": 300.0}
+# installed_mb: 300 before pull-models' object-store clients (about 55 MB) came into the thin image.
+TARGETS = {"rss_per_worker_mb": 120.0, "healthz_s": 2.0, "installed_mb": 350.0}
 PROFILES = ("full", "thin")
 APP_SPECS = {"full": "bench.footprint:app_with_tensorflow_stubs()", "thin": "app:create_app()"}
 
