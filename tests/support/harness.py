@@ -178,7 +178,9 @@ def tree_rss(pid: int) -> int:
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) used so far by a process and all its live descendants, in seconds (Linux /proc).
+    """CPU time (user + system) used so far by a process and all its descendants, in seconds (Linux /proc):
+    the live ones' own time plus what their children that have ended and been waited for used (a gunicorn worker
+    recycled mid-run would otherwise take its time with it, and a difference of two readings could go negative).
 
     Unlike wall-clock latency, a request's CPU time hardly moves with the load of the machine, so the
     difference of two readings over a run, divided by its requests, is a steady figure of what a request costs.
@@ -192,7 +194,8 @@ def tree_cpu_seconds(pid: int) -> float:
             fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+        # utime, stime, cutime, cstime (fields 14 to 17 of proc(5)): its own and its waited-for children's
+        total += sum(int(field) for field in fields[11:15])
         for task in (proc / "task").glob("*/children"):
             with contextlib.suppress(OSError):
                 todo.extend(int(child) for child in task.read_text().split())

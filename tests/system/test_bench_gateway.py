@@ -27,6 +27,8 @@ def test_tree_cpu_seconds_counts_busy_children():
     finally:
         child.communicate(b"\n")
     assert harness.tree_cpu_seconds(child.pid) == 0  # gone
+    # Ended and waited for, its time stays in the tree's (as a recycled gunicorn worker's must): no drop.
+    assert harness.tree_cpu_seconds(os.getpid()) - before >= 0.45
 
 
 @pytest.mark.slow
