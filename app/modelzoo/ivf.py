@@ -53,14 +53,15 @@ import numpy as np
 import tensorflow as tf
 from threadpoolctl import threadpool_limits
 
-from app.modelzoo.export import MAX_VARIABLE_BYTES, gather_from_parts, row_parts, save_servable, warmup_log
+from app.modelzoo.export import MAX_VARIABLE_BYTES, row_parts
 from app.modelzoo.search import (
     SEARCH_SIGNATURE,
-    SERVABLE_NAME,
     SIZE_SIGNATURE,
-    WARMUP_K,
     checked_request,
     gallery_arrays,
+    gallery_size_answer,
+    save_search_servable,
+    search_answer,
 )
 from app.serving.layout import ExtraFile
 
@@ -822,18 +823,10 @@ class IvfSearch(tf.Module):
         exact = tf.where(faces >= 0, exact, np.inf)
         nearest = tf.math.top_k(-exact, k=k_num, sorted=True)
         positions = tf.cast(tf.gather(faces, nearest.indices, batch_dims=1), tf.int32)
-        indices = positions * self.index_stride + self.index_offset if self.index_stride != 1 else positions
-        return {
-            "xvals": -nearest.values,
-            "indices": indices,
-            "filenames": gather_from_parts(self.filenames, self.filename_starts, positions),
-        }
+        return search_answer(self, -nearest.values, positions)
 
     def _gallery_size(self) -> dict[str, tf.Tensor]:
-        return {
-            "size": tf.add_n([tf.shape(part, out_type=tf.int64)[0] for part in self.filenames]),
-            "latent_shape": tf.constant(self.latent_shape, dtype=tf.int64, shape=[len(self.latent_shape)]),
-        }
+        return gallery_size_answer(self)
 
 
 def export_ivf_search_model(
@@ -868,11 +861,4 @@ def export_ivf_search_model(
         index_stride=index_stride,
         index_offset=index_offset,
     )
-    first = np.ascontiguousarray(np.asarray(latents)[:1], dtype=np.float32)
-    warmup = [
-        warmup_log(SERVABLE_NAME, {"target_latent": first, "k_num": np.array(min(WARMUP_K, module.size), np.int32)}),
-        warmup_log(SERVABLE_NAME, {}, signature=SIZE_SIGNATURE),
-    ]
-    return save_servable(
-        module, Path(version_dir), module.signatures(), warmup=warmup, extra_files=extra_files, replace=replace
-    )
+    return save_search_servable(module, version_dir, latents, extra_files=extra_files, replace=replace)

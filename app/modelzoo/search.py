@@ -215,23 +215,53 @@ class LatentSearch(tf.Module):
         best = tf.math.top_k(tf.reshape(candidates, [batch, -1]), k=k_num, sorted=True)
         block_of = tf.gather(chosen, best.indices // BLOCK_ROWS, batch_dims=1)
         positions = block_of * BLOCK_ROWS + best.indices % BLOCK_ROWS
-        indices = positions * self.index_stride + self.index_offset if self.index_stride != 1 else positions
         query_norms = tf.reduce_sum(tf.square(queries), axis=1, keepdims=True)  # [B, 1]
         # Float32 cancellation can leave a true zero (the query is a gallery face) slightly negative.
-        distances = tf.maximum(query_norms - best.values, 0.0)
-        return {
-            "xvals": distances,
-            "indices": indices,
-            "filenames": gather_from_parts(self.filenames, self.filename_starts, positions),
-        }
+        return search_answer(self, tf.maximum(query_norms - best.values, 0.0), positions)
 
     def _gallery_size(self) -> dict[str, tf.Tensor]:
-        # The filename variables' shapes (no read; the latents are padded to whole blocks, the names are
-        # not), so the answer is the gallery that was actually restored.
-        return {
-            "size": tf.add_n([tf.shape(part, out_type=tf.int64)[0] for part in self.filenames]),
-            "latent_shape": tf.constant(self.latent_shape, dtype=tf.int64, shape=[len(self.latent_shape)]),
-        }
+        return gallery_size_answer(self)
+
+
+def search_answer(module: tf.Module, distances: tf.Tensor, positions: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The search signature's outputs for the faces at ``positions`` of ``module``'s gallery (exact or IVF):
+    their distances, their indices (position * index_stride + index_offset) and their file names."""
+    stride, offset = module.index_stride, module.index_offset
+    return {
+        "xvals": distances,
+        "indices": positions * stride + offset if stride != 1 else positions,
+        "filenames": gather_from_parts(module.filenames, module.filename_starts, positions),
+    }
+
+
+def gallery_size_answer(module: tf.Module) -> dict[str, tf.Tensor]:
+    """The gallery_size signature's outputs for ``module``'s gallery (exact or IVF)."""
+    # The filename variables' shapes (no read; the faces are padded to whole blocks, the names are
+    # not), so the answer is the gallery that was actually restored.
+    return {
+        "size": tf.add_n([tf.shape(part, out_type=tf.int64)[0] for part in module.filenames]),
+        "latent_shape": tf.constant(module.latent_shape, dtype=tf.int64, shape=[len(module.latent_shape)]),
+    }
+
+
+def save_search_servable(
+    module: tf.Module,
+    version_dir: Path,
+    latents: np.ndarray,
+    *,
+    extra_files: Mapping[str, ExtraFile] | None,
+    replace: bool,
+) -> Path:
+    """Save a search module (exact or IVF) as a version, with warmup records that replay a search for the first
+    gallery face (k = min(WARMUP_K, N)) and a ``gallery_size`` call."""
+    first = np.ascontiguousarray(np.asarray(latents)[:1], dtype=np.float32)
+    warmup = [
+        warmup_log(SERVABLE_NAME, {"target_latent": first, "k_num": np.array(min(WARMUP_K, module.size), np.int32)}),
+        warmup_log(SERVABLE_NAME, {}, signature=SIZE_SIGNATURE),
+    ]
+    return save_servable(
+        module, Path(version_dir), module.signatures(), warmup=warmup, extra_files=extra_files, replace=replace
+    )
 
 
 def export_search_model(
@@ -256,11 +286,4 @@ def export_search_model(
     module = LatentSearch(
         latents, filenames, max_variable_bytes=max_variable_bytes, index_stride=index_stride, index_offset=index_offset
     )
-    first = np.ascontiguousarray(np.asarray(latents)[:1], dtype=np.float32)
-    warmup = [
-        warmup_log(SERVABLE_NAME, {"target_latent": first, "k_num": np.array(min(WARMUP_K, module.size), np.int32)}),
-        warmup_log(SERVABLE_NAME, {}, signature=SIZE_SIGNATURE),
-    ]
-    return save_servable(
-        module, Path(version_dir), module.signatures(), warmup=warmup, extra_files=extra_files, replace=replace
-    )
+    return save_search_servable(module, version_dir, latents, extra_files=extra_files, replace=replace)
