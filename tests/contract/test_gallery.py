@@ -10,7 +10,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from flask import Flask
 from PIL import Image
 from skimage import data
 
@@ -24,7 +23,8 @@ from app.pipeline_config import parse_pipeline_config
 from app.serving.layout import list_versions
 from app.serving.local_backend import LocalBackend
 from app.thumbnails import thumbnail_name
-from tests.support.gateway import PIPELINE_FILE, demo_serving_dir, gateway_settings
+from tests.support.galleries import descriptor_file, gateways, jpeg_bytes, sharded_serving
+from tests.support.gateway import PIPELINE_FILE, demo_serving_dir
 
 SEARCH = "latent_search_model"
 
@@ -144,64 +144,21 @@ def test_cli_erasure_prints_counts_older_versions_and_one_audit_line(serving_dir
 # -- descriptors and shards through the gateway ----------------------------------------------------
 
 
-def _descriptor_file(tmp_path: Path, demo_faces, extra: int = 500) -> Path:
-    """The demo faces under new names, among ``extra`` random unit vectors (strangers)."""
-    faces, _ = demo_faces
-    strangers = np.random.default_rng(1).standard_normal((extra, 128)).astype(np.float32)
-    strangers /= np.linalg.norm(strangers, axis=1, keepdims=True)
-    names = [f"people/{name.replace('#', '-face')}" for name in faces.names] + [f"stranger/{i}" for i in range(extra)]
-    path = tmp_path / "faces.npz"
-    np.savez(path, descriptors=np.concatenate([faces.descriptors, strangers]), names=np.array(names))
-    return path
-
-
-def _sharded_serving(serving_dir: Path, shards: int, *, partial: bool = False) -> None:
-    """serving_models.config and pipeline.toml naming the gallery's shards."""
-    config = serving_dir.read_text(encoding="utf-8").rstrip().removesuffix("}")
-    for index in range(shards):
-        name = f"{SEARCH}_{index}"
-        config += f'  config {{ name: "{name}" base_path: "/models/{name}" model_platform: "tensorflow" }}\n'
-    serving_dir.write_text(config + "}\n", encoding="utf-8")
-    names = ", ".join(f'"{SEARCH}_{index}"' for index in range(shards))
-    pipeline = PIPELINE_FILE.read_text(encoding="utf-8").replace(
-        "[search]", f"[search]\nshards = [{names}]\npartial = {'true' if partial else 'false'}", 1
-    )
-    (serving_dir.parent / "pipeline.toml").write_text(pipeline, encoding="utf-8")
-
-
-def _jpeg(path: Path) -> bytes:
-    buffer = io.BytesIO()
-    Image.open(path).convert("RGB").save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
-
-
 @pytest.fixture(params=["local", "grpc"])
-def gateway(request, serving_dir: Path) -> Iterator[Flask]:
+def gateway(request, serving_dir: Path) -> Iterator:
     """A gateway factory over serving_dir on the parametrised backend, made when the test has arranged the folder."""
-    made = []
-
-    def make() -> Flask:
-        settings, double = gateway_settings(request.param, serving_dir, warmup=False)
-        app = create_app(settings)
-        app.double = double
-        made.append(app)
-        return app
-
-    yield make
-    for app in made:
-        app.extensions["serving"].close()
-        if app.double is not None:
-            app.double.close()
+    with gateways(request.param, serving_dir) as make:
+        yield make
 
 
 def test_a_gallery_from_descriptors_serves_and_finds_each_person(gateway, builder, serving_dir, tmp_path, demo_faces):
     root = serving_dir.parent / "serving_models"
-    result = _build(builder, root, descriptors=_descriptor_file(tmp_path, demo_faces), search="exact")
+    result = _build(builder, root, descriptors=descriptor_file(tmp_path / "faces.npz", demo_faces), search="exact")
     assert result.published.faces == 522 and read_record(root / SEARCH / "2")[0].encoder_of(0) == "import"
     client = gateway().test_client()
     photos = write_demo_gallery(tmp_path / "photos") / "samples"
     answer = client.post(
-        "/api/v1/search?k=3", data={"image_file": (io.BytesIO(_jpeg(photos / "sample3.jpg")), "a.jpg")}
+        "/api/v1/search?k=3", data={"image_file": (io.BytesIO(jpeg_bytes(photos / "sample3.jpg")), "a.jpg")}
     )
     assert answer.status_code == 200, answer.json
     assert answer.json["gallery_version"] == 2
@@ -254,7 +211,7 @@ def _pipelines(backend, shards: int, *, partial: bool = False):
 @pytest.mark.parametrize("shards", [2, 3])
 def test_a_sharded_gallery_answers_as_the_whole_one(search_backend, builder, serving_dir, tmp_path, demo_faces, shards):
     root = serving_dir.parent / "serving_models"
-    descriptors = _descriptor_file(tmp_path, demo_faces, extra=300)
+    descriptors = descriptor_file(tmp_path / "faces.npz", demo_faces, extra=300)
     _build(builder, root, descriptors=descriptors, search="exact")  # the whole gallery, version 2
     result = _build(builder, root, descriptors=descriptors, search="exact", shards=shards)
     assert [shard.servable for shard in result.published.shards] == [f"{SEARCH}_{i}" for i in range(shards)]
@@ -280,7 +237,13 @@ def test_a_shard_that_is_down_is_named(builder, serving_dir, tmp_path, demo_face
     from tests.support.double import TFServingDouble
 
     root = serving_dir.parent / "serving_models"
-    _build(builder, root, descriptors=_descriptor_file(tmp_path, demo_faces, extra=100), search="exact", shards=2)
+    _build(
+        builder,
+        root,
+        descriptors=descriptor_file(tmp_path / "faces.npz", demo_faces, extra=100),
+        search="exact",
+        shards=2,
+    )
     config = _search_config(serving_dir, [f"{SEARCH}_0", f"{SEARCH}_1"])
     with (
         TFServingDouble(config, poll_interval=0, warmup=False) as double,
@@ -301,8 +264,14 @@ def test_a_shard_that_is_down_is_named(builder, serving_dir, tmp_path, demo_face
 
 def test_erasing_from_a_sharded_gallery_rewrites_only_its_shard(builder, serving_dir, tmp_path, demo_faces):
     root = serving_dir.parent / "serving_models"
-    _build(builder, root, descriptors=_descriptor_file(tmp_path, demo_faces, extra=200), search="exact", shards=2)
-    _sharded_serving(serving_dir, 2)
+    _build(
+        builder,
+        root,
+        descriptors=descriptor_file(tmp_path / "faces.npz", demo_faces, extra=200),
+        search="exact",
+        shards=2,
+    )
+    sharded_serving(serving_dir, 2, partial=False)
     config = parse_pipeline_config((serving_dir.parent / "pipeline.toml").read_text(), source="pipeline.toml")
     result = _build(builder, root, config=config, remove=["people/samples/sample1.jpg-face1"])
     changed = [shard.servable for shard in result.published.shards if not shard.linked]
@@ -344,7 +313,13 @@ def test_each_shard_can_be_on_its_own_server(builder, serving_dir, tmp_path, dem
     from tests.support.double import TFServingDouble
 
     root = serving_dir.parent / "serving_models"
-    _build(builder, root, descriptors=_descriptor_file(tmp_path, demo_faces, extra=50), search="exact", shards=2)
+    _build(
+        builder,
+        root,
+        descriptors=descriptor_file(tmp_path / "faces.npz", demo_faces, extra=50),
+        search="exact",
+        shards=2,
+    )
     config = _search_config(serving_dir, [f"{SEARCH}_0", f"{SEARCH}_1"])
     with (
         TFServingDouble(config, poll_interval=0, warmup=False) as main,

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from flask import Flask
-from PIL import Image
 
 from app import create_app
 from app.gallery import publish
@@ -21,7 +20,8 @@ from app.modelzoo import ivf
 from app.modelzoo.demo import demo_pipeline, write_demo_gallery
 from app.modelzoo.search import SEARCH_SIGNATURE
 from app.serving.local_backend import LocalBackend
-from tests.support.gateway import PIPELINE_FILE, demo_serving_dir, gateway_settings
+from tests.support.galleries import descriptor_file, gateways, jpeg_bytes, sharded_serving
+from tests.support.gateway import demo_serving_dir
 from tests.support.search_servables import LoadedSearch
 
 SEARCH = "latent_search_model"
@@ -49,21 +49,6 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_demo_gallery(tmp_path_factory.mktemp("photos")) / "samples"
 
 
-def _descriptor_file(path: Path, demo_faces, extra: int = 500, *, seed: int = 1, prefix: str = "stranger") -> Path:
-    """The demo faces under new names among ``extra`` random unit vectors (strangers); ``extra`` strangers alone
-    when ``demo_faces`` is None."""
-    strangers = np.random.default_rng(seed).standard_normal((extra, 128)).astype(np.float32)
-    strangers /= np.linalg.norm(strangers, axis=1, keepdims=True)
-    names = [f"{prefix}/{i}" for i in range(extra)]
-    descriptors = strangers
-    if demo_faces is not None:
-        faces, _ = demo_faces
-        names = [f"people/{name.replace('#', '-face')}" for name in faces.names] + names
-        descriptors = np.concatenate([faces.descriptors, strangers])
-    np.savez(path, descriptors=descriptors, names=np.array(names))
-    return path
-
-
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> Iterator[LocalBackend]:
     """The demo encoder alone, loaded once: imported descriptors are checked against its latent shape."""
@@ -85,41 +70,11 @@ def build(encoder: LocalBackend, root: Path):
     return run
 
 
-def _sharded_serving(serving_dir: Path, shards: int) -> None:
-    """serving_models.config and pipeline.toml naming the gallery's shards."""
-    config = serving_dir.read_text(encoding="utf-8").rstrip().removesuffix("}")
-    for index in range(shards):
-        name = f"{SEARCH}_{index}"
-        config += f'  config {{ name: "{name}" base_path: "/models/{name}" model_platform: "tensorflow" }}\n'
-    serving_dir.write_text(config + "}\n", encoding="utf-8")
-    names = ", ".join(f'"{SEARCH}_{index}"' for index in range(shards))
-    pipeline = PIPELINE_FILE.read_text(encoding="utf-8").replace("[search]", f"[search]\nshards = [{names}]", 1)
-    (serving_dir.parent / "pipeline.toml").write_text(pipeline, encoding="utf-8")
-
-
-def _jpeg(path: Path) -> bytes:
-    buffer = io.BytesIO()
-    Image.open(path).convert("RGB").save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
-
-
 @pytest.fixture(params=["local", "grpc"])
 def gateway(request, serving_dir: Path) -> Iterator:
     """A gateway factory over serving_dir on the parametrised backend, made when the test has arranged the folder."""
-    made = []
-
-    def make() -> Flask:
-        settings, double = gateway_settings(request.param, serving_dir, warmup=False)
-        app = create_app(settings)
-        app.double = double
-        made.append(app)
-        return app
-
-    yield make
-    for app in made:
-        app.extensions["serving"].close()
-        if app.double is not None:
-            app.double.close()
+    with gateways(request.param, serving_dir) as make:
+        yield make
 
 
 def _stored_probes(version: Path) -> int:
@@ -132,7 +87,9 @@ def _stored_probes(version: Path) -> int:
 
 
 def _search_photo(app: Flask, photo: Path, k: int = 3) -> dict:
-    answer = app.test_client().post(f"/api/v1/search?k={k}", data={"image_file": (io.BytesIO(_jpeg(photo)), "a.jpg")})
+    answer = app.test_client().post(
+        f"/api/v1/search?k={k}", data={"image_file": (io.BytesIO(jpeg_bytes(photo)), "a.jpg")}
+    )
     assert answer.status_code == 200, answer.json
     return answer.json
 
@@ -141,7 +98,7 @@ def test_build_index_search_ivf_is_served_checked_and_finds_the_person(gateway, 
                                                                       photos):  # fmt: skip
     builder = create_app({"model_config": serving_dir, "poll_interval": 0, "warmup": False})
     try:
-        path = _descriptor_file(tmp_path / "faces.npz", demo_faces)
+        path = descriptor_file(tmp_path / "faces.npz", demo_faces)
         built = builder.test_cli_runner().invoke(args=["build-index", "--descriptors", str(path), "--search", "ivf"])
     finally:
         builder.extensions["serving"].close()
@@ -167,14 +124,14 @@ def test_build_index_search_ivf_is_served_checked_and_finds_the_person(gateway, 
 
 def test_a_sharded_ivf_gallery_is_served_and_numbers_faces_across_shards(gateway, serving_dir, root, build, tmp_path,
                                                                          demo_faces, photos):  # fmt: skip
-    result = build(descriptors=_descriptor_file(tmp_path / "faces.npz", demo_faces), search="ivf", shards=2)
+    result = build(descriptors=descriptor_file(tmp_path / "faces.npz", demo_faces), search="ivf", shards=2)
     assert [shard.servable for shard in result.published.shards] == [f"{SEARCH}_0", f"{SEARCH}_1"]
     for shard in result.published.shards:
         manifest = read_manifest(shard.version_dir)
         assert manifest.search["kind"] == "ivf" and manifest.search == shard.search
         assert manifest.search["lists"] == ivf.default_lists(shard.faces)
         assert (shard.version_dir / TRAINING).is_file()
-    _sharded_serving(serving_dir, 2)
+    sharded_serving(serving_dir, 2)
     app = gateway()
     checked = app.test_cli_runner().invoke(args=["check-models"])
     assert checked.exit_code == 0, checked.output
@@ -188,9 +145,9 @@ def test_a_sharded_ivf_gallery_is_served_and_numbers_faces_across_shards(gateway
 
 
 def test_adding_faces_keeps_the_parents_training_unless_retrain(root, build, tmp_path, demo_faces) -> None:
-    build(descriptors=_descriptor_file(tmp_path / "faces.npz", demo_faces), search="ivf")
+    build(descriptors=descriptor_file(tmp_path / "faces.npz", demo_faces), search="ivf")
     trained = (root / SEARCH / "2" / TRAINING).read_bytes()
-    more = _descriptor_file(tmp_path / "more.npz", None, extra=30, seed=7, prefix="newcomer")
+    more = descriptor_file(tmp_path / "more.npz", None, extra=30, seed=7, prefix="newcomer")
     added = build(descriptors=more, add=True, probes=3)
     assert added.added == 30 and added.published.shards[0].search == {
         "kind": "ivf",
@@ -219,9 +176,9 @@ def test_auto_picks_exact_below_auto_ivf_from_and_ivf_from_there(
     root, build, tmp_path, demo_faces, monkeypatch
 ) -> None:
     monkeypatch.setattr(publish, "AUTO_IVF_FROM", 300)
-    small = build(descriptors=_descriptor_file(tmp_path / "small.npz", demo_faces, extra=277), search="auto")
+    small = build(descriptors=descriptor_file(tmp_path / "small.npz", demo_faces, extra=277), search="auto")
     assert small.published.faces == 299 and small.published.shards[0].search == {"kind": "exact"}
-    large = build(descriptors=_descriptor_file(tmp_path / "large.npz", demo_faces, extra=278), search="auto")
+    large = build(descriptors=descriptor_file(tmp_path / "large.npz", demo_faces, extra=278), search="auto")
     assert large.published.faces == 300 and large.published.shards[0].search["kind"] == "ivf"
     assert not (root / SEARCH / "2" / TRAINING).exists() and (root / SEARCH / "3" / TRAINING).is_file()
     # The manifest file of each version says the same.
