@@ -22,13 +22,18 @@ $(VENV)/.installed: requirements-gateway.txt requirements.txt requirements-dev.t
 	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	touch $@
 
-# The whole suite (what CI runs): tests/unit, tests/contract, tests/system, in that order.
+# Test files run in TEST_WORKERS processes (pytest-xdist; a file's tests stay in one, so its fixtures are built
+# once). More workers than cores: many tests wait on a program, a socket or a deadline. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 3
+WORKERS := -n $(TEST_WORKERS) --dist loadfile
+
+# The whole suite (what CI runs): tests/unit, tests/contract, tests/system.
 test: venv
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(WORKERS) $(PYTEST_ARGS)
 
 # The loop while working: unit and contract tiers (no real programs, no extra virtualenv, no download).
 test-fast: venv
-	$(BIN)/python -m pytest tests/unit tests/contract $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(WORKERS) tests/unit tests/contract $(PYTEST_ARGS)
 
 # Seconds: no TensorFlow, no subprocess.
 test-unit: venv

@@ -13,15 +13,30 @@ from typing import Any
 import pytest
 
 from tests.support.gateway import BACKEND_KINDS, demo_serving_dir, gateway_settings, make_serving_dir
+from tests.support.once import built_once
 
 BackendFactory = Callable[..., Any]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files holding a `long(minutes=...)` test go first, the longest first: the workers (pytest-xdist) start them
+    at once and run the short files around them, instead of one worker finishing a long file alone at the end.
+    A file keeps its own order."""
+    minutes: dict = {}
+    for item in items:
+        marker = item.get_closest_marker("long")
+        if marker is not None:
+            minutes[item.path] = max(minutes.get(item.path, 0), marker.kwargs.get("minutes", 1))
+    items.sort(key=lambda item: -minutes.get(item.path, 0))
 
 
 @pytest.fixture(scope="session")
 def exported_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.support import servables
 
-    return servables.export_all(tmp_path_factory.mktemp("exported") / "serving_models")
+    return built_once(tmp_path_factory, "exported", lambda folder: servables.export_all(folder / "serving_models")) / (
+        "serving_models"
+    )
 
 
 @pytest.fixture
@@ -75,14 +90,16 @@ def shared_backend(request: pytest.FixtureRequest, tmp_path_factory, exported_mo
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The four demo servables, exported once per test session; tests copy, never change, them."""
+    """The four demo servables, exported once per test run (every xdist worker reads the same); tests copy, never
+    change, them."""
     from app.commands.models import export_models
     from app.pipeline_config import DEFAULT_PIPELINE
 
-    root = tmp_path_factory.mktemp("demo") / "serving_models"
-    written = export_models(root, echo=lambda _line: None)
-    assert sorted(written) == sorted(DEFAULT_PIPELINE.servables)
-    return root
+    def export(folder: Path) -> None:
+        written = export_models(folder / "serving_models", echo=lambda _line: None)
+        assert sorted(written) == sorted(DEFAULT_PIPELINE.servables)
+
+    return built_once(tmp_path_factory, "demo", export) / "serving_models"
 
 
 @pytest.fixture(scope="module", params=BACKEND_KINDS)

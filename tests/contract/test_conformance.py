@@ -29,6 +29,7 @@ from app.web.extensions import serving
 from tests.support import conformance
 from tests.support.double import TFServingDouble
 from tests.support.gateway import gateway_settings
+from tests.support.once import built_once
 
 REPO = Path(__file__).resolve().parents[2]
 GALLERY_FACES = 12  # LFW faces beside the astronaut: the gallery holds 13
@@ -116,9 +117,15 @@ def _pipeline(text: str, replace: str = "") -> str:
 
 @pytest.fixture(scope="session")
 def user_models(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> Path:
-    """Every user servable exported once per session; the tutorial's search model indexes faces the user's
-    encoder encoded, the astronaut's among them (as cropped by the gateway from ASTRONAUT)."""
-    root = tmp_path_factory.mktemp("byom") / "serving_models"
+    """Every user servable exported once per run (every xdist worker reads the same); the tutorial's search model
+    indexes faces the user's encoder encoded, the astronaut's among them (as cropped by the gateway from ASTRONAUT)."""
+    return built_once(tmp_path_factory, "byom", lambda folder: _export_user_models(folder, demo_root)) / (
+        "serving_models"
+    )
+
+
+def _export_user_models(folder: Path, demo_root: Path) -> None:
+    root = folder / "serving_models"
     scratch = root.parent / "scratch"
     scratch.mkdir()
     demo_detector = demo_root / "face_detection" / "1"
@@ -151,7 +158,6 @@ def user_models(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> Pa
     names = ["astronaut.jpg", *(f"lfw/face_{i:03d}.png" for i in range(GALLERY_FACES))]
     conformance.export_tutorial_search(root / "tutorial_search" / "1", latents, names, scratch / "gallery")
     config.unlink()
-    return root
 
 
 def _serving_dir(root: Path, user_models: Path, pipeline: str, servables=PIPELINE_SERVABLES) -> Path:
@@ -194,6 +200,7 @@ def _photo() -> dict:
 # -- the users' servables through every surface ----------------------------------------------------
 
 
+@pytest.mark.long(minutes=2)
 def test_search_finds_the_indexed_face_first(client):
     response = client.post("/api/v1/search", data={**_photo(), "k": "3"})
     assert response.status_code == 200, response.json
@@ -403,15 +410,21 @@ def misfit_root(tmp_path_factory, user_models) -> Path:
     return config
 
 
+@pytest.fixture(scope="module")
+def misfit_server(misfit_root) -> Iterator[dict]:
+    """Settings of a gateway over the users' servables through one double for every case: the servables load once,
+    so only the first case pays a model's first run in a fresh session (seconds, for a detector)."""
+    with TFServingDouble(misfit_root, poll_interval=0) as double:
+        yield {"model_config": misfit_root, "backend": "grpc", "serving_target": double.address}
+
+
 @pytest.fixture(scope="module", params=["local", "grpc"])
 def misfit_target(request, misfit_root) -> Iterator[dict]:
-    """Settings of a gateway over the users' servables: in-process, or through one double for every case."""
+    """Settings of a gateway over the users' servables: in-process, or through the one double of every case."""
     if request.param == "local":
         yield {"model_config": misfit_root, "poll_interval": 0, "warmup": False}
-        return
-    double = TFServingDouble(misfit_root, poll_interval=0).start()
-    yield {"model_config": misfit_root, "backend": "grpc", "serving_target": double.address}
-    double.close()
+    else:
+        yield request.getfixturevalue("misfit_server")
 
 
 def test_the_misfits_each_have_their_own_message():
@@ -434,25 +447,35 @@ def test_a_misfit_stops_the_gateway_at_start(case, misfit_target, tmp_path):
     assert str(pipeline_file) in refused.value.message
 
 
-@pytest.mark.parametrize("case", MISFITS)
-def test_check_models_names_the_misfit_and_the_change(case, misfit_root, tmp_path):
-    change, words = MISFITS[case]
+def _check_models(settings: dict, tmp_path: Path, case: str, *args: str):
+    """check-models with ``args`` over the users' servables wired by the pipeline file of misfit ``case``."""
     pipeline_file = tmp_path / "pipeline.toml"
-    pipeline_file.write_text(_pipeline(PIPELINE, change), encoding="utf-8")
-    app = create_app({"model_config": misfit_root, "pipeline_config": pipeline_file, "poll_interval": 0})
+    pipeline_file.write_text(_pipeline(PIPELINE, MISFITS[case][0]), encoding="utf-8")
+    app = create_app({"poll_interval": 0, **settings, "pipeline_config": pipeline_file})
     try:
-        result = app.test_cli_runner().invoke(args=["check-models"])
-        as_json = json.loads(app.test_cli_runner().invoke(args=["check-models", "--json", "--no-request"]).output)
+        return app.test_cli_runner().invoke(args=["check-models", *args])
     finally:
         serving(app).close()
+
+
+# Every case through the one double (the check reads metadata and sends a request per stage, whatever the backend);
+# the in-process backend's check-models runs in the JSON test below and in test_check_models_says_every_stage_fits.
+@pytest.mark.parametrize("case", MISFITS)
+def test_check_models_names_the_misfit_and_the_change(case, misfit_server, tmp_path):
+    result = _check_models(misfit_server, tmp_path, case)
     assert result.exit_code == 1, result.output
     assert "DOES NOT FIT" in result.output
     flat = " ".join(line.strip() for line in result.output.splitlines())
-    problem, _, fix = words.partition("; ")
+    problem, _, fix = MISFITS[case][1].partition("; ")
     assert re.sub(r"^\[[^\]]+\] ", "", problem) in flat
     if fix:
         assert f"change: {fix}" in flat
-    assert as_json["fits"] is False
+
+
+def test_check_models_json_says_a_misfit_does_not_fit(misfit_root, tmp_path):
+    result = _check_models({"model_config": misfit_root}, tmp_path, "missing output", "--json", "--no-request")
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.output)["fits"] is False
 
 
 def test_gunicorn_stops_on_a_misfit_with_the_reason(misfit_root, tmp_path):

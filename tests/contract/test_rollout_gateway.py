@@ -105,6 +105,7 @@ def timing_arms(header: str) -> dict[str, str]:
 CLIENTS_OF_THE_SPLIT = 400
 
 
+@pytest.mark.long(minutes=1.5)
 @pytest.mark.slow
 def test_weights_hold_over_400_clients_and_every_answer_names_its_arm(canary_app):
     use_pipeline(canary_app, with_rollout(detect="traffic = { stable = 90, canary = 10 }"))

@@ -20,6 +20,7 @@ from flask import Flask
 from app import create_app
 from tests.support.double import TFServingDouble
 from tests.support.gateway import BACKEND_KINDS
+from tests.support.once import built_once
 
 HALF_PLUS_TWO = "saved_model_half_plus_two_2_versions"
 HALF_PLUS_TWO_VERSION = 123
@@ -205,7 +206,9 @@ model_config_list {{
 
 @pytest.fixture(scope="session")
 def model_api_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_all(tmp_path_factory.mktemp("model-api") / "serving_models")
+    return built_once(tmp_path_factory, "model-api", lambda folder: export_all(folder / "serving_models")) / (
+        "serving_models"
+    )
 
 
 def serving_dir(root: Path, exported: Path) -> Path:

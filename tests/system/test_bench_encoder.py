@@ -48,6 +48,7 @@ def test_geometry_is_identity_for_changes_that_move_nothing():
         assert not mirrored and np.array_equal(geometry, np.eye(3))
 
 
+@pytest.mark.long(minutes=1.5)
 @pytest.mark.slow
 def test_encoder_benchmark_smoke(tmp_path):
     out = tmp_path / "encoder.json"

@@ -12,6 +12,7 @@ from tests.support import thin_gateway as footprint
 from tests.support.gateway import demo_serving_dir, run_benchmark
 
 
+@pytest.mark.long(minutes=1)
 @pytest.mark.slow
 def test_footprint_benchmark_smoke(tmp_path: Path, demo_root: Path) -> None:
     config = demo_serving_dir(tmp_path, demo_root)

@@ -31,6 +31,7 @@ def test_tree_cpu_seconds_counts_busy_children():
     assert harness.tree_cpu_seconds(os.getpid()) - before >= 0.45
 
 
+@pytest.mark.long(minutes=1.2)
 @pytest.mark.slow
 def test_gateway_benchmark_smoke(tmp_path: Path):
     out = tmp_path / "gateway.json"

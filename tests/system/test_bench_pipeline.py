@@ -118,6 +118,7 @@ def test_result_page_times_each_model_call(demo_app: Flask):
 # -- the benchmark itself ----------------------------------------------------------------------------
 
 
+@pytest.mark.long(minutes=1)
 @pytest.mark.slow
 def test_pipeline_benchmark_smoke(tmp_path: Path, demo_root: Path):
     config = demo_serving_dir(tmp_path, demo_root)

@@ -10,6 +10,7 @@ import pytest
 from tests.support.gateway import demo_serving_dir, run_benchmark
 
 
+@pytest.mark.long(minutes=1.5)
 @pytest.mark.slow
 def test_rollout_benchmark_smoke(tmp_path: Path, demo_root: Path):
     config = demo_serving_dir(tmp_path, demo_root)

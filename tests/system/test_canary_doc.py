@@ -151,6 +151,7 @@ class Recipe:
             self.stop.wait(0.05)
 
 
+@pytest.mark.long(minutes=1.5)
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", BACKEND_KINDS)
 def test_the_canary_recipe_end_to_end(kind, tmp_path, demo_root):

@@ -20,6 +20,7 @@ SMOKE = [sys.executable, "-m", "scripts.compose_smoke"]
 CANNOT_RUN_HERE = 2  # the smoke test's exit status when the machine lacks what it needs
 
 
+@pytest.mark.long(minutes=10)
 @pytest.mark.slow
 @pytest.mark.timeout(2700)
 def test_the_compose_stack_builds_runs_and_passes_its_checks():

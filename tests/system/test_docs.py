@@ -116,6 +116,7 @@ def _run_doc(path: Path, live) -> None:
 RUNNABLE = [path for path in DOCS if runnable_blocks(path)]
 
 
+@pytest.mark.long(minutes=2)
 @pytest.mark.slow
 @pytest.mark.parametrize("path", RUNNABLE, ids=lambda p: p.name)
 def test_runnable_blocks_run_as_written(path, live):

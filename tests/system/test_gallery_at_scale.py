@@ -21,7 +21,7 @@ from app.serving.local_backend import LocalBackend
 from tests.support.gateway import demo_serving_dir, gateway_settings
 from tests.support.synthetic_faces import strangers
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long(minutes=2)]
 SEARCH = "latent_search_model"
 STRANGERS = 100_000
 PEOPLE = 20

@@ -8,6 +8,7 @@ from tests.support import harness
 from tests.support.gateway import demo_serving_dir
 
 
+@pytest.mark.long(minutes=2.5)
 @pytest.mark.slow
 @pytest.mark.parametrize("level", ["INFO", "DEBUG"])
 def test_a_gunicorn_start_on_the_embedded_backend(tmp_path, demo_root, level):

@@ -46,6 +46,7 @@ def test_the_ivf_benchmark_runs_at_smoke_size(tmp_path: Path) -> None:
     assert "recall@10 against exact search" in result.stdout
 
 
+@pytest.mark.long(minutes=2)
 def test_the_crossover_benchmark_runs_at_smoke_size(tmp_path: Path) -> None:
     out = tmp_path / "crossover.json"
     run_bench("--smoke", "--crossover", "--json", str(out))

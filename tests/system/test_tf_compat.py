@@ -191,6 +191,7 @@ def ivf_search_export(root: Path) -> Path:
     return ivf.export_ivf_search_model(root / "1", faces, names, training, max_variable_bytes=64 * 1024)
 
 
+@pytest.mark.long(minutes=1)
 def test_every_export_loads_and_replays_its_warmup_under_the_serving_tensorflow(demo_root: Path, tmp_path: Path):
     version = serving_tensorflow_version()
     started = time.monotonic()

@@ -33,7 +33,7 @@ from tests.support.double import TFServingDouble
 from tests.support.gateway import demo_serving_dir
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long(minutes=2)]
 
 CLIENTS = 8
 SEARCH = "latent_search_model"  # the servable whose version every full-pipeline response names
