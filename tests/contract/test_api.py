@@ -73,7 +73,7 @@ def make_app(demo_app: Flask) -> Iterator[AppFactory]:
             settings["model_config"] = serve_config
             if demo_app.double is not None:  # the gateway and TF Serving read the same file
                 # Labels at start need --allow_version_labels_for_unavailable_models, as docker-compose sets it.
-                double = TFServingDouble(serve_config, poll_interval=0, allow_labels_for_unavailable=True, warmup=False)
+                double = TFServingDouble(serve_config, poll_interval=0, allow_labels_for_unavailable=True)
                 doubles.append(double.start())
                 settings["serving_target"] = doubles[-1].address
         app = create_app(settings | overrides)

@@ -224,8 +224,7 @@ def test_build_index_on_empty_folder_is_refused(demo_backend, tmp_path):
 
 @pytest.fixture
 def cli_app(tmp_path, demo_root):
-    config = demo_serving_dir(tmp_path, demo_root)
-    app = create_app({"backend": "local", "model_config": config, "poll_interval": 0, "warmup": False})
+    app = create_app({"backend": "local", "model_config": demo_serving_dir(tmp_path, demo_root), "poll_interval": 0})
     yield app
     app.extensions["serving"].close()
 

@@ -66,7 +66,9 @@ def gateways(kind: str, serving_dir: Path) -> Iterator[Callable[[], Flask]]:
     made = []
 
     def make() -> Flask:
-        settings, double = gateway_settings(kind, serving_dir, warmup=False)
+        # With warmup, as TF Serving runs: a model's first run in a fresh session (seconds for the detector, more on
+        # a loaded machine) is paid at load, not inside a request's 10 s deadline.
+        settings, double = gateway_settings(kind, serving_dir)
         app = create_app(settings)
         app.double = double
         made.append(app)

@@ -40,11 +40,10 @@ def demo_serving_dir(root: Path, demo_root: Path) -> Path:
     return config
 
 
-def gateway_settings(kind: str, config: Path, *, warmup: bool = False) -> tuple[dict, TFServingDouble | None]:
+def gateway_settings(kind: str, config: Path, *, warmup: bool = True) -> tuple[dict, TFServingDouble | None]:
     """Settings of a gateway over ``config`` on the ``kind`` backend ("local", or "grpc" through a protocol double
     started here: the caller stops it), without polling or a rate limit; and that double, or None. ``warmup``:
-    whether versions replay their warmup records as they load (either backend); off unless a test is about it, since
-    it only makes first requests faster and costs every load about 3.5 s of CPU on the demo servables."""
+    whether versions replay their warmup records as they load (either backend)."""
     from tests.support.double import TFServingDouble
 
     settings = {"poll_interval": 0, "model_config": config, "rate_limit": "", "warmup": warmup}

@@ -57,11 +57,10 @@ def with_rollout(**stages: str) -> str:
 @contextmanager
 def gateway(kind: str, config: Path, **settings: Any) -> Iterator[Flask]:
     """The gateway over ``config`` on the local backend or via gRPC to the protocol double, both polling."""
-    # No warmup: it only makes first requests faster, and each load of the demo servables would pay ~3.5 s for it.
-    options = {"poll_interval": POLL, "model_config": config, "rate_limit": "", "warmup": False, **settings}
+    options = {"poll_interval": POLL, "model_config": config, "rate_limit": "", **settings}
     double = None
     if kind == "grpc":
-        double = TFServingDouble(config, poll_interval=POLL, allow_labels_for_unavailable=True, warmup=False).start()
+        double = TFServingDouble(config, poll_interval=POLL, allow_labels_for_unavailable=True).start()
         options.update(backend="grpc", serving_target=double.address)
     app = create_app(options)
     app.config["TESTING"] = True
