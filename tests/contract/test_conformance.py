@@ -28,7 +28,7 @@ from app.serving.local_backend import LocalBackend
 from app.web.extensions import serving
 from tests.support import conformance
 from tests.support.double import TFServingDouble
-from tests.support.gateway import gateway_settings
+from tests.support.gateway import CALL_TIMEOUT, gateway_settings
 from tests.support.once import built_once
 
 REPO = Path(__file__).resolve().parents[2]
@@ -415,7 +415,12 @@ def misfit_server(misfit_root) -> Iterator[dict]:
     """Settings of a gateway over the users' servables through one double for every case: the servables load once,
     so only the first case pays a model's first run in a fresh session (seconds, for a detector)."""
     with TFServingDouble(misfit_root, poll_interval=0) as double:
-        yield {"model_config": misfit_root, "backend": "grpc", "serving_target": double.address}
+        yield {
+            "model_config": misfit_root,
+            "backend": "grpc",
+            "serving_target": double.address,
+            "timeout": CALL_TIMEOUT,
+        }
 
 
 @pytest.fixture(scope="module", params=["local", "grpc"])

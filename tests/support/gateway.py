@@ -20,6 +20,7 @@ BACKEND_KINDS = ("local", "grpc")
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE_CONFIG = REPO / "serving_models.config"
 PIPELINE_FILE = REPO / "pipeline.toml"
+CALL_TIMEOUT = 60.0  # seconds a model call may take in a test gateway (gateway_settings)
 
 
 def make_serving_dir(root: Path, exported: Path, config: str = servables.CONFIG) -> Path:
@@ -43,10 +44,13 @@ def demo_serving_dir(root: Path, demo_root: Path) -> Path:
 def gateway_settings(kind: str, config: Path, *, warmup: bool = True) -> tuple[dict, TFServingDouble | None]:
     """Settings of a gateway over ``config`` on the ``kind`` backend ("local", or "grpc" through a protocol double
     started here: the caller stops it), without polling or a rate limit; and that double, or None. ``warmup``:
-    whether versions replay their warmup records as they load (either backend)."""
+    whether versions replay their warmup records as they load (either backend).
+
+    A model call may take 60 s, not the default 10: a user's export has no warmup records, and its first run in a
+    fresh session (seconds for a detector) takes longer still on a loaded machine. Tests of deadlines set theirs."""
     from tests.support.double import TFServingDouble
 
-    settings = {"poll_interval": 0, "model_config": config, "rate_limit": "", "warmup": warmup}
+    settings = {"poll_interval": 0, "model_config": config, "rate_limit": "", "warmup": warmup, "timeout": CALL_TIMEOUT}
     double = None
     if kind == "grpc":
         double = TFServingDouble(config, poll_interval=0, warmup=warmup).start()
