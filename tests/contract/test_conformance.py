@@ -22,7 +22,7 @@ from skimage import data
 
 from app import create_app
 from app.pipeline import Photo, Pipeline
-from app.pipeline_check import PipelineMisfit
+from app.pipeline_check import PipelineMisfit, check_pipeline, misfits_of
 from app.pipeline_config import load_pipeline_config
 from app.serving.local_backend import LocalBackend
 from app.web.extensions import serving
@@ -423,13 +423,11 @@ def misfit_server(misfit_root) -> Iterator[dict]:
         }
 
 
-@pytest.fixture(scope="module", params=["local", "grpc"])
-def misfit_target(request, misfit_root) -> Iterator[dict]:
-    """Settings of a gateway over the users' servables: in-process, or through the one double of every case."""
-    if request.param == "local":
-        yield {"model_config": misfit_root, "poll_interval": 0, "warmup": False}
-    else:
-        yield request.getfixturevalue("misfit_server")
+@pytest.fixture(scope="module")
+def misfit_runtime(misfit_root) -> Iterator[LocalBackend]:
+    """The users' servables in-process, loaded once for every case (a gateway start would load them again)."""
+    with LocalBackend(misfit_root, poll_interval=0, warmup=False) as backend:
+        yield backend
 
 
 def test_the_misfits_each_have_their_own_message():
@@ -437,26 +435,50 @@ def test_the_misfits_each_have_their_own_message():
     assert len({words for _, words in MISFITS.values()}) == len(MISFITS)
 
 
-@pytest.mark.parametrize("case", MISFITS)
-def test_a_misfit_stops_the_gateway_at_start(case, misfit_target, tmp_path):
-    change, words = MISFITS[case]
-    pipeline_file = tmp_path / "pipeline.toml"
-    pipeline_file.write_text(_pipeline(PIPELINE, change), encoding="utf-8")
-    app = create_app({**misfit_target, "pipeline_config": pipeline_file})
+def _misfit_pipeline(case: str, folder: Path) -> Path:
+    pipeline_file = folder / "pipeline.toml"
+    pipeline_file.write_text(_pipeline(PIPELINE, MISFITS[case][0]), encoding="utf-8")
+    return pipeline_file
+
+
+def _refused_at_start(settings: dict, pipeline_file: Path) -> PipelineMisfit:
+    app = create_app({**settings, "pipeline_config": pipeline_file})
     try:
         with pytest.raises(PipelineMisfit) as refused:
             serving(app).start()
     finally:
         serving(app).close()
-    assert words in refused.value.message
-    assert str(pipeline_file) in refused.value.message
+    return refused.value
+
+
+# Every case through a gateway start over the one double; in-process, every case through the check a start runs
+# (check_pipeline, over one runtime) and one case through a whole start.
+@pytest.mark.parametrize("case", MISFITS)
+def test_a_misfit_stops_the_gateway_at_start(case, misfit_server, tmp_path):
+    pipeline_file = _misfit_pipeline(case, tmp_path)
+    message = _refused_at_start(misfit_server, pipeline_file).message
+    assert MISFITS[case][1] in message
+    assert str(pipeline_file) in message
+
+
+def test_a_misfit_stops_the_in_process_gateway_at_start(misfit_root, tmp_path):
+    pipeline_file = _misfit_pipeline("missing output", tmp_path)
+    settings = {"model_config": misfit_root, "poll_interval": 0, "warmup": False}
+    message = _refused_at_start(settings, pipeline_file).message
+    assert MISFITS["missing output"][1] in message
+    assert str(pipeline_file) in message
+
+
+@pytest.mark.parametrize("case", MISFITS)
+def test_the_in_process_runtime_shows_every_misfit(case, misfit_runtime, tmp_path):
+    config = load_pipeline_config(_misfit_pipeline(case, tmp_path))
+    misfits = misfits_of(check_pipeline(misfit_runtime, config))
+    assert MISFITS[case][1] in PipelineMisfit(config.source, misfits).message
 
 
 def _check_models(settings: dict, tmp_path: Path, case: str, *args: str):
     """check-models with ``args`` over the users' servables wired by the pipeline file of misfit ``case``."""
-    pipeline_file = tmp_path / "pipeline.toml"
-    pipeline_file.write_text(_pipeline(PIPELINE, MISFITS[case][0]), encoding="utf-8")
-    app = create_app({"poll_interval": 0, **settings, "pipeline_config": pipeline_file})
+    app = create_app({"poll_interval": 0, **settings, "pipeline_config": _misfit_pipeline(case, tmp_path)})
     try:
         return app.test_cli_runner().invoke(args=["check-models", *args])
     finally:

@@ -13,116 +13,37 @@ import io
 import logging
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 from flask import Flask
 from skimage import data
 
-from app.modelzoo.search import export_search_model
 from app.web.extensions import serving
 from tests.support.gateway import BACKEND_KINDS, demo_serving_dir
 from tests.support.rollouts import (
     ASTRONAUT,
     POLL,
+    SMALL_PHOTO,
     address,
-    copy_version,
+    canary_serving_dir,
     gateway,
     jpeg,
     metric,
     model_config_text,
+    post,
     refusal,
+    timing_arms,
     use_pipeline,
     with_rollout,
 )
 from tests.support.waiting import wait_for
 
-SMALL_PHOTO = jpeg(data.astronaut(), side=96)  # detect runs in a few ms: hundreds of requests stay quick
-OTHER_GALLERY = [f"elsewhere/face_{i:02d}.jpg" for i in range(30)]
-
-
-def build_versions(models: Path) -> None:
-    broken = copy_version(models, "face_detection", 1, 2, source_servable="ugatit_selfie2anime")
-    copy_version(models, "face_detection", 1, 3)
-    for warmup in broken.glob("assets.extra/*"):
-        warmup.unlink()
-    rng = np.random.default_rng(15)
-    latents = rng.normal(0, 0.1, (len(OTHER_GALLERY), 128)).astype(np.float32)
-    export_search_model(models / "latent_search_model" / "2", latents, OTHER_GALLERY)
-    copy_version(models, "latent_search_model", 1, 3)
-
-
-CONFIG = model_config_text(
-    {
-        "face_detection": """
-            model_version_policy { all {} }
-            version_labels { key: "stable" value: 1 }
-            version_labels { key: "broken" value: 2 }
-            version_labels { key: "canary" value: 3 }
-        """,
-        "latent_search_model": """
-            model_version_policy { all {} }
-            version_labels { key: "stable" value: 1 }
-            version_labels { key: "canary" value: 2 }
-        """,
-    }
-)
-
 
 @pytest.fixture(scope="module", params=BACKEND_KINDS)
 def canary_app(request: pytest.FixtureRequest, tmp_path_factory, demo_root: Path):
-    root = tmp_path_factory.mktemp("canary")
-    config = demo_serving_dir(root, demo_root)
-    build_versions(root / "serving_models")
-    config.write_text(CONFIG, encoding="utf-8")
-    with gateway(request.param, config) as app:
+    with gateway(request.param, canary_serving_dir(tmp_path_factory.mktemp("canary"), demo_root)) as app:
         yield app
-
-
-def post(app: Flask, path: str, n: int, photo: bytes = ASTRONAUT, **query: str):
-    response = app.test_client().post(path, query_string=query, data=photo, content_type="image/jpeg", **address(n))
-    assert response.status_code == 200, response.get_data(as_text=True)[:500]
-    return response
-
-
-def timing_arms(header: str) -> dict[str, str]:
-    """stage -> arm from a Server-Timing header (``search;dur=4.1;desc="canary"``)."""
-    arms = {}
-    for entry in header.split(","):
-        name, *params = (part.strip() for part in entry.split(";"))
-        for param in params:
-            if param.startswith("desc="):
-                arms[name] = param.removeprefix("desc=").strip('"')
-    return arms
-
-
-# The split itself is proven over 2,000 clients by tests/unit/test_rollout.py (within 3 % of the weights); here it is
-# the gateway's: each client's address is its identity, every answer names its arm and the metrics count it. These
-# 400 fixed addresses put 33 clients (8.25 %) on the canary arm under 90/10 (a keyed hash: the same every run);
-# 4 % is 2.7 standard deviations of a 400-client draw, so a new salt or hash would rarely stray past it either.
-CLIENTS_OF_THE_SPLIT = 400
-
-
-@pytest.mark.long(minutes=1.5)
-@pytest.mark.slow
-def test_weights_hold_over_400_clients_and_every_answer_names_its_arm(canary_app):
-    use_pipeline(canary_app, with_rollout(detect="traffic = { stable = 90, canary = 10 }"))
-    before = {arm: metric(canary_app, "gateway_stage_requests_total", stage="detect", arm=arm) for arm in ("stable",
-              "canary")}  # fmt: skip
-    arms = Counter()
-    for n in range(CLIENTS_OF_THE_SPLIT):
-        response = post(canary_app, "/api/v1/detect", n, SMALL_PHOTO)
-        arm = response.json["arms"]["detect"]
-        assert timing_arms(response.headers["Server-Timing"]) == {"detect": arm}
-        arms[arm] += 1
-    print(f"split over {CLIENTS_OF_THE_SPLIT} clients: {dict(arms)}")
-    assert set(arms) == {"stable", "canary"}
-    assert abs(arms["canary"] / CLIENTS_OF_THE_SPLIT - 0.10) <= 0.04
-    for arm in ("stable", "canary"):
-        counted = metric(canary_app, "gateway_stage_requests_total", stage="detect", arm=arm) - before[arm]
-        assert counted == arms[arm]
 
 
 def test_a_client_keeps_its_arm_and_a_pin_wins(canary_app):

@@ -1,5 +1,5 @@
-"""What the gateway rollout tests share: a demo serving folder with extra versions, apps over it on either backend,
-pipeline files changed under a running gateway, metric samples, and client addresses."""
+"""What the gateway rollout tests share: a demo serving folder with extra versions and labels, apps over it on either
+backend, pipeline files changed under a running gateway, metric samples, client addresses and their requests."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from skimage import data
 
 from app import create_app
+from app.modelzoo.search import export_search_model
 from app.pipeline_config import parse_pipeline_config
 from app.web.extensions import serving
 from tests.support.double import TFServingDouble
-from tests.support.gateway import PIPELINE_FILE
+from tests.support.gateway import PIPELINE_FILE, demo_serving_dir
 from tests.support.waiting import wait_for
 
 POLL = 0.2  # seconds between the servers' looks at the disk and config, and the gateway's at the pipeline file
@@ -120,3 +121,63 @@ def model_config_text(blocks: Mapping[str, str]) -> str:
         )
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+SMALL_PHOTO = jpeg(data.astronaut(), side=96)  # detect runs in a few ms: hundreds of requests stay quick
+OTHER_GALLERY = [f"elsewhere/face_{i:02d}.jpg" for i in range(30)]
+
+
+def build_versions(models: Path) -> None:
+    """face_detection 2 (the translator: a detector that does not fit, i.e. a canary that fails) and 3 (a copy of
+    1); latent_search_model 2 (another gallery, no face in common with 1) and 3 (a copy of 1)."""
+    broken = copy_version(models, "face_detection", 1, 2, source_servable="ugatit_selfie2anime")
+    copy_version(models, "face_detection", 1, 3)
+    for warmup in broken.glob("assets.extra/*"):
+        warmup.unlink()
+    rng = np.random.default_rng(15)
+    latents = rng.normal(0, 0.1, (len(OTHER_GALLERY), 128)).astype(np.float32)
+    export_search_model(models / "latent_search_model" / "2", latents, OTHER_GALLERY)
+    copy_version(models, "latent_search_model", 1, 3)
+
+
+# Labels: stable -> 1, broken -> 2, canary -> 3 for the detector, stable -> 1, canary -> 2 for the gallery.
+CANARY_CONFIG = model_config_text(
+    {
+        "face_detection": """
+            model_version_policy { all {} }
+            version_labels { key: "stable" value: 1 }
+            version_labels { key: "broken" value: 2 }
+            version_labels { key: "canary" value: 3 }
+        """,
+        "latent_search_model": """
+            model_version_policy { all {} }
+            version_labels { key: "stable" value: 1 }
+            version_labels { key: "canary" value: 2 }
+        """,
+    }
+)
+
+
+def canary_serving_dir(root: Path, demo_root: Path) -> Path:
+    """The demo servables with the versions of build_versions, labelled by CANARY_CONFIG; returns the config."""
+    config = demo_serving_dir(root, demo_root)
+    build_versions(root / "serving_models")
+    config.write_text(CANARY_CONFIG, encoding="utf-8")
+    return config
+
+
+def post(app: Flask, path: str, n: int, photo: bytes = ASTRONAUT, **query: str):
+    response = app.test_client().post(path, query_string=query, data=photo, content_type="image/jpeg", **address(n))
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    return response
+
+
+def timing_arms(header: str) -> dict[str, str]:
+    """stage -> arm from a Server-Timing header (``search;dur=4.1;desc="canary"``)."""
+    arms = {}
+    for entry in header.split(","):
+        name, *params = (part.strip() for part in entry.split(";"))
+        for param in params:
+            if param.startswith("desc="):
+                arms[name] = param.removeprefix("desc=").strip('"')
+    return arms
