@@ -26,7 +26,7 @@ from tests.support.rollouts import (
     POLL,
     SMALL_PHOTO,
     address,
-    canary_serving_dir,
+    canary_gateway,
     gateway,
     jpeg,
     metric,
@@ -42,7 +42,7 @@ from tests.support.waiting import wait_for
 
 @pytest.fixture(scope="module", params=BACKEND_KINDS)
 def canary_app(request: pytest.FixtureRequest, tmp_path_factory, demo_root: Path):
-    with gateway(request.param, canary_serving_dir(tmp_path_factory.mktemp("canary"), demo_root)) as app:
+    with canary_gateway(request.param, tmp_path_factory, demo_root) as app:
         yield app
 
 

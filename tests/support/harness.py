@@ -408,16 +408,24 @@ def drive(
     return result
 
 
+def server_timing_entries(header: str) -> dict[str, dict[str, str]]:
+    """``a;dur=1.5;desc="x", b`` -> {"a": {"dur": "1.5", "desc": "x"}, "b": {}}: each entry's parameters, unquoted."""
+    entries: dict[str, dict[str, str]] = {}
+    for entry in header.split(","):
+        name, *params = (part.strip() for part in entry.split(";"))
+        if name:
+            entries[name] = {
+                key.strip(): value.strip().strip('"') for key, _, value in (param.partition("=") for param in params)
+            }
+    return entries
+
+
 def parse_server_timing(header: str) -> dict[str, float]:
     """``a;dur=1.5, b;dur=2`` -> {"a": 1.5, "b": 2.0} (milliseconds); entries without a duration are skipped."""
     timings = {}
-    for entry in header.split(","):
-        name, *params = (part.strip() for part in entry.split(";"))
-        for param in params:
-            key, _, value = param.partition("=")
-            if key == "dur" and name:
-                with contextlib.suppress(ValueError):
-                    timings[name] = float(value)
+    for name, params in server_timing_entries(header).items():
+        with contextlib.suppress(KeyError, ValueError):
+            timings[name] = float(params["dur"])
     return timings
 
 

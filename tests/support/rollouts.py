@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from flask import Flask
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,6 +23,7 @@ from app.pipeline_config import parse_pipeline_config
 from app.web.extensions import serving
 from tests.support.double import TFServingDouble
 from tests.support.gateway import PIPELINE_FILE, demo_serving_dir
+from tests.support.harness import server_timing_entries
 from tests.support.waiting import wait_for
 
 POLL = 0.2  # seconds between the servers' looks at the disk and config, and the gateway's at the pipeline file
@@ -174,10 +176,11 @@ def post(app: Flask, path: str, n: int, photo: bytes = ASTRONAUT, **query: str):
 
 def timing_arms(header: str) -> dict[str, str]:
     """stage -> arm from a Server-Timing header (``search;dur=4.1;desc="canary"``)."""
-    arms = {}
-    for entry in header.split(","):
-        name, *params = (part.strip() for part in entry.split(";"))
-        for param in params:
-            if param.startswith("desc="):
-                arms[name] = param.removeprefix("desc=").strip('"')
-    return arms
+    return {name: params["desc"] for name, params in server_timing_entries(header).items() if "desc" in params}
+
+
+@contextmanager
+def canary_gateway(kind: str, tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> Iterator[Flask]:
+    """A gateway of ``kind`` over the demo servables with stable and canary versions (canary_serving_dir)."""
+    with gateway(kind, canary_serving_dir(tmp_path_factory.mktemp("canary"), demo_root)) as app:
+        yield app

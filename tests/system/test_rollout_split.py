@@ -15,8 +15,7 @@ import pytest
 from tests.support.gateway import BACKEND_KINDS
 from tests.support.rollouts import (
     SMALL_PHOTO,
-    canary_serving_dir,
-    gateway,
+    canary_gateway,
     metric,
     post,
     timing_arms,
@@ -29,7 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.long(minutes=1.5)]
 
 @pytest.fixture(scope="module", params=BACKEND_KINDS)
 def canary_app(request: pytest.FixtureRequest, tmp_path_factory, demo_root: Path):
-    with gateway(request.param, canary_serving_dir(tmp_path_factory.mktemp("canary"), demo_root)) as app:
+    with canary_gateway(request.param, tmp_path_factory, demo_root) as app:
         yield app
 
 
