@@ -117,3 +117,13 @@ def demo_app(request: pytest.FixtureRequest, tmp_path_factory, demo_root: Path) 
     app.extensions["serving"].close()
     if double is not None:
         double.close()
+
+
+@pytest.fixture(scope="module", params=BACKEND_KINDS)
+def canary_app(request: pytest.FixtureRequest, tmp_path_factory, demo_root: Path) -> Iterator:
+    """A gateway over the demo servables with stable and canary versions (tests/support/rollouts.py), on either
+    backend, polling its pipeline file."""
+    from tests.support.rollouts import canary_serving_dir, gateway
+
+    with gateway(request.param, canary_serving_dir(tmp_path_factory.mktemp("canary"), demo_root)) as app:
+        yield app

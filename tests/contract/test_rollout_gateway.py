@@ -20,13 +20,12 @@ from flask import Flask
 from skimage import data
 
 from app.web.extensions import serving
-from tests.support.gateway import BACKEND_KINDS, demo_serving_dir
+from tests.support.gateway import demo_serving_dir
 from tests.support.rollouts import (
     ASTRONAUT,
     POLL,
     SMALL_PHOTO,
     address,
-    canary_gateway,
     gateway,
     jpeg,
     metric,
@@ -38,12 +37,6 @@ from tests.support.rollouts import (
     with_rollout,
 )
 from tests.support.waiting import wait_for
-
-
-@pytest.fixture(scope="module", params=BACKEND_KINDS)
-def canary_app(request: pytest.FixtureRequest, tmp_path_factory, demo_root: Path):
-    with canary_gateway(request.param, tmp_path_factory, demo_root) as app:
-        yield app
 
 
 def test_a_client_keeps_its_arm_and_a_pin_wins(canary_app):

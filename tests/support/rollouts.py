@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from flask import Flask
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
@@ -177,10 +176,3 @@ def post(app: Flask, path: str, n: int, photo: bytes = ASTRONAUT, **query: str):
 def timing_arms(header: str) -> dict[str, str]:
     """stage -> arm from a Server-Timing header (``search;dur=4.1;desc="canary"``)."""
     return {name: params["desc"] for name, params in server_timing_entries(header).items() if "desc" in params}
-
-
-@contextmanager
-def canary_gateway(kind: str, tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> Iterator[Flask]:
-    """A gateway of ``kind`` over the demo servables with stable and canary versions (canary_serving_dir)."""
-    with gateway(kind, canary_serving_dir(tmp_path_factory.mktemp("canary"), demo_root)) as app:
-        yield app

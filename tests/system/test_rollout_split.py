@@ -8,14 +8,11 @@ tests/contract/test_rollout_gateway.py's.
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from tests.support.gateway import BACKEND_KINDS
 from tests.support.rollouts import (
     SMALL_PHOTO,
-    canary_gateway,
     metric,
     post,
     timing_arms,
@@ -24,12 +21,6 @@ from tests.support.rollouts import (
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.long(minutes=1.5)]
-
-
-@pytest.fixture(scope="module", params=BACKEND_KINDS)
-def canary_app(request: pytest.FixtureRequest, tmp_path_factory, demo_root: Path):
-    with canary_gateway(request.param, tmp_path_factory, demo_root) as app:
-        yield app
 
 
 # The split itself is proven over 2,000 clients by tests/unit/test_rollout.py (within 3 % of the weights); here it is
