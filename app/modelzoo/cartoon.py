@@ -217,17 +217,17 @@ class CartoonGenerator(tf.Module):
 
 
 def warmup_images() -> list[np.ndarray]:
-    """Inputs for the warmup records: a real portrait (skimage's astronaut) and a flat grey image, in [-1, 1]."""
+    """Inputs for the warmup records, in [-1, 1]: one real portrait (skimage's astronaut). The signature takes one
+    shape only, so one run warms every kernel up; each record more would cost a full run at every load."""
     from skimage import data  # only the exporter needs scikit-image, not the servable
 
     astronaut = tf.image.resize(data.astronaut()[None].astype(np.float32) / 255.0, [IMAGE_SIZE, IMAGE_SIZE], "area")
     portrait = astronaut.numpy() * 2.0 - 1.0
-    grey = np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)
-    return [portrait.astype(np.float32), grey]
+    return [portrait.astype(np.float32)]
 
 
 def export_cartoon_model(version_dir: Path) -> Path:
-    """Write the ``ugatit_selfie2anime`` SavedModel, with two warmup records, as the version folder ``version_dir``.
+    """Write the ``ugatit_selfie2anime`` SavedModel, with its warmup record, as the version folder ``version_dir``.
 
     Saved atomically (see :func:`app.modelzoo.export.save_servable`); an existing version is an error.
     """

@@ -248,8 +248,7 @@ def test_every_warmup_record_runs(version_dir: Path, bundle: Bundle) -> None:
     records = []
     for raw in tf.data.TFRecordDataset(str(version_dir / WARMUP_RELATIVE_PATH)):
         records.append(prediction_log_pb2.PredictionLog.FromString(raw.numpy()))
-    assert len(records) == 2
-    stds = []
+    assert len(records) == 1  # one input shape: one run warms every kernel
     for record in records:
         request = record.predict_log.request
         assert request.model_spec.name == cartoon.SERVABLE_NAME
@@ -263,10 +262,7 @@ def test_every_warmup_record_runs(version_dir: Path, bundle: Bundle) -> None:
         result = bundle.run(images)
         assert result.shape == SHAPE
         assert np.abs(result).max() <= 1.0
-        stds.append(float(images.std()))
-    # A real photo and a flat grey image.
-    assert max(stds) > 0.2
-    assert min(stds) == 0.0
+        assert images.std() > 0.2  # a real photo, not a flat image
 
 
 def test_existing_version_is_not_overwritten(version_dir: Path) -> None:
