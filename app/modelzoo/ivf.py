@@ -715,8 +715,9 @@ class IvfSearch(tf.Module):
         """The SavedModel signatures, by signature name (the search as a tf.function, so its default is saved)."""
         return {SEARCH_SIGNATURE: self.search, SIZE_SIGNATURE: self.gallery_size}
 
-    def _shortlist(self, scores: tf.Tensor, k_num: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
-        """Positions [B, S] in ``scores`` [B, W] of the faces to re-rank exactly, -1 past a row's own count.
+    def _shortlist(self, nearness: tf.Tensor, k_num: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
+        """Positions [B, S] in ``nearness`` [B, W] (the scan's score, negated: higher is nearer) of the faces to
+        re-rank exactly, -1 past a row's own count.
 
         The scan's score misses the product of the query and the face over the axes it does not read
         (and the int8 rounding): an error of standard deviation sigma_q = 2 sqrt(sum_d u_d^2 var_d) over
@@ -728,26 +729,31 @@ class IvfSearch(tf.Module):
         unread = tf.reduce_sum(tf.square(u[:, p:]) * self.spread[p:], axis=1)
         rounding = tf.reduce_sum((tf.square(u[:, :p]) + self.spread[:p]) * tf.square(self.scan_scale) / 12.0, axis=1)
         sigma = 2.0 * tf.sqrt(unread + rounding)  # [B]
-        kth = -tf.reduce_min(tf.math.top_k(-scores, k=k_num, sorted=False).values, axis=1)  # k-th best, [B]
-        chosen = scores <= (kth + SHORTLIST_SIGMAS * sigma)[:, tf.newaxis]  # [B, W]
+        kth = tf.reduce_min(tf.math.top_k(nearness, k=k_num, sorted=False).values, axis=1)  # k-th best, [B]
+        chosen = nearness >= (kth - SHORTLIST_SIGMAS * sigma)[:, tf.newaxis]  # [B, W]
         counts = tf.reduce_sum(tf.cast(chosen, tf.int32), axis=1)
         width = tf.maximum(tf.reduce_max(counts), k_num)
 
         def within() -> tf.Tensor:
             # The chosen positions of each row, left-aligned in a [B, width] matrix (-1 fills the rest).
+            # tf.where lists them row by row, so a position's rank in its row is its place in that list less
+            # the count of the rows before (no running sum over the [B, W] scores: a slow scan on CPU).
             where = tf.cast(tf.where(chosen), tf.int32)  # [M, 2]: (row, position)
-            rank = tf.gather_nd(tf.cumsum(tf.cast(chosen, tf.int32), axis=1), where) - 1
-            placed = tf.scatter_nd(tf.stack([where[:, 0], rank], axis=1), where[:, 1] + 1, [tf.shape(scores)[0], width])
+            rank = tf.range(tf.shape(where)[0]) - tf.gather(tf.cumsum(counts, exclusive=True), where[:, 0])
+            placed = tf.scatter_nd(
+                tf.stack([where[:, 0], rank], axis=1), where[:, 1] + 1, [tf.shape(nearness)[0], width]
+            )
             return placed - 1
 
         def best() -> tf.Tensor:
-            return tf.math.top_k(-scores, k=tf.minimum(SHORTLIST_MAX, tf.shape(scores)[1]), sorted=False).indices
+            return tf.math.top_k(nearness, k=tf.minimum(SHORTLIST_MAX, tf.shape(nearness)[1]), sorted=False).indices
 
         return tf.cond(width <= SHORTLIST_MAX, within, best)
 
     def _scan(self, blocks: tf.Tensor, width: tf.Tensor, weighted: tf.Tensor) -> tf.Tensor:
-        """Scan scores [n, BLOCK_FACES] of ``blocks`` [n] (query b's blocks at b * width ...), the query's
-        scan axes already multiplied by their steps (``weighted`` [B, p]).
+        """Scan nearness [n, BLOCK_FACES] of ``blocks`` [n] (query b's blocks at b * width ...), the query's
+        scan axes already multiplied by their steps (``weighted`` [B, p]): the scan's squared distance less
+        ||u||^2, negated (higher is nearer), so that top_k reads it as it is, without a negated copy.
 
         The blocks go through in chunks of ``SCAN_CHUNK_BLOCKS``, so the codes turned into float32 for
         the product stay small enough to sit in a core's cache (the whole scan at once is tens of MB
@@ -763,7 +769,7 @@ class IvfSearch(tf.Module):
             ids = tf.gather(blocks, where)
             codes = self.scan_codes.gather(ids, tf.float32)  # [c, BLOCK_FACES, p]
             dots = tf.einsum("cfp,cp->cf", codes, tf.gather(weighted, where // width))
-            return chunk + 1, scores.write(chunk, self.scan_norms.gather(ids, tf.float32) - 2.0 * dots)
+            return chunk + 1, scores.write(chunk, 2.0 * dots - self.scan_norms.gather(ids, tf.float32))
 
         _, scores = tf.while_loop(lambda chunk, _: chunk < chunks, scan_chunk, (0, scores), parallel_iterations=4)
         return scores.concat()
@@ -785,8 +791,8 @@ class IvfSearch(tf.Module):
         wanted = tf.reshape(tf.cast(k_num, tf.int64), [1])
         needed = tf.searchsorted(self.smallest_first, wanted, side="left", out_type=tf.int32)[0] + 1
         probed = tf.minimum(tf.maximum(probes, needed), self.lists)
-        coarse = self.centroid_norms - 2.0 * tf.matmul(scanned, self.centroids)  # [B, lists]
-        lists = tf.math.top_k(-coarse, k=probed, sorted=False).indices  # [B, probed]
+        nearer = 2.0 * tf.matmul(scanned, self.centroids) - self.centroid_norms  # [B, lists]: -distance + ||u||^2
+        lists = tf.math.top_k(nearer, k=probed, sorted=False).indices  # [B, probed]
 
         # 3. Their blocks, one row per query, padded with the padding block to the longest row.
         # (Small int32 tables: read whole, then GatherV2, which has GPU kernels for int32; ResourceGather has not.)
@@ -802,9 +808,9 @@ class IvfSearch(tf.Module):
 
         # The scan: int8 codes of the first p axes, ||u - c s||^2 = ||u||^2 - 2 (u s) . c + ||c s||^2, the
         # last term (with the other axes' ||x||^2) stored per face; ||u||^2 is the same for every face.
-        scores = self._scan(tf.reshape(blocks, [-1]), width, scanned * self.scan_scale)
-        scores = tf.reshape(scores, [batch, -1])  # [B, T * BLOCK_FACES]
-        best = self._shortlist(scores, k_num, u)  # [B, S], -1 where a row has fewer
+        nearness = self._scan(tf.reshape(blocks, [-1]), width, scanned * self.scan_scale)
+        nearness = tf.reshape(nearness, [batch, -1])  # [B, T * BLOCK_FACES]
+        best = self._shortlist(nearness, k_num, u)  # [B, S], -1 where a row has fewer
         chosen = tf.maximum(best, 0)
         slots = tf.gather(blocks, chosen // BLOCK_FACES, batch_dims=1) * BLOCK_FACES + chosen % BLOCK_FACES
         slots = tf.where(best >= 0, slots, self.padding_block * BLOCK_FACES)  # never chosen: no face there
