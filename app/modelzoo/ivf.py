@@ -731,18 +731,18 @@ class IvfSearch(tf.Module):
         sigma = 2.0 * tf.sqrt(unread + rounding)  # [B]
         kth = tf.reduce_min(tf.math.top_k(nearness, k=k_num, sorted=False).values, axis=1)  # k-th best, [B]
         chosen = nearness >= (kth - SHORTLIST_SIGMAS * sigma)[:, tf.newaxis]  # [B, W]
-        counts = tf.reduce_sum(tf.cast(chosen, tf.int32), axis=1)
+        # The chosen positions, row by row (as tf.where lists them), and each row's count from that list: the
+        # few chosen are counted, not the [B, W] flags (a cast and a sum over every scanned face).
+        where = tf.cast(tf.where(chosen), tf.int32)  # [M, 2]: (row, position)
+        rows = tf.shape(nearness)[0]
+        counts = tf.math.unsorted_segment_sum(tf.ones_like(where[:, 0]), where[:, 0], rows)  # [B]
         width = tf.maximum(tf.reduce_max(counts), k_num)
 
         def within() -> tf.Tensor:
-            # The chosen positions of each row, left-aligned in a [B, width] matrix (-1 fills the rest).
-            # tf.where lists them row by row, so a position's rank in its row is its place in that list less
-            # the count of the rows before (no running sum over the [B, W] scores: a slow scan on CPU).
-            where = tf.cast(tf.where(chosen), tf.int32)  # [M, 2]: (row, position)
+            # The chosen positions of each row, left-aligned in a [B, width] matrix (-1 fills the rest): a
+            # position's rank in its row is its place in the list less the count of the rows before.
             rank = tf.range(tf.shape(where)[0]) - tf.gather(tf.cumsum(counts, exclusive=True), where[:, 0])
-            placed = tf.scatter_nd(
-                tf.stack([where[:, 0], rank], axis=1), where[:, 1] + 1, [tf.shape(nearness)[0], width]
-            )
+            placed = tf.scatter_nd(tf.stack([where[:, 0], rank], axis=1), where[:, 1] + 1, [rows, width])
             return placed - 1
 
         def best() -> tf.Tensor:
