@@ -80,8 +80,10 @@ _TRAINING_FORMAT = 1
 # The builder assigns a face to the nearest list of the ASSIGN_GROUPS groups nearest to it.
 ASSIGN_GROUPS = 4
 _ASSIGN_ROWS = 262_144
-# Blocks scanned per step of the scan loop: 256 x 32 faces x 32 axes is 1 MB as float32.
-SCAN_CHUNK_BLOCKS = 256
+# Bytes of codes, as float32, scanned per step of the scan loop: 1,024 blocks of 32 faces x 16 axes. 2 MB steps
+# took 7-13 % less time than 0.5 MB ones at 1M and 10M faces (docs/benchmarks.md); the whole scan at once is
+# several times slower.
+SCAN_CHUNK_BYTES = 2 << 20
 # default_probes: the share of the lists a query probes unless it asks for another count.
 PROBE_SHARE = 1 / 32
 # default_scan_dims: the share of the spread the scanned axes hold.
@@ -755,17 +757,17 @@ class IvfSearch(tf.Module):
         scan axes already multiplied by their steps (``weighted`` [B, p]): the scan's squared distance less
         ||u||^2, negated (higher is nearer), so that top_k reads it as it is, without a negated copy.
 
-        The blocks go through in chunks of ``SCAN_CHUNK_BLOCKS``, so the codes turned into float32 for
-        the product stay small enough to sit in a core's cache (the whole scan at once is tens of MB
-        of temporaries, each freshly mapped from the OS, and several times slower), and two chunks
-        can run at once.
+        The blocks go through in chunks of ``SCAN_CHUNK_BYTES`` of codes turned into float32, so the
+        temporaries of the product stay small (the whole scan at once is tens of MB of them, each freshly
+        mapped from the OS, and several times slower), and two chunks can run at once.
         """
+        step = max(1, SCAN_CHUNK_BYTES // (BLOCK_FACES * self.scan_dims * 4))  # blocks per chunk
         count = tf.size(blocks)
-        chunks = (count + SCAN_CHUNK_BLOCKS - 1) // SCAN_CHUNK_BLOCKS
+        chunks = (count + step - 1) // step
         scores = tf.TensorArray(tf.float32, size=chunks, infer_shape=False, element_shape=[None, BLOCK_FACES])
 
         def scan_chunk(chunk: tf.Tensor, scores: tf.TensorArray) -> tuple[tf.Tensor, tf.TensorArray]:
-            where = tf.range(chunk * SCAN_CHUNK_BLOCKS, tf.minimum(count, (chunk + 1) * SCAN_CHUNK_BLOCKS))
+            where = tf.range(chunk * step, tf.minimum(count, (chunk + 1) * step))
             ids = tf.gather(blocks, where)
             codes = self.scan_codes.gather(ids, tf.float32)  # [c, BLOCK_FACES, p]
             dots = tf.einsum("cfp,cp->cf", codes, tf.gather(weighted, where // width))
