@@ -81,7 +81,7 @@ _TRAINING_FORMAT = 1
 ASSIGN_GROUPS = 4
 _ASSIGN_ROWS = 262_144
 # Bytes of codes, as float32, scanned per step of the scan loop: 1,024 blocks of 32 faces x 16 axes. 2 MB steps
-# took 7-13 % less time than 0.5 MB ones at 1M and 10M faces (docs/benchmarks.md); the whole scan at once is
+# took 7-20 % less time than 0.5 MB ones at 1M and 10M faces (docs/benchmarks.md); the whole scan at once is
 # several times slower.
 SCAN_CHUNK_BYTES = 2 << 20
 # default_probes: the share of the lists a query probes unless it asks for another count.
@@ -761,7 +761,7 @@ class IvfSearch(tf.Module):
         temporaries of the product stay small (the whole scan at once is tens of MB of them, each freshly
         mapped from the OS, and several times slower), and two chunks can run at once.
         """
-        step = max(1, SCAN_CHUNK_BYTES // (BLOCK_FACES * self.scan_dims * 4))  # blocks per chunk
+        step = max(1, SCAN_CHUNK_BYTES // (BLOCK_FACES * self.scan_dims * tf.float32.size))  # blocks per chunk
         count = tf.size(blocks)
         chunks = (count + step - 1) // step
         scores = tf.TensorArray(tf.float32, size=chunks, infer_shape=False, element_shape=[None, BLOCK_FACES])
