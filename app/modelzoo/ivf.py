@@ -18,20 +18,22 @@ How a query is answered:
    the gallery, in those ``scan_dims`` axes) picks the ``probes`` nearest lists.
 3. **Scan.** Each list is a run of fixed-size blocks of ``BLOCK_FACES`` faces (its last block
    padded, never the list to the longest one); the probed lists' blocks are gathered and scored
-   from int8 codes of the first ``scan_dims`` axes (one scale per axis) plus each face's stored
-   squared length in the other axes.
+   from float32 values of the first ``scan_dims`` axes plus each face's stored squared length,
+   kept beside them in the block, so one product gives the score.
 4. **Re-rank.** Every face the scan cannot rule out is scored again exactly: those whose scan score
    is within ``SHORTLIST_SIGMAS`` standard deviations of the scan's error of the k-th best score
-   (the error is what the unread axes and the int8 rounding can add; its size is known per query
-   from the gallery's spread along each axis). The exact score comes from 16-bit fixed-point
+   (the error is what the unread axes can add; its size is known per query from the gallery's
+   spread along each axis). The exact score comes from 16-bit fixed-point
    values of every axis (one scale per axis: the error per value is at most half a step,
    ``range / 131070``), and the k nearest are returned with those distances.
 
-What a face costs: ``scan_dims`` bytes (scan codes) + ``2 D`` bytes (re-rank values) + 16 bytes
-(scan norm, re-rank norm, int64 gallery index), against ``4 D`` for float32 (+ 4, its norm) in exact
-search: at D = 128 and 32 scan axes, 304 bytes against 516 (0.59 x), plus half a block of padding per
-list and the file names.
-No variable holds more than ``MAX_VARIABLE_BYTES``: large arrays are split by whole blocks.
+What a face costs: ``4 (scan_dims + 1)`` bytes (scan values and norm) + ``2 D`` bytes (re-rank values)
++ 12 bytes (re-rank norm, int64 gallery index), against ``4 D`` for float32 (+ 4, its norm) in exact
+search: at D = 128 and 16 scan axes, 336 bytes against 516 (0.65 x), plus half a block of padding per
+list and the file names. (The scan values were int8 codes, 4 x smaller, until a profile showed that
+turning them into float32 on every query cost more than reading float32: 12-14 % of the search's time.)
+No variable holds more than ``MAX_VARIABLE_BYTES``: large arrays are split by whole blocks, the re-rank
+values by groups of whole axes.
 
 The lists are trained once (:func:`train_ivf`) and kept: a later version of the gallery (faces
 added or removed) is exported with the same training, each face going to its nearest list, and
@@ -71,7 +73,6 @@ BLOCK_FACES = 32
 # Rows per chunk when the builder rotates, assigns or quantises the gallery: bounded temporaries.
 _CHUNK_ROWS = 65_536
 _FIXED_POINT_MAX = 32_767  # the 16-bit re-rank values lie in [-32767, 32767]
-_CODE_MAX = 127  # the int8 scan codes lie in [-127, 127]
 # Training: faces sampled per list, and bounds on the sample and on the k-means iterations.
 SAMPLE_PER_LIST = 32
 _MIN_SAMPLE = 10_000
@@ -80,9 +81,9 @@ _TRAINING_FORMAT = 1
 # The builder assigns a face to the nearest list of the ASSIGN_GROUPS groups nearest to it.
 ASSIGN_GROUPS = 4
 _ASSIGN_ROWS = 262_144
-# Bytes of codes, as float32, scanned per step of the scan loop: 1,024 blocks of 32 faces x 16 axes. 2 MB steps
-# took 7-20 % less time than 0.5 MB ones at 1M and 10M faces (docs/benchmarks.md); the whole scan at once is
-# several times slower.
+# Bytes of scan values scanned per step of the scan loop: 963 blocks of 32 faces x (16 axes + the norm). 2 MB
+# steps took 7-20 % less time than 0.5 MB ones at 1M and 10M faces (docs/benchmarks.md); the whole scan at once
+# is several times slower.
 SCAN_CHUNK_BYTES = 2 << 20
 # default_probes: the share of the lists a query probes unless it asks for another count.
 PROBE_SHARE = 1 / 32
@@ -92,6 +93,8 @@ SCAN_SPREAD = 0.6
 # scan's error from the k-th best (at most SHORTLIST_MAX: then the SHORTLIST_MAX best).
 SHORTLIST_SIGMAS = 3.5
 SHORTLIST_MAX = 8192
+# A row over SHORTLIST_MAX narrows its margin by this many halvings (to within 1/256 of it).
+SHORTLIST_BISECTIONS = 8
 # training_advice: when a gallery has outgrown its lists, or they became too uneven.
 GROWTH_LIMIT = 4.0
 IMBALANCE_LIMIT = 3.0
@@ -513,7 +516,6 @@ class _Layout:
     list_sizes: np.ndarray  # [lists] int64
     offset: np.ndarray  # [D] float32: rotated value = offset + fine_scale * fine value
     fine_scale: np.ndarray  # [D] float32
-    scan_scale: np.ndarray  # [scan_dims] float32: rotated value ~ offset + scan_scale * code
     spread: np.ndarray  # [D] float32: the gallery's variance along each rotated axis
 
 
@@ -551,7 +553,6 @@ def _layout(flat: np.ndarray, training: IvfTraining) -> _Layout:
         list_sizes=sizes,
         offset=offset,
         fine_scale=(half_range / _FIXED_POINT_MAX).astype(np.float32),
-        scan_scale=(half_range[:p] / _CODE_MAX).astype(np.float32),
         spread=spread,
     )
 
@@ -602,6 +603,40 @@ class _SplitArray(tf.Module):
         return tf.reshape(stitched, tf.concat([tf.shape(indices), tf.shape(stitched)[1:]], axis=0))
 
 
+class _SplitColumns(tf.Module):
+    """An array by face slot stored as groups of whole columns, each group a :class:`_SplitArray`: as few
+    groups as keep a group within the byte limit (10M faces x 128 16-bit values: two groups of 64), so a
+    gather of whole rows is a gather per group and a concatenation, not a partition and stitch of rows."""
+
+    def __init__(self, name: str, shape: tuple[int, int], dtype: tf.DType, fill: float, max_bytes: int) -> None:
+        super().__init__(name=name)
+        rows, width = shape
+        groups = next((g for g in range(1, width + 1) if rows * -(-width // g) * dtype.size <= max_bytes), width)
+        step = -(-width // groups)
+        self.bounds = [(start, min(width, start + step)) for start in range(0, width, step)]
+        self.groups = [
+            _SplitArray(
+                name if len(self.bounds) == 1 else f"{name}_columns_{number}",
+                (rows, stop - start),
+                dtype,
+                fill,
+                max_bytes,
+                rows_per_block=BLOCK_FACES,
+            )
+            for number, (start, stop) in enumerate(self.bounds)
+        ]
+
+    def put(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """Write ``values`` [n, width] at ``rows``, in place."""
+        for group, (start, stop) in zip(self.groups, self.bounds, strict=True):
+            group.put(rows, np.ascontiguousarray(values[:, start:stop]))
+
+    def gather(self, indices: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+        """``rows[indices]`` [*indices.shape, width] cast to ``dtype``."""
+        pieces = [group.gather(indices, dtype) for group in self.groups]
+        return pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=-1)
+
+
 class IvfSearch(tf.Module):
     """Approximate squared-L2 top-k search over an IVF gallery held in non-trainable variables."""
 
@@ -644,7 +679,6 @@ class IvfSearch(tf.Module):
             self.rotation = tf.Variable(training.rotation, trainable=False, name="rotation")
             self.offset = tf.Variable(layout.offset, trainable=False, name="offset")
             self.fine_scale = tf.Variable(layout.fine_scale, trainable=False, name="fine_scale")
-            self.scan_scale = tf.Variable(layout.scan_scale, trainable=False, name="scan_scale")
             self.spread = tf.Variable(layout.spread, trainable=False, name="spread")
             # Centroids in the same centred coordinates as the codes.
             centroids = training.centroids - layout.offset[:p]
@@ -655,16 +689,14 @@ class IvfSearch(tf.Module):
             self.block_count = tf.Variable(layout.block_count, trainable=False, name="block_count")
             self.smallest_first = tf.Variable(smallest_first, trainable=False, name="smallest_lists_running_size")
             # The scan reads whole blocks ([blocks, BLOCK_FACES, ...]), the re-rank single faces ([slots, ...]).
-            # Padding: scan norms of +inf (never chosen) and face -1.
+            # Scan values: each face's first p centred rotated values, then its scan norm. Padding: a scan norm of
+            # +inf (never chosen) and face -1.
             limit = max_variable_bytes
-            self.scan_codes = _SplitArray("scan_codes", (blocks, BLOCK_FACES, p), tf.int8, 0, limit, rows_per_block=1)
-            self.scan_norms = _SplitArray(
-                "scan_norms", (blocks, BLOCK_FACES), tf.float32, np.inf, limit, rows_per_block=1
+            self.scan_values = _SplitArray(
+                "scan_values", (blocks, BLOCK_FACES, p + 1), tf.float32, 0, limit, rows_per_block=1
             )
             slots = layout.slots
-            self.fine_values = _SplitArray(
-                "fine_values", (slots, self.dim), tf.int16, 0, limit, rows_per_block=BLOCK_FACES
-            )
+            self.fine_values = _SplitColumns("fine_values", (slots, self.dim), tf.int16, 0, limit)
             self.fine_norms = _SplitArray("fine_norms", (slots,), tf.float32, 0, limit, rows_per_block=BLOCK_FACES)
             self.faces = _SplitArray("faces", (slots,), tf.int64, -1, limit, rows_per_block=BLOCK_FACES)
             self.padding_block = blocks - 1
@@ -696,19 +728,23 @@ class IvfSearch(tf.Module):
     def _fill(self, flat: np.ndarray, training: IvfTraining, layout: _Layout) -> None:
         """Pass 2 over the gallery: quantise each chunk of faces and write it into its slots."""
         p = self.scan_dims
+        unused = np.ones(layout.slots, bool)
+        unused[layout.slot] = False
+        empty = np.flatnonzero(unused)
+        padding = np.zeros((len(empty), p + 1), np.float32)
+        padding[:, p] = np.inf
+        self.scan_values.put(empty // BLOCK_FACES, padding, empty % BLOCK_FACES)
         fine_scale = layout.fine_scale.astype(np.float64)
         for start, rotated in _rotated_chunks(flat, training):
             where = layout.slot[start : start + len(rotated)]
             centred = rotated - layout.offset
             fine = np.clip(np.rint(centred / layout.fine_scale), -_FIXED_POINT_MAX, _FIXED_POINT_MAX)
-            codes = np.clip(np.rint(centred[:, :p] / layout.scan_scale), -_CODE_MAX, _CODE_MAX)
-            # The scan's distance is ||u - code * scan_scale||^2 over the scanned axes plus ||u - x||^2 over the
-            # others, of which only the face's own part ||x||^2 is known ahead (u: the centred query).
+            # The scan's distance is ||u - x||^2 over the scanned axes plus ||u - x||^2 over the others, of which
+            # only the face's own part ||x||^2 is known ahead (u: the centred query).
             decoded = fine * fine_scale
-            scan_norms = np.square(codes * layout.scan_scale).sum(axis=1) + np.square(decoded[:, p:]).sum(axis=1)
+            scan_norms = np.square(centred[:, :p], dtype=np.float64).sum(axis=1) + np.square(decoded[:, p:]).sum(axis=1)
             block, row = where // BLOCK_FACES, where % BLOCK_FACES
-            self.scan_codes.put(block, codes.astype(np.int8), row)
-            self.scan_norms.put(block, scan_norms.astype(np.float32), row)
+            self.scan_values.put(block, np.concatenate([centred[:, :p], scan_norms[:, None]], axis=1), row)
             self.fine_values.put(where, fine.astype(np.int16))
             self.fine_norms.put(where, np.square(decoded).sum(axis=1).astype(np.float32))
             self.faces.put(where, np.arange(start, start + len(rotated), dtype=np.int64))
@@ -721,47 +757,78 @@ class IvfSearch(tf.Module):
         """Positions [B, S] in ``nearness`` [B, W] (the scan's score, negated: higher is nearer) of the faces to
         re-rank exactly, -1 past a row's own count.
 
-        The scan's score misses the product of the query and the face over the axes it does not read
-        (and the int8 rounding): an error of standard deviation sigma_q = 2 sqrt(sum_d u_d^2 var_d) over
-        those axes, var_d the gallery's spread. Every face whose scan score is within SHORTLIST_SIGMAS
+        The scan's score misses the product of the query and the face over the axes it does not read: an
+        error of standard deviation sigma_q = 2 sqrt(sum_d u_d^2 var_d) over those axes, var_d the
+        gallery's spread. Every face whose scan score is within SHORTLIST_SIGMAS
         sigma_q of the k-th best is re-ranked: a true k nearest face is missed only if the scan misjudged
-        it by more than that. Past SHORTLIST_MAX faces a query keeps the SHORTLIST_MAX best scores.
+        it by more than that. A query with more than SHORTLIST_MAX (or k) such faces narrows its margin
+        until they fit: it keeps (nearly) the SHORTLIST_MAX best scores.
         """
         p = self.scan_dims
-        unread = tf.reduce_sum(tf.square(u[:, p:]) * self.spread[p:], axis=1)
-        rounding = tf.reduce_sum((tf.square(u[:, :p]) + self.spread[:p]) * tf.square(self.scan_scale) / 12.0, axis=1)
-        sigma = 2.0 * tf.sqrt(unread + rounding)  # [B]
-        kth = tf.reduce_min(tf.math.top_k(nearness, k=k_num, sorted=False).values, axis=1)  # k-th best, [B]
-        chosen = nearness >= (kth - SHORTLIST_SIGMAS * sigma)[:, tf.newaxis]  # [B, W]
-        # The chosen positions, row by row (as tf.where lists them), and each row's count from that list: the
-        # few chosen are counted, not the [B, W] flags (a cast and a sum over every scanned face).
-        where = tf.cast(tf.where(chosen), tf.int32)  # [M, 2]: (row, position)
+        sigma = 2.0 * tf.sqrt(tf.reduce_sum(tf.square(u[:, p:]) * self.spread[p:], axis=1))  # [B]
+        kth = self._kth_best(nearness, k_num)  # [B]
+        margin = SHORTLIST_SIGMAS * sigma
         rows = tf.shape(nearness)[0]
-        counts = tf.math.unsorted_segment_sum(tf.ones_like(where[:, 0]), where[:, 0], rows)  # [B]
-        width = tf.maximum(tf.reduce_max(counts), k_num)
+        cap = tf.maximum(k_num, SHORTLIST_MAX)
 
-        def within() -> tf.Tensor:
+        def chosen_within(margin: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            # The chosen positions, row by row (as tf.where lists them), each row's count from that list (the
+            # few chosen are counted, not the [B, W] flags), and the widest row.
+            where = tf.cast(tf.where(nearness >= (kth - margin)[:, tf.newaxis]), tf.int32)  # [M, 2]: (row, position)
+            counts = tf.math.unsorted_segment_sum(tf.ones_like(where[:, 0]), where[:, 0], rows)  # [B]
+            return where, counts, tf.maximum(tf.reduce_max(counts), k_num)
+
+        def placed(where: tf.Tensor, counts: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
             # The chosen positions of each row, left-aligned in a [B, width] matrix (-1 fills the rest): a
             # position's rank in its row is its place in the list less the count of the rows before.
             rank = tf.range(tf.shape(where)[0]) - tf.gather(tf.cumsum(counts, exclusive=True), where[:, 0])
-            placed = tf.scatter_nd(tf.stack([where[:, 0], rank], axis=1), where[:, 1] + 1, [rows, width])
-            return placed - 1
+            return tf.scatter_nd(tf.stack([where[:, 0], rank], axis=1), where[:, 1] + 1, [rows, width]) - 1
 
-        def best() -> tf.Tensor:
-            return tf.math.top_k(nearness, k=tf.minimum(SHORTLIST_MAX, tf.shape(nearness)[1]), sorted=False).indices
+        def best() -> tf.Tensor:  # only where ties at the k-th best score alone pass the cap
+            return tf.math.top_k(nearness, k=tf.minimum(cap, tf.shape(nearness)[1]), sorted=False).indices
 
-        return tf.cond(width <= SHORTLIST_MAX, within, best)
+        def narrowed(counts: tf.Tensor) -> tf.Tensor:
+            # A row over the cap keeps the widest margin that fits it, found by SHORTLIST_BISECTIONS halvings of
+            # [0, margin]: a few passes of a comparison over its scores, where a top k of the cap would sort them.
+            def halve(step: tf.Tensor, low: tf.Tensor, high: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+                middle = (low + high) / 2.0
+                fits = tf.reduce_sum(tf.cast(nearness >= (kth - middle)[:, tf.newaxis], tf.int32), axis=1) <= cap
+                return step + 1, tf.where(fits, middle, low), tf.where(fits, high, middle)
+
+            start = (0, tf.where(counts > cap, tf.zeros_like(margin), margin), margin)
+            _, low, _ = tf.while_loop(lambda step, *_: step < SHORTLIST_BISECTIONS, halve, start)
+            where, counts, width = chosen_within(low)
+            return tf.cond(width <= cap, lambda: placed(where, counts, width), best)
+
+        where, counts, width = chosen_within(margin)
+        return tf.cond(width <= cap, lambda: placed(where, counts, width), lambda: narrowed(counts))
+
+    @staticmethod
+    def _kth_best(nearness: tf.Tensor, k_num: tf.Tensor) -> tf.Tensor:
+        """The k-th best score of each row of ``nearness`` [B, T * BLOCK_FACES] (T scanned blocks), [B].
+
+        The k best faces of a row lie in its k blocks of best maxima (a block holding one of them has a
+        maximum at least that face's score, and fewer than k blocks can beat it), so the k-th best is taken
+        over those blocks' faces: a maximum over each block and a top k over T block maxima and k blocks,
+        instead of a top k over every scanned face (one row is one thread of TopKV2).
+        """
+        per_block = tf.reshape(nearness, [tf.shape(nearness)[0], -1, BLOCK_FACES])  # [B, T, BLOCK_FACES]
+        best_blocks = tf.math.top_k(
+            tf.reduce_max(per_block, axis=2), k=tf.minimum(k_num, tf.shape(per_block)[1]), sorted=False
+        ).indices
+        candidates = tf.reshape(tf.gather(per_block, best_blocks, batch_dims=1), [tf.shape(nearness)[0], -1])
+        return tf.reduce_min(tf.math.top_k(candidates, k=k_num, sorted=False).values, axis=1)
 
     def _scan(self, blocks: tf.Tensor, width: tf.Tensor, weighted: tf.Tensor) -> tf.Tensor:
-        """Scan nearness [n, BLOCK_FACES] of ``blocks`` [n] (query b's blocks at b * width ...), the query's
-        scan axes already multiplied by their steps (``weighted`` [B, p]): the scan's squared distance less
-        ||u||^2, negated (higher is nearer), so that top_k reads it as it is, without a negated copy.
+        """Scan nearness [n, BLOCK_FACES] of ``blocks`` [n] (query b's blocks at b * width ...), from the
+        query's scan axes as ``weighted`` [B, p + 1] (2 u, then -1 for the stored norm): the scan's squared
+        distance less ||u||^2, negated (higher is nearer), so that top_k reads it as it is.
 
-        The blocks go through in chunks of ``SCAN_CHUNK_BYTES`` of codes turned into float32, so the
-        temporaries of the product stay small (the whole scan at once is tens of MB of them, each freshly
-        mapped from the OS, and several times slower), and two chunks can run at once.
+        The blocks go through in chunks of ``SCAN_CHUNK_BYTES`` of scan values, so the temporaries of the
+        product stay small (the whole scan at once is tens of MB of them, each freshly mapped from the OS,
+        and several times slower), and two chunks can run at once.
         """
-        step = max(1, SCAN_CHUNK_BYTES // (BLOCK_FACES * self.scan_dims * tf.float32.size))  # blocks per chunk
+        step = max(1, SCAN_CHUNK_BYTES // (BLOCK_FACES * (self.scan_dims + 1) * tf.float32.size))  # blocks per chunk
         count = tf.size(blocks)
         chunks = (count + step - 1) // step
         scores = tf.TensorArray(tf.float32, size=chunks, infer_shape=False, element_shape=[None, BLOCK_FACES])
@@ -769,9 +836,8 @@ class IvfSearch(tf.Module):
         def scan_chunk(chunk: tf.Tensor, scores: tf.TensorArray) -> tuple[tf.Tensor, tf.TensorArray]:
             where = tf.range(chunk * step, tf.minimum(count, (chunk + 1) * step))
             ids = tf.gather(blocks, where)
-            codes = self.scan_codes.gather(ids, tf.float32)  # [c, BLOCK_FACES, p]
-            dots = tf.einsum("cfp,cp->cf", codes, tf.gather(weighted, where // width))
-            return chunk + 1, scores.write(chunk, 2.0 * dots - self.scan_norms.gather(ids, tf.float32))
+            values = self.scan_values.gather(ids, tf.float32)  # [c, BLOCK_FACES, p + 1]
+            return chunk + 1, scores.write(chunk, tf.einsum("cfp,cp->cf", values, tf.gather(weighted, where // width)))
 
         _, scores = tf.while_loop(lambda chunk, _: chunk < chunks, scan_chunk, (0, scores), parallel_iterations=4)
         return scores.concat()
@@ -808,9 +874,10 @@ class IvfSearch(tf.Module):
         begins = tf.gather(ends - counts, which, batch_dims=1)
         blocks = tf.where(position < total[:, tf.newaxis], first + position - begins, self.padding_block)
 
-        # The scan: int8 codes of the first p axes, ||u - c s||^2 = ||u||^2 - 2 (u s) . c + ||c s||^2, the
-        # last term (with the other axes' ||x||^2) stored per face; ||u||^2 is the same for every face.
-        nearness = self._scan(tf.reshape(blocks, [-1]), width, scanned * self.scan_scale)
+        # The scan: the first p axes, ||u - x||^2 = ||u||^2 - 2 u . x + ||x||^2, the last term (with the other
+        # axes' ||x||^2) stored per face after its values; ||u||^2 is the same for every face.
+        weighted = tf.concat([2.0 * scanned, -tf.ones([batch, 1])], axis=1)
+        nearness = self._scan(tf.reshape(blocks, [-1]), width, weighted)
         nearness = tf.reshape(nearness, [batch, -1])  # [B, T * BLOCK_FACES]
         best = self._shortlist(nearness, k_num, u)  # [B, S], -1 where a row has fewer
         chosen = tf.maximum(best, 0)

@@ -207,6 +207,43 @@ def test_lists_are_runs_of_fixed_size_blocks_not_padded_to_the_longest() -> None
     np.testing.assert_allclose(out["xvals"].numpy(), nearest, rtol=0, atol=1e-4)
 
 
+def test_a_shortlist_over_its_cap_is_narrowed_to_the_best_scan_scores_that_fit(
+    monkeypatch: pytest.MonkeyPatch, gallery, queries, training
+) -> None:
+    # Every scanned face within the margin (huge sigmas), and a cap of 48: each row narrows its margin, and
+    # the 48 or so best scan scores still hold the exact 10 nearest of nearly every query (all lists probed).
+    monkeypatch.setattr(ivf, "SHORTLIST_SIGMAS", 1e6)
+    monkeypatch.setattr(ivf, "SHORTLIST_MAX", 48)
+    module = ivf.IvfSearch(gallery, filenames_for(N), training)
+    out = module.search(queries, 10, LISTS)
+    distances = squared_distances(gallery, queries)
+    found = out["indices"].numpy()
+    assert recall_at(found, np.argsort(distances, axis=1)[:, :10]) >= 0.95
+    want = np.take_along_axis(distances, found.astype(np.int64), axis=1)
+    np.testing.assert_allclose(out["xvals"].numpy(), want, rtol=0, atol=1e-4)
+
+
+def test_ties_past_the_shortlist_cap_still_answer(monkeypatch: pytest.MonkeyPatch, gallery, training) -> None:
+    # 100 copies of one face: at the k-th best score alone 100 faces tie, more than the cap, so no margin
+    # fits; the search keeps the cap's best scores and answers with copies at distance ~0.
+    monkeypatch.setattr(ivf, "SHORTLIST_MAX", 48)
+    copies = np.concatenate([np.tile(gallery[:1], (100, 1)), gallery[1:]])
+    module = ivf.IvfSearch(copies, filenames_for(len(copies)), training)
+    out = module.search(gallery[:1], 10, LISTS)
+    assert set(out["indices"].numpy()[0].tolist()) <= set(range(100))
+    assert np.all(out["xvals"].numpy() < 1e-5)
+
+
+def test_the_kth_best_scan_score_comes_from_the_best_blocks() -> None:
+    rng = np.random.default_rng(3)
+    scores = rng.standard_normal((3, 40 * ivf.BLOCK_FACES)).astype(np.float32)
+    scores[1, :96] = 5.0  # ties across whole blocks
+    scores[2, 5 * ivf.BLOCK_FACES :] = -np.inf  # padding blocks
+    for k in (1, 10, 64, 100):
+        got = ivf.IvfSearch._kth_best(tf.constant(scores), tf.constant(k)).numpy()
+        np.testing.assert_array_equal(got, -np.sort(-scores, axis=1)[:, k - 1])
+
+
 def _variable_bytes(version: Path) -> dict[str, int]:
     reader = tf.train.load_checkpoint(str(version / "variables" / "variables"))
     sizes = {}
