@@ -744,7 +744,9 @@ class IvfSearch(tf.Module):
             decoded = fine * fine_scale
             scan_norms = np.square(centred[:, :p], dtype=np.float64).sum(axis=1) + np.square(decoded[:, p:]).sum(axis=1)
             block, row = where // BLOCK_FACES, where % BLOCK_FACES
-            self.scan_values.put(block, np.concatenate([centred[:, :p], scan_norms[:, None]], axis=1), row)
+            self.scan_values.put(
+                block, np.concatenate([centred[:, :p], scan_norms[:, None]], axis=1).astype(np.float32), row
+            )
             self.fine_values.put(where, fine.astype(np.int16))
             self.fine_norms.put(where, np.square(decoded).sum(axis=1).astype(np.float32))
             self.faces.put(where, np.arange(start, start + len(rotated), dtype=np.int64))
