@@ -208,19 +208,26 @@ def test_lists_are_runs_of_fixed_size_blocks_not_padded_to_the_longest() -> None
 
 
 def test_a_shortlist_over_its_cap_is_narrowed_to_the_best_scan_scores_that_fit(
-    monkeypatch: pytest.MonkeyPatch, gallery, queries, training
+    monkeypatch: pytest.MonkeyPatch, gallery, queries
 ) -> None:
-    # Every scanned face within the margin (huge sigmas), and a cap of 48: each row narrows its margin, and
-    # the 48 or so best scan scores still hold the exact 10 nearest of nearly every query (all lists probed).
-    monkeypatch.setattr(ivf, "SHORTLIST_SIGMAS", 1e6)
-    monkeypatch.setattr(ivf, "SHORTLIST_MAX", 48)
-    module = ivf.IvfSearch(gallery, filenames_for(N), training)
-    out = module.search(queries, 10, LISTS)
+    # 8 of the 16 axes scanned: the scan's margin takes in far more than 200 faces a query. With a cap of
+    # 200 each row narrows its margin until ~200 fit, and those still hold most of the exact 10 nearest;
+    # without the halvings (a margin of 0) only the scan's own k best are re-ranked.
+    training = ivf.train_ivf(gallery, lists=LISTS, seed=3, scan_dims=8)
     distances = squared_distances(gallery, queries)
-    found = out["indices"].numpy()
-    assert recall_at(found, np.argsort(distances, axis=1)[:, :10]) >= 0.95
-    want = np.take_along_axis(distances, found.astype(np.int64), axis=1)
-    np.testing.assert_allclose(out["xvals"].numpy(), want, rtol=0, atol=1e-4)
+    truth = np.argsort(distances, axis=1)[:, :10]
+    monkeypatch.setattr(ivf, "SHORTLIST_MAX", 200)
+    stored = ivf.SHORTLIST_BISECTIONS
+    recall = {}
+    for halvings in (0, stored):
+        monkeypatch.setattr(ivf, "SHORTLIST_BISECTIONS", halvings)
+        out = ivf.IvfSearch(gallery, filenames_for(N), training).search(queries, 10, LISTS)
+        found = out["indices"].numpy()
+        recall[halvings] = recall_at(found, truth)
+        want = np.take_along_axis(distances, found.astype(np.int64), axis=1)
+        np.testing.assert_allclose(out["xvals"].numpy(), want, rtol=0, atol=1e-4)
+    assert recall[stored] >= 0.75
+    assert recall[stored] >= recall[0] + 0.3, recall
 
 
 def test_ties_past_the_shortlist_cap_still_answer(monkeypatch: pytest.MonkeyPatch, gallery, training) -> None:
