@@ -31,7 +31,8 @@ What a face costs: ``4 (scan_dims + 1)`` bytes (scan values and norm) + ``2 D`` 
 + 12 bytes (re-rank norm, int64 gallery index), against ``4 D`` for float32 (+ 4, its norm) in exact
 search: at D = 128 and 16 scan axes, 336 bytes against 516 (0.65 x), plus half a block of padding per
 list and the file names. (The scan values were int8 codes, 4 x smaller, until a profile showed that
-turning them into float32 on every query cost more than reading float32: 12-14 % of the search's time.)
+turning them into float32 on every query cost more than reading float32: 6-13 % of the search's time at
+1M and 10M faces.)
 No variable holds more than ``MAX_VARIABLE_BYTES``: large arrays are split by whole blocks, the re-rank
 values by groups of whole axes.
 
@@ -82,15 +83,15 @@ _TRAINING_FORMAT = 1
 ASSIGN_GROUPS = 4
 _ASSIGN_ROWS = 262_144
 # Bytes of scan values scanned per step of the scan loop: 963 blocks of 32 faces x (16 axes + the norm). 2 MB
-# steps took 7-20 % less time than 0.5 MB ones at 1M and 10M faces (docs/benchmarks.md); the whole scan at once
-# is several times slower.
+# steps took 7-20 % less time than 0.5 MB ones at 1M and 10M faces (then int8 codes); 4 and 8 MB were no faster
+# (docs/benchmarks.md); the whole scan at once is several times slower.
 SCAN_CHUNK_BYTES = 2 << 20
 # default_probes: the share of the lists a query probes unless it asks for another count.
 PROBE_SHARE = 1 / 32
 # default_scan_dims: the share of the spread the scanned axes hold.
 SCAN_SPREAD = 0.6
 # The re-ranked shortlist: every face whose scan score is within SHORTLIST_SIGMAS standard deviations of the
-# scan's error from the k-th best (at most SHORTLIST_MAX: then the SHORTLIST_MAX best).
+# scan's error from the k-th best (at most SHORTLIST_MAX, or k: a row with more narrows its margin until they fit).
 SHORTLIST_SIGMAS = 3.5
 SHORTLIST_MAX = 8192
 # A row over SHORTLIST_MAX narrows its margin by this many halvings (to within 1/256 of it).
@@ -680,7 +681,7 @@ class IvfSearch(tf.Module):
             self.offset = tf.Variable(layout.offset, trainable=False, name="offset")
             self.fine_scale = tf.Variable(layout.fine_scale, trainable=False, name="fine_scale")
             self.spread = tf.Variable(layout.spread, trainable=False, name="spread")
-            # Centroids in the same centred coordinates as the codes.
+            # Centroids in the same centred coordinates as the scan values.
             centroids = training.centroids - layout.offset[:p]
             # Stored [scan_dims, lists], so the coarse step is a plain product (no transpose per request).
             self.centroids = tf.Variable(np.ascontiguousarray(centroids.T), trainable=False, name="centroids")
